@@ -1,0 +1,1 @@
+"""Manifests, storage, image and mask decoding, crop/paste geometry and output writers."""
