@@ -1,0 +1,318 @@
+"""The Ray Data job: read manifests -> prepare (CPU) -> model actors -> finish + write (CPU) -> results ledger.
+
+`python -m rayinpaint.jobs.inpaint ARGS` is the same as `rayinpaint run ARGS`.
+
+Exactly once: before work, the ledger (`{output}/results/`) is reconciled and every id already `ok`/`unchanged`
+(or `error`, unless --retry-errors) is skipped. Each finish task writes one complete shard. If a worker dies and
+Ray gives up on a block, its rows are missing at the end of the pass; they are retried alone, and a row still
+missing after `--max-crash-retries` passes becomes an error row (`worker_crash`). Duplicate ids in the manifest
+become one error row each (`duplicate_id`): which of the rows was meant cannot be known.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayinpaint.io.errors import ManifestError, SettingsError
+from rayinpaint.io.manifest import check_schema, list_manifest_files
+from rayinpaint.io.results import results_table
+from rayinpaint.io.storage import filesystem, join_uri, write_bytes
+
+from .config import DEFAULT_WEIGHTS, JobConfig
+from .ledger import DONE_STATUSES, Ledger
+from .progress import Progress
+from .report import build_summary, report_html, summary_json
+
+log = logging.getLogger("rayinpaint.job")
+
+
+class WeightsUnavailable(SettingsError):
+    pass
+
+
+# ---- pre-flight (driver, before any work) ------------------------------------------------------------
+
+def scan_manifest(cfg: JobConfig, storage) -> tuple[list[str], pa.Array, dict]:
+    """List manifest files, check every schema, read the id column only.
+
+    Returns (files, unique ids, {duplicated id: count}). The driver holds the id column, never the rows.
+    """
+    files = list_manifest_files(list(cfg.manifest), storage)
+    colmap = cfg.column_map()
+    id_col = colmap.source("id") if hasattr(colmap, "source") else colmap.to_user("id")
+
+    def one(path):
+        fs, p = filesystem(path, storage)
+        with fs.open(p, "rb") as f:
+            pf = pq.ParquetFile(f)
+            try:
+                check_schema(pf.schema_arrow, colmap)
+            except ManifestError as e:
+                raise ManifestError(f"{path}: {e}") from None
+            return pf.read(columns=[id_col]).column(0)
+
+    with ThreadPoolExecutor(8) as ex:
+        cols = list(ex.map(one, files))
+    ids = pa.chunked_array([c for col in cols for c in col.chunks], type=cols[0].type if cols else pa.string())
+    ids = pc.cast(ids, pa.string()) if ids.type != pa.string() else ids
+    bad = pc.sum(pc.cast(pc.or_(pc.is_null(ids), pc.equal(pc.fill_null(ids, ""), "")), pa.int64())).as_py() or 0
+    if bad:
+        raise ManifestError(f"column '{id_col}': {bad} row(s) have a null or empty id; every row needs a unique id")
+    counts = pc.value_counts(ids)
+    vals, ns = counts.field("values"), counts.field("counts")
+    dup_mask = pc.greater(ns, 1)
+    dups = dict(zip(pc.filter(vals, dup_mask).to_pylist(), pc.filter(ns, dup_mask).to_pylist()))
+    return files, vals, dups
+
+
+def check_weights(cfg: JobConfig) -> None:
+    w = cfg.weights
+    if w.startswith("random:"):
+        return
+    hint = ("pass --weights with a local path or an object-store URI of 512-inpainting-ema.safetensors "
+            "(e.g. s3://my-bucket/weights/512-inpainting-ema.safetensors), or --weights random:tiny for a dry run")
+    try:
+        from rayinpaint.io.storage import filesystem as _fs
+
+        fs, p = _fs(w, cfg.storage())
+        ok = fs.exists(p)
+    except Exception as e:  # noqa: BLE001 - any failure to reach the weights is reported the same way
+        raise WeightsUnavailable(f"cannot fetch the model weights {w}: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}; {hint}") from None
+    if not ok:
+        what = "the default weights" if w == DEFAULT_WEIGHTS else "the weights"
+        raise WeightsUnavailable(f"{what} {w} were not found; {hint}")
+
+
+# ---- Ray ------------------------------------------------------------------------------------------
+
+def init_ray(cfg: JobConfig):
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+def actor_plan(cfg: JobConfig) -> tuple[int, float, float]:
+    """(number of actors, GPUs per actor, CPUs per actor)."""
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    per = cfg.num_gpus_per_actor
+    if gpus > 0 and per > 0:
+        n = cfg.num_actors or max(1, int(gpus // per))
+        return n, per, 1.0
+    return cfg.num_actors or 1, 0.0, 1.0
+
+
+def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progress, sink) -> None:
+    """One streaming pass over the manifest; results go to the ledger, small rows to `sink`."""
+    import ray
+
+    from .predictor import InpaintPredictor
+    from .stages import finish_and_write, prepare_batch, select_rows
+
+    storage = cfg.storage()
+    fs, _ = filesystem(files[0], storage)
+    paths = [filesystem(f, storage)[1] for f in files]
+    ds = ray.data.read_parquet(paths, filesystem=_arrow_fs(fs), include_paths=True)
+    ds = ds.map_batches(select_rows, batch_format="pyarrow", zero_copy_batch=True,
+                        fn_kwargs={"colmap": cfg.column_map(), "exclude": exclude, "include": include})
+    if limit is not None:
+        ds = ds.limit(limit)
+    settings = cfg.prepare_settings()
+    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=max(8, cfg.batch_size),
+                        fn_kwargs={"settings": settings}, num_cpus=1)
+    n_actors, gpus, cpus = actor_plan(cfg)
+    batch = cfg.batch_size if include is None else 1
+    ds = ds.map_batches(
+        InpaintPredictor,
+        batch_format="pyarrow",
+        batch_size=batch,
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        num_gpus=gpus,
+        num_cpus=cpus,
+        max_restarts=2,
+        max_task_retries=2,
+        fn_constructor_kwargs=dict(weights=cfg.weights, dtype=cfg.dtype, sampler=cfg.sampler, steps=cfg.steps,
+                                   guidance=cfg.guidance, strength=cfg.strength, eta=cfg.eta, karras=cfg.karras,
+                                   resolution=cfg.resolution, cache_dir=cfg.weights_cache,
+                                   weights_sha256=cfg.weights_sha256),
+    )
+    run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength}
+    ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,
+                        fn_kwargs={"settings": settings, "out": cfg.output_settings(), "run": run,
+                                   "preview_probability": preview_p,
+                                   "results_uri": join_uri(cfg.output.rstrip("/"), "results")})
+    for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        sink(b)
+        progress.update(b.column("status").to_pylist())
+
+
+def _arrow_fs(fs):
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
+        return LocalFileSystem()
+    return PyFileSystem(FSSpecHandler(fs))
+
+
+# ---- the job ---------------------------------------------------------------------------------------
+
+def run_job(cfg: JobConfig) -> int:
+    """Run the job; returns the process exit code (0 = success within --max-error-rate)."""
+    started = time.time()
+    t0 = time.perf_counter()
+    storage = cfg.storage()
+    cfg.prepare_settings().validate()
+    check_weights(cfg)
+    files, ids, dups = scan_manifest(cfg, storage)
+    log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s)", len(files), len(ids), len(dups))
+    ledger = Ledger(cfg.output, storage)
+
+    # Reconcile first: repair duplicates from earlier crashes; drop error rows we are about to retry.
+    idx = ledger.index()
+    retry = None
+    if cfg.retry_errors:
+        err_ids = idx.ids_with_status(["error"])
+        dup_arr = pa.array(sorted(dups), pa.string())
+        # Duplicate-id errors are a property of the manifest, not of a run: retrying cannot change them.
+        retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=dup_arr))) if len(dups) else err_ids
+    idx = ledger.reconcile(drop_error_ids=retry)
+    done_statuses = DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",)
+    done = idx.ids_with_status(done_statuses)
+    dup_arr = pa.array(sorted(dups), pa.string())
+    exclude = pa.concat_arrays([done.cast(pa.string()), dup_arr]) if len(dup_arr) else done.cast(pa.string())
+    todo_ids = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=exclude)))
+    todo = len(todo_ids)
+    if cfg.limit is not None:
+        todo = min(todo, cfg.limit)
+    log.info("ledger: %d row(s) already done; %d to process now", len(done), todo)
+
+    # Duplicate ids: one error row each (once; they stay in the ledger across reruns).
+    already = set(idx.ids.to_pylist()) if len(dups) else set()
+    dup_rows = [{"id": i, "status": "error", "error_kind": "duplicate_id",
+                 "error": f"id appears {n} times in the manifest; ids must be unique, so none of these rows was processed"}
+                for i, n in sorted(dups.items()) if i not in already]
+    if dup_rows:
+        ledger.write_rows(results_table(dup_rows))
+
+    this_run = {"processed": 0, "by_status": {}, "rows_by_actor": {}}
+    previews: list = []
+    examples: dict = {}
+    sha = {"v": None}
+
+    def sink(b: pa.Table):
+        for r in b.to_pylist():
+            this_run["processed"] += 1
+            this_run["by_status"][r["status"]] = this_run["by_status"].get(r["status"], 0) + 1
+            if r.get("actor"):
+                this_run["rows_by_actor"][r["actor"]] = this_run["rows_by_actor"].get(r["actor"], 0) + 1
+            if r["model_sha256"] and not sha["v"]:
+                sha["v"] = r["model_sha256"]
+            if r["status"] == "error":
+                ex = examples.setdefault(r["error_kind"] or "unknown", {"ids": [], "message": r["error"]})
+                if len(ex["ids"]) < 5:
+                    ex["ids"].append(r["id"])
+            if r["preview_jpeg"] and len(previews) < cfg.preview_count:
+                previews.append((r["id"], r["status"], r["preview_jpeg"]))
+
+    started_ray = False
+    if todo:
+        started_ray = init_ray(cfg)
+        import ray
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.max_errored_blocks = -1  # a dead worker's rows are retried below, not fatal to the job
+        ctx.enable_progress_bars = False
+        preview_p = min(1.0, 2.0 * cfg.preview_count / max(1, todo))
+        progress = Progress(todo, cfg.progress_interval)
+        try:
+            run_pass(cfg, files, exclude=exclude, include=None, limit=cfg.limit, preview_p=preview_p,
+                     progress=progress, sink=sink)
+            # Rows missing after the pass: their block failed (worker crash). Retry them alone. Under --limit
+            # the rows a pass took are not known in advance, so lost rows simply wait for the next run.
+            for attempt in range(cfg.max_crash_retries + 1 if cfg.limit is None else 0):
+                seen = ledger.index().ids
+                missing = pc.filter(todo_ids, pc.invert(pc.is_in(todo_ids, value_set=seen)))
+                if not len(missing):
+                    break
+                if attempt == cfg.max_crash_retries:
+                    rows = [{"id": i, "status": "error", "error_kind": "worker_crash",
+                             "error": f"the worker processing this row died {attempt + 1} time(s); "
+                                      "see the Ray worker logs"} for i in missing.to_pylist()]
+                    ledger.write_rows(results_table(rows))
+                    sink(pa.Table.from_pylist([{**r, "model_sha256": None, "actor": None, "preview_jpeg": None} for r in rows]))
+                    break
+                log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
+                run_pass(cfg, files, exclude=None, include=missing, limit=None, preview_p=0.0,
+                         progress=progress, sink=sink)
+        finally:
+            log.info(progress.line())
+            if started_ray:
+                ray.shutdown()
+
+    # Final accounting from the ledger itself.
+    idx = ledger.reconcile()
+    by_status, by_kind = idx.counts()
+    in_manifest = pc.is_in(idx.table.column("id"), value_set=ids)
+    accounted = pc.sum(pc.cast(in_manifest, pa.int64())).as_py() or 0
+    complete = accounted == len(ids)
+    errors = by_status.get("error", 0)
+    error_rate = errors / max(1, sum(by_status.values()))
+    within = error_rate <= cfg.max_error_rate
+    success = within and complete
+    for k in by_kind:
+        examples.setdefault(k, {"ids": [], "message": None})
+    if not examples.get("duplicate_id", {}).get("ids") and dups:
+        examples["duplicate_id"] = {"ids": sorted(dups)[:5], "message": "id appears more than once in the manifest"}
+    elapsed = time.perf_counter() - t0
+    written = this_run["by_status"].get("ok", 0) + this_run["by_status"].get("unchanged", 0)
+    summary = build_summary(cfg=cfg, by_status=by_status, by_kind=by_kind, total_ids=len(ids), this_run=this_run,
+                            elapsed=elapsed, images_written=written, model_sha256=sha["v"], duplicates=dups,
+                            complete=complete, error_rate=error_rate, success=success, examples=examples,
+                            started=started)
+    root = cfg.output.rstrip("/")
+    write_bytes(join_uri(root, "_SUMMARY.json"), summary_json(summary), storage)
+    write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, previews), storage)
+    marker = join_uri(root, "_SUCCESS")
+    fs, mp = filesystem(marker, storage)
+    if success:
+        write_bytes(marker, b"", storage)
+    elif fs.exists(mp):
+        fs.rm(mp)
+    log.info("done: %s; error rate %.4f (limit %s); %s", ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())),
+             error_rate, cfg.max_error_rate, "complete" if complete else f"{len(ids) - accounted} id(s) not yet done")
+    print(f"results: {join_uri(root, 'results')}  summary: {join_uri(root, '_SUMMARY.json')}  "
+          f"report: {join_uri(root, '_REPORT.html')}  success: {success}", file=sys.stderr)
+    if success:
+        return 0
+    if within and cfg.limit is not None:
+        return 0  # a --limit run is incomplete by request
+    return 1
+
+
+def main(argv=None) -> int:
+    from .cli import main as cli_main
+
+    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

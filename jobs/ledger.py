@@ -1,0 +1,174 @@
+"""The results ledger: `{output}/results/part-*.parquet`, the single source of truth for what is done.
+
+Each shard is written whole (atomic rename locally, one PUT on object stores), so a shard is either complete or
+absent under its final name. Reconciling before and after a run keeps the invariant "every id at most once":
+
+- a shard that cannot be read (foreign or damaged file) is moved to `{output}/_quarantine/`, never silently used;
+- an id found in several shards (a crash between writing a rewritten shard and deleting the old one, or a retry
+  of an error row) keeps one row: `ok`/`unchanged` beats `error`, then the newest shard (names sort by time);
+- with `--retry-errors`, error rows of ids about to be retried are removed first.
+
+Rewrites always write the new shard before deleting the old one, so a crash at any point leaves duplicates
+(resolved on the next reconcile), never a lost row.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayinpaint.io.storage import filesystem, join_uri, write_bytes
+
+log = logging.getLogger("rayinpaint.ledger")
+
+DONE_STATUSES = ("ok", "unchanged")
+_INDEX_COLUMNS = ["id", "status", "error_kind"]
+
+
+def new_shard_name() -> str:
+    # Sortable by time first, unique by the random tail.
+    return f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+@dataclass
+class LedgerIndex:
+    """id, status, error_kind and shard name of every row in the ledger."""
+
+    table: pa.Table  # columns id, status, error_kind, shard
+
+    @property
+    def ids(self) -> pa.Array:
+        return self.table.column("id").combine_chunks()
+
+    def ids_with_status(self, statuses) -> pa.Array:
+        mask = pc.is_in(self.table.column("status"), value_set=pa.array(list(statuses), pa.string()))
+        return self.table.filter(mask).column("id").combine_chunks()
+
+    def counts(self) -> tuple[dict, dict]:
+        by_status = {}
+        for row in self.table.group_by("status").aggregate([("id", "count")]).to_pylist():
+            by_status[row["status"]] = row["id_count"]
+        errors = self.table.filter(pc.equal(self.table.column("status"), "error"))
+        by_kind = {}
+        if errors.num_rows:
+            for row in errors.group_by("error_kind").aggregate([("id", "count")]).to_pylist():
+                by_kind[row["error_kind"] or "unknown"] = row["id_count"]
+        return by_status, by_kind
+
+
+class Ledger:
+    def __init__(self, output: str, storage):
+        self.output = output.rstrip("/")
+        self.storage = storage
+        self.uri = join_uri(self.output, "results")
+        self.fs, self.path = filesystem(self.uri, storage)
+
+    # ---- listing ------------------------------------------------------------------------------------
+    def shard_paths(self) -> list[str]:
+        try:
+            entries = self.fs.ls(self.path, detail=False)
+        except FileNotFoundError:
+            return []
+        out = []
+        for p in entries:
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("part-") and name.endswith(".parquet"):
+                out.append(p)
+        return sorted(out, key=lambda p: p.rsplit("/", 1)[-1])
+
+    def _quarantine(self, path: str, why: str) -> None:
+        name = path.rsplit("/", 1)[-1]
+        qdir = join_uri(self.output, "_quarantine")
+        _, qpath = filesystem(qdir, self.storage)
+        log.warning("results shard %s is unreadable (%s); moved to %s", name, why, qdir)
+        try:
+            self.fs.makedirs(qpath, exist_ok=True)
+        except Exception:  # noqa: BLE001 - object stores have no folders
+            pass
+        self.fs.mv(path, f"{qpath}/{name}")
+
+    def _read(self, path: str, columns=None) -> pa.Table:
+        with self.fs.open(path, "rb") as f:
+            return pq.read_table(f, columns=columns)
+
+    # ---- index and repair ---------------------------------------------------------------------------
+    def index(self) -> LedgerIndex:
+        parts = []
+        for p in self.shard_paths():
+            try:
+                t = self._read(p, columns=_INDEX_COLUMNS)
+            except Exception as e:  # noqa: BLE001 - any unreadable file is quarantined, whatever the reason
+                self._quarantine(p, f"{type(e).__name__}: {e}")
+                continue
+            parts.append(t.append_column("shard", pa.array([p] * t.num_rows, pa.string())))
+        if not parts:
+            schema = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
+                                ("shard", pa.string())])
+            return LedgerIndex(schema.empty_table())
+        return LedgerIndex(pa.concat_tables(parts, promote_options="permissive"))
+
+    def reconcile(self, drop_error_ids: pa.Array | None = None) -> LedgerIndex:
+        """Resolve duplicates and drop retried error rows; returns the repaired index."""
+        idx = self.index()
+        t = idx.table
+        if t.num_rows == 0:
+            return idx
+        # Rank rows: done statuses first, then newest shard; keep the first row of each id.
+        done = pc.is_in(t.column("status"), value_set=pa.array(DONE_STATUSES, pa.string()))
+        ranked = t.append_column("_done", done).append_column("_row", pa.array(range(t.num_rows), pa.int64()))
+        ranked = ranked.sort_by([("id", "ascending"), ("_done", "descending"), ("shard", "descending")])
+        ids = ranked.column("id").to_pylist()
+        rows = ranked.column("_row").to_pylist()
+        drop_rows = set()
+        prev = None
+        for i, r in zip(ids, rows):
+            if i == prev:
+                drop_rows.add(r)
+            prev = i
+        if drop_error_ids is not None and len(drop_error_ids):
+            is_err = pc.equal(t.column("status"), "error")
+            retried = pc.is_in(t.column("id"), value_set=drop_error_ids)
+            sel = pc.and_(is_err, retried)
+            for r, s in enumerate(sel.to_pylist()):
+                if s:
+                    drop_rows.add(r)
+        if not drop_rows:
+            return idx
+        # Group dropped (shard, id) pairs per shard and rewrite those shards.
+        shard_col = t.column("shard").to_pylist()
+        id_col = t.column("id").to_pylist()
+        per_shard: dict[str, set] = {}
+        for r in drop_rows:
+            per_shard.setdefault(shard_col[r], set()).add(id_col[r])
+        n = 0
+        for shard, drop in per_shard.items():
+            full = self._read(shard)
+            keep = full.filter(pc.invert(pc.is_in(full.column("id"), value_set=pa.array(sorted(drop), pa.string()))))
+            if keep.num_rows:
+                write_bytes(join_uri(self.uri, new_shard_name()), table_to_parquet_bytes(keep), self.storage)
+            self.fs.rm(shard)
+            n += full.num_rows - keep.num_rows
+        log.info("ledger: removed %d superseded row(s) from %d shard(s)", n, len(per_shard))
+        return self.index()
+
+    def write_rows(self, table: pa.Table) -> str:
+        uri = join_uri(self.uri, new_shard_name())
+        write_bytes(uri, table_to_parquet_bytes(table), self.storage)
+        return uri
+
+    def read_all(self, columns=None) -> pa.Table:
+        parts = [self._read(p, columns=columns) for p in self.shard_paths()]
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None

@@ -1,0 +1,126 @@
+"""The model actor: one per GPU (or one CPU actor), holding the model for its whole life.
+
+Rows arrive prepared (`model_image`/`model_mask` bytes at the model resolution); rows whose status is not
+`ready` pass through untouched. A CUDA out-of-memory error splits the batch in halves and retries; any other
+exception in a batch retries its rows one at a time, so one bad row becomes one error row, not a failed job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+
+log = logging.getLogger("rayinpaint.predictor")
+
+
+def pick_device_and_dtype(dtype: str):
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dt = torch.float16 if device == "cuda" else torch.float32
+    else:
+        dt = getattr(torch, dtype)
+    return device, dt
+
+
+class InpaintPredictor:
+    def __init__(self, weights: str, dtype: str, sampler: str, steps: int, guidance: float, strength: float,
+                 eta: float, karras: bool, resolution: int, cache_dir: str | None = None,
+                 weights_sha256: str | None = None):
+        import torch
+
+        from rayinpaint.model import Inpainter, load_model
+
+        t0 = time.perf_counter()
+        self.device, self.dtype = pick_device_and_dtype(dtype)
+        kwargs = {}
+        if cache_dir:
+            kwargs["cache_dir"] = cache_dir
+        if weights_sha256:
+            kwargs["sha256"] = weights_sha256
+        if self.device == "cpu":
+            # Leave the other CPU stages room; one intra-op pool per actor.
+            torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+        self.model = load_model(weights, device=self.device, dtype=self.dtype, **kwargs)
+        self.inpainter = Inpainter(self.model, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
+                                   karras=karras, strength=strength)
+        self.res = resolution
+        self.sha = self.model.sha256
+        import ray
+
+        ctx = ray.get_runtime_context()
+        self.actor = f"{ctx.get_node_id()[:12]}:{os.getpid()}"
+        self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
+        log.info("model %s loaded on %s/%s in %.1fs", weights, self.device, self.dtype, time.perf_counter() - t0)
+
+    def _run(self, images, masks, prompts, negs, seeds):
+        try:
+            return self.inpainter(images, masks, prompts, negs, seeds)
+        except self._oom:
+            import torch
+
+            torch.cuda.empty_cache()
+            if len(seeds) == 1:
+                raise
+            h = len(seeds) // 2
+            log.warning("CUDA out of memory at batch %d; splitting", len(seeds))
+            a = self._run(images[:h], masks[:h], prompts[:h], negs[:h], seeds[:h])
+            b = self._run(images[h:], masks[h:], prompts[h:], negs[h:], seeds[h:])
+            return np.concatenate([a, b])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        status = batch.column("status").to_pylist()
+        ready = [i for i in range(n) if status[i] == "ready"]
+        results: list[bytes | None] = [None] * n
+        errors: dict[int, tuple[str, str]] = {}
+        t_inpaint = [0.0] * n
+        if ready:
+            R = self.res
+            img_col = batch.column("model_image")
+            msk_col = batch.column("model_mask")
+            images = np.stack([np.frombuffer(img_col[i].as_py(), np.uint8).reshape(R, R, 3) for i in ready])
+            masks = np.stack([np.frombuffer(msk_col[i].as_py(), np.uint8).reshape(R, R) for i in ready])
+            prompts = [batch.column("prompt")[i].as_py() or "" for i in ready]
+            negs = [batch.column("negative_prompt")[i].as_py() or "" for i in ready]
+            seeds = [int(batch.column("seed")[i].as_py()) for i in ready]
+            t0 = time.perf_counter()
+            try:
+                out = self._run(images, masks, prompts, negs, seeds)
+                dt = (time.perf_counter() - t0) / len(ready)
+                for j, i in enumerate(ready):
+                    results[i] = np.ascontiguousarray(out[j]).tobytes()
+                    t_inpaint[i] = dt
+            except Exception as e:  # noqa: BLE001 - isolate the bad row(s) below
+                log.warning("model call on %d rows failed (%s); retrying rows one by one", len(ready), e)
+                for j, i in enumerate(ready):
+                    t1 = time.perf_counter()
+                    try:
+                        o = self._run(images[j:j + 1], masks[j:j + 1], prompts[j:j + 1], negs[j:j + 1], seeds[j:j + 1])
+                        results[i] = np.ascontiguousarray(o[0]).tobytes()
+                    except Exception as e1:  # noqa: BLE001
+                        errors[i] = ("model_error", f"the model failed on this row: {type(e1).__name__}: {e1}")
+                    t_inpaint[i] = time.perf_counter() - t1
+        batch = batch.drop_columns(["model_image", "model_mask"])
+        if errors:
+            st = list(status)
+            kinds = batch.column("error_kind").to_pylist()
+            msgs = batch.column("error").to_pylist()
+            for i, (k, m) in errors.items():
+                st[i], kinds[i], msgs[i] = "error", k, m
+            batch = _replace(batch, "status", pa.array(st, pa.string()))
+            batch = _replace(batch, "error_kind", pa.array(kinds, pa.string()))
+            batch = _replace(batch, "error", pa.array(msgs, pa.string()))
+        batch = batch.append_column("result", pa.array(results, pa.binary()))
+        batch = batch.append_column("t_inpaint", pa.array(t_inpaint, pa.float64()))
+        batch = batch.append_column("actor", pa.array([self.actor] * n, pa.string()))
+        return batch.append_column("model_sha256", pa.array([self.sha] * n, pa.string()))
+
+
+def _replace(t: pa.Table, name: str, arr: pa.Array) -> pa.Table:
+    return t.set_column(t.schema.get_field_index(name), name, arr)

@@ -1,0 +1,100 @@
+"""`_SUMMARY.json` and `_REPORT.html`: what a person (or a scheduler) checks before trusting a run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+import time
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("ray-inpaint", "ray", "torch", "open_clip_torch", "pyarrow", "fsspec", "s3fs", "pillow", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def build_summary(*, cfg, by_status: dict, by_kind: dict, total_ids: int, this_run: dict, elapsed: float,
+                  images_written: int, model_sha256: str | None, duplicates: dict, complete: bool,
+                  error_rate: float, success: bool, examples: dict, started: float) -> dict:
+    accounted = sum(by_status.values())
+    return {
+        "success": success,
+        "complete": complete,
+        "manifest_rows": total_ids + sum(n - 1 for n in duplicates.values()),
+        "unique_ids": total_ids,
+        "accounted": accounted,
+        "counts_by_status": dict(sorted(by_status.items())),
+        "errors_by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+        "error_examples": examples,
+        "error_rate": error_rate,
+        "max_error_rate": cfg.max_error_rate,
+        "duplicate_ids": {"count": len(duplicates), "examples": dict(list(sorted(duplicates.items()))[:20])},
+        "this_run": this_run,
+        "elapsed_s": round(elapsed, 3),
+        "rows_per_s": round(this_run.get("processed", 0) / elapsed, 4) if elapsed > 0 else None,
+        "images_per_s": round(images_written / elapsed, 4) if elapsed > 0 else None,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model_sha256": model_sha256,
+        "settings": cfg.public_dict(),
+        "versions": versions(),
+    }
+
+
+def summary_json(summary: dict) -> bytes:
+    return (json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8")
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+.sheet{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ddd;padding:6px;font-size:12px}
+.card img{display:block;max-width:100%}.bad{color:#a00}.ok{color:#070}code{font-size:12px}
+"""
+
+
+def report_html(summary: dict, previews: list[tuple[str, str, bytes]]) -> bytes:
+    """previews: (id, status, jpeg bytes of input | mask outline | output)."""
+    e = html.escape
+    s = summary
+    ok = s["success"]
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in s["counts_by_status"].items())
+    kinds = ""
+    for k, n in s["errors_by_kind"].items():
+        ex = s["error_examples"].get(k, {})
+        ids = ", ".join(e(str(i)) for i in ex.get("ids", []))
+        kinds += (f"<tr><td><code>{e(k)}</code></td><td>{n}</td><td>{ids}</td>"
+                  f"<td>{e(ex.get('message') or '')}</td></tr>")
+    cards = ""
+    for rid, status, jpeg in previews:
+        b64 = base64.b64encode(jpeg).decode("ascii")
+        cards += (f'<div class="card"><img src="data:image/jpeg;base64,{b64}" alt="{e(rid)}">'
+                  f"<div>{e(rid)} &middot; {e(status)}</div></div>")
+    settings = e(json.dumps(s["settings"], indent=1, default=str))
+    dup = s["duplicate_ids"]
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ray-inpaint report</title>
+<style>{_CSS}</style></head><body>
+<h1>ray-inpaint run report</h1>
+<p class="{'ok' if ok else 'bad'}"><b>{'SUCCESS' if ok else 'NOT SUCCESSFUL'}</b>:
+error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), {'complete' if s['complete'] else 'INCOMPLETE'},
+{s['accounted']} of {s['unique_ids']} ids accounted for; finished {e(s['finished_utc'])}; model sha256
+<code>{e(str(s['model_sha256']))}</code>.</p>
+<h2>Counts</h2><table><tr><th>status</th><th>rows</th></tr>{rows}</table>
+<p>Duplicate ids in the manifest: {dup['count']}.</p>
+<h2>Errors by kind</h2>
+{'<table><tr><th>kind</th><th>rows</th><th>example ids</th><th>example message</th></tr>' + kinds + '</table>'
+ if kinds else '<p>No errors.</p>'}
+<h2>Sample rows</h2><p>Each card: input, mask outline (red), output.</p>
+<div class="sheet">{cards or '<p>No samples.</p>'}</div>
+<h2>Settings</h2><pre>{settings}</pre>
+</body></html>
+"""
+    return doc.encode("utf-8")

@@ -1,0 +1,268 @@
+"""The whole Ray job on a local Ray cluster with the tiny random model.
+
+Manifest, images and outputs on a real S3 endpoint on loopback (moto server) and on local disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageFilter
+
+from rayinpaint.jobs.config import JobConfig
+from rayinpaint.jobs.demo import make_dataset
+from rayinpaint.jobs.inpaint import run_job
+
+pytestmark = pytest.mark.timeout(600)
+
+FAST = dict(weights="random:tiny", steps=2, resolution=128, batch_size=4, progress_interval=1.0,
+            max_error_rate=0.5, mask_dilate=4, feather=4)
+BAD = {"bad-truncated": "truncated", "bad-not-an-image": "not_an_image", "bad-missing-file": "not_found",
+       "bad-mask-size": "mask_size_mismatch"}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def read_results(fs, root: str) -> pa.Table:
+    paths = sorted(p for p in fs.ls(f"{root}/results", detail=False) if p.endswith(".parquet"))
+    return pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in paths])
+
+
+def check_untouched(original: np.ndarray, mask: np.ndarray, output: np.ndarray, radius: int) -> None:
+    """Every pixel farther than `radius` (Chebyshev, which bounds the Euclidean distance) from the mask is equal."""
+    assert original.shape == output.shape
+    grown = Image.fromarray((mask > 0).astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
+    outside = np.asarray(grown) == 0
+    assert outside.any()
+    diff = np.any(original != output, axis=-1)
+    assert not diff[outside].any(), f"{int(diff[outside].sum())} pixels outside the repaint region changed"
+    assert diff[~outside].any(), "nothing changed inside the mask"
+
+
+def test_job_on_s3_end_to_end(ray_local, s3_bucket, tmp_path):
+    import s3fs
+
+    bucket, opts = s3_bucket
+    local = tmp_path / "input"
+    make_dataset(str(local), rows=10)
+    fs = s3fs.S3FileSystem(**opts.fsspec_kwargs("s3"))
+    fs.put(str(local), f"{bucket}/input", recursive=True)
+    out = f"s3://{bucket}/run"
+    cfg = JobConfig(manifest=(f"s3://{bucket}/input/manifest.parquet",), output=out,
+                    endpoint_url=opts.endpoint_url, **FAST)
+    assert run_job(cfg) == 0
+
+    manifest = pq.read_table(str(local / "manifest.parquet")).to_pylist()
+    res = read_results(fs, f"{bucket}/run")
+    ids = res.column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in manifest)  # every id exactly once
+    rows = {r["id"]: r for r in res.to_pylist()}
+    for rid, kind in BAD.items():
+        assert rows[rid]["status"] == "error" and rows[rid]["error_kind"] == kind, rows[rid]
+        assert rows[rid]["error"], "an error row carries a reason"
+    assert rows["empty-mask"]["status"] == "unchanged"
+    good = [r for r in manifest if not r["id"].startswith(("bad-", "empty-"))]
+    assert all(rows[r["id"]]["status"] == "ok" for r in good)
+
+    # Untouched pixels are byte-identical (PNG output) for mask-image rows and box rows alike.
+    radius = FAST["mask_dilate"] + FAST["feather"] + 1
+    for r in good:
+        original = np.asarray(Image.open(local / r["image"]).convert("RGB"))
+        if r["mask"]:
+            mask = np.asarray(Image.open(local / r["mask"]).convert("L")) >= 128
+        else:
+            mask = np.zeros(original.shape[:2], bool)
+            for x0, y0, x1, y1 in r["boxes"]:
+                mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+        uri = rows[r["id"]]["output_uri"]
+        output = np.asarray(Image.open(io.BytesIO(fs.cat(uri))).convert("RGB"))
+        check_untouched(original, mask, output, radius)
+
+    summary = json.loads(fs.cat(f"{bucket}/run/_SUMMARY.json"))
+    assert sum(summary["counts_by_status"].values()) == len(manifest) == summary["accounted"]
+    assert summary["counts_by_status"]["error"] == len(BAD)
+    assert sum(summary["errors_by_kind"].values()) == len(BAD)
+    assert summary["success"] and fs.exists(f"{bucket}/run/_SUCCESS")
+    assert summary["model_sha256"]
+    report = fs.cat(f"{bucket}/run/_REPORT.html").decode()
+    assert "data:image/jpeg;base64," in report and "not_found" in report
+
+    # A rerun is a no-op: nothing processed, the ledger untouched.
+    before = sorted(fs.ls(f"{bucket}/run/results"))
+    assert run_job(cfg) == 0
+    assert sorted(fs.ls(f"{bucket}/run/results")) == before
+    again = json.loads(fs.cat(f"{bucket}/run/_SUMMARY.json"))
+    assert again["this_run"]["processed"] == 0
+    assert again["counts_by_status"] == summary["counts_by_status"]
+
+
+def test_rerun_is_deterministic_and_retry_errors(ray_local, tmp_path):
+    data = tmp_path / "in"
+    manifest = make_dataset(str(data), rows=6)
+    cfg_a = JobConfig(manifest=(manifest,), output=str(tmp_path / "a"), **FAST)
+    cfg_b = JobConfig(manifest=(manifest,), output=str(tmp_path / "b"), **{**FAST, "batch_size": 1})
+    assert run_job(cfg_a) == 0
+    assert run_job(cfg_b) == 0
+    for name in os.listdir(tmp_path / "a" / "images"):
+        # Same row, same settings, different batch composition: identical bytes.
+        assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
+
+    # Fix the missing file, then --retry-errors reprocesses error rows only; ids stay unique.
+    (data / "images" / "does-not-exist.png").write_bytes((data / "images" / "img-0000.png").read_bytes())
+    cfg_r = JobConfig(manifest=(manifest,), output=str(tmp_path / "a"), retry_errors=True, **FAST)
+    assert run_job(cfg_r) == 0
+    import fsspec
+
+    res = read_results(fsspec.filesystem("file"), str(tmp_path / "a")).to_pylist()
+    ids = [r["id"] for r in res]
+    assert len(ids) == len(set(ids)) == 6 + 5
+    st = {r["id"]: r["status"] for r in res}
+    assert st["bad-missing-file"] == "ok"
+    assert st["bad-truncated"] == "error"
+    s = json.loads((tmp_path / "a" / "_SUMMARY.json").read_text())
+    assert s["this_run"]["processed"] == 3  # the three rows still failing or fixed, not the ok ones
+
+
+def test_duplicate_ids_are_reported_once(ray_local, tmp_path):
+    src = tmp_path / "in"
+    make_dataset(str(src), rows=4)
+    t = pq.read_table(str(src / "manifest.parquet"))
+    dup = pa.concat_tables([t, t.slice(0, 2)])
+    pq.write_table(dup, str(src / "manifest.parquet"))
+    cfg = JobConfig(manifest=(str(src / "manifest.parquet"),), output=str(tmp_path / "o"), **FAST)
+    run_job(cfg)
+    import fsspec
+
+    res = read_results(fsspec.filesystem("file"), str(tmp_path / "o")).to_pylist()
+    ids = [r["id"] for r in res]
+    assert len(ids) == len(set(ids)) == 9
+    dups = {r["id"] for r in res if r["error_kind"] == "duplicate_id"}
+    assert dups == {"img-0000", "img-0001"}
+    s = json.loads((tmp_path / "o" / "_SUMMARY.json").read_text())
+    assert s["duplicate_ids"]["count"] == 2 and s["duplicate_ids"]["examples"]["img-0000"] == 2
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "rayinpaint.jobs", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def test_driver_sigkill_then_rerun_is_exactly_once(tmp_path):
+    data = tmp_path / "in"
+    manifest = make_dataset(str(data), rows=40)
+    out = tmp_path / "out"
+    args = ["run", "--manifest", manifest, "--output", str(out), "--weights", "random:tiny", "--steps", "2",
+            "--resolution", "128", "--batch-size", "2", "--max-error-rate", "0.5"]
+    proc = subprocess.Popen([sys.executable, "-m", "rayinpaint.jobs", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    results = out / "results"
+    while time.time() < deadline:
+        if results.exists() and len([p for p in os.listdir(results) if p.endswith(".parquet")]) >= 2:
+            break
+        assert proc.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # the driver only; its Ray processes may linger or die
+    proc.wait()
+    partial = len([p for p in os.listdir(results) if p.endswith(".parquet")])
+    assert partial >= 2
+    assert not (out / "_SUMMARY.json").exists()
+
+    r = _cli(*args, timeout=500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import fsspec
+
+    res = read_results(fsspec.filesystem("file"), str(out)).to_pylist()
+    ids = [x["id"] for x in res]
+    assert len(ids) == len(set(ids)) == 45
+    s = json.loads((out / "_SUMMARY.json").read_text())
+    assert s["this_run"]["processed"] < 45  # the rerun resumed: rows done before the kill were not redone
+    os.killpg(proc.pid, signal.SIGKILL) if _alive_group(proc.pid) else None
+
+
+def _alive_group(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_two_nodes_with_fake_gpus_both_get_work(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    import ray
+
+    cluster = Cluster()
+    cluster.add_node(num_cpus=2, num_gpus=0)  # head: CPU stages only
+    cluster.add_node(num_cpus=1, num_gpus=1)  # two "GPU" nodes (fake resource; the actors run on CPU)
+    cluster.add_node(num_cpus=1, num_gpus=1)
+    try:
+        manifest = make_dataset(str(tmp_path / "in"), rows=16)
+        cfg = JobConfig(manifest=(manifest,), output=str(tmp_path / "o"), address=cluster.address,
+                        num_gpus_per_actor=1, **{**FAST, "batch_size": 1})
+        ray.init(address=cluster.address)
+        assert run_job(cfg) == 0
+        s = json.loads((tmp_path / "o" / "_SUMMARY.json").read_text())
+        actors = s["this_run"]["rows_by_actor"]
+        nodes = {a.split(":")[0] for a in actors}
+        assert len(actors) == 2 and len(nodes) == 2, actors
+        assert all(n > 0 for n in actors.values())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_cli_help_limit_bad_settings_and_demo(tmp_path):
+    h = _cli("run", "--help")
+    assert h.returncode == 0
+    for opt in ("--manifest", "--weights", "--sampler", "--max-error-rate", "--retry-errors", "--columns",
+                "--num-actors", "--limit", "--config", "(default: 25)"):
+        assert opt in h.stdout
+    m = _cli("run", "--manifest", "x.parquet", "--output", str(tmp_path / "o"), "--steps", "0")
+    assert m.returncode == 2 and m.stderr.strip().splitlines()[-1].startswith("rayinpaint: error: --steps")
+    assert "Traceback" not in m.stderr
+
+    manifest = make_dataset(str(tmp_path / "in"), rows=6)
+    cfgfile = tmp_path / "job.yaml"
+    cfgfile.write_text("weights: random:tiny\nsteps: 2\nresolution: 128\nmax-error-rate: 0.5\nbatch_size: 2\n")
+    lim = subprocess.run([sys.executable, "-m", "rayinpaint.jobs.inpaint", "--manifest", manifest,
+                          "--output", str(tmp_path / "lim"), "--config", str(cfgfile), "--limit", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert lim.returncode == 0, lim.stderr[-3000:]
+    s = json.loads((tmp_path / "lim" / "_SUMMARY.json").read_text())
+    assert s["this_run"]["processed"] == 3 and not s["complete"]
+    assert s["settings"]["steps"] == 2 and s["settings"]["resolution"] == 128  # from the config file
+    assert not (tmp_path / "lim" / "_SUCCESS").exists()
+
+    d = _cli("demo", "--output", str(tmp_path / "demo"), "--rows", "6", timeout=400)
+    assert d.returncode == 0, d.stderr[-3000:]
+    assert "_REPORT.html" in d.stderr
+    s = json.loads((tmp_path / "demo" / "run" / "_SUMMARY.json").read_text())
+    assert s["success"] and s["accounted"] == 11
+
+
+def test_missing_default_weights_is_one_clear_line(tmp_path):
+    manifest = make_dataset(str(tmp_path / "in"), rows=2)
+    r = _cli("run", "--manifest", manifest, "--output", str(tmp_path / "o"), "--weights",
+             str(tmp_path / "nope.safetensors"))
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("rayinpaint: error:") and "--weights" in last and "Traceback" not in r.stderr
