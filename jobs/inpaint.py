@@ -48,7 +48,7 @@ def scan_manifest(cfg: JobConfig, storage) -> tuple[list[str], pa.Array, dict]:
     """
     files = list_manifest_files(list(cfg.manifest), storage)
     colmap = cfg.column_map()
-    id_col = colmap.source("id") if hasattr(colmap, "source") else colmap.to_user("id")
+    id_col = colmap.user("id")
 
     def one(path):
         fs, p = filesystem(path, storage)
