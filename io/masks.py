@@ -1,0 +1,156 @@
+"""Repaint masks: from mask images, boxes or RLE; threshold, invert, dilate; feather distances.
+
+Convention (see sd2-inpainting.md §6.1): **white / 1 = repaint**, black / 0 = keep.
+
+Mask images are reduced to one 8-bit channel, then thresholded:
+
+- ``1``, ``L``: the grey value. ``RGB``, ``CMYK``, ``P`` (opaque) ...: luminance
+  (PIL's ITU-R 601-2 "L" conversion). 16-bit greys are scaled by round(v / 257).
+- ``LA``, ``RGBA``, ``PA``, ``P`` with transparency: the **alpha channel if it is not fully
+  opaque anywhere** (painted strokes on a transparent layer), else the luminance (an opaque RGBA
+  export of a black/white mask).
+- A pixel is marked when value / 255 >= threshold (default 0.5, so 128..255); ``invert`` flips
+  the result afterwards.
+
+Boxes are ``[x0, y0, x1, y1]`` in pixels with x1/y1 exclusive; fractional edges cover every
+pixel they touch (floor of x0/y0, ceil of x1/y1). Boxes are clipped to the image; a box with
+x1 <= x0 or y1 <= y0, a non-finite or non-numeric value, or a box wholly outside the image is
+RowError("bad_boxes").
+
+Distances are exact Euclidean distances to the nearest marked pixel, computed only up to a
+bound (two separable passes, 4 * bound array operations), which is all dilation and feathering
+need. Dilation by r marks every pixel within distance <= r (a disc).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from .errors import RowError
+from .images import open_image
+
+
+def mask_values(im: Image.Image) -> np.ndarray:
+    """PIL mask image -> uint8 [H, W] grey values per the rules in the module docstring."""
+    mode = im.mode
+    if mode == "P" and "transparency" in im.info:
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode in ("LA", "PA", "RGBA", "La", "RGBa"):
+        rgba = np.asarray(im.convert("RGBA"))
+        alpha = rgba[..., 3]
+        if alpha.min() < 255:
+            return np.ascontiguousarray(alpha)
+        return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8)
+    if mode.startswith("I"):
+        v = np.asarray(im).astype(np.int64)
+        return ((np.clip(v, 0, 65535) * 2 + 257) // 514).astype(np.uint8)
+    if mode == "F":
+        return np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
+    if mode != "L":
+        im = im.convert("L")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_mask_values(data: bytes, max_pixels: int, size: tuple[int, int] | None = None,
+                       resize: bool = False) -> np.ndarray:
+    """Mask bytes -> uint8 [H, W] grey values, checked against the image size (w, h)."""
+    im = open_image(data, "mask", max_pixels)
+    values = mask_values(im)
+    if size is not None and (values.shape[1], values.shape[0]) != tuple(size):
+        found = f"{values.shape[1]}x{values.shape[0]}"
+        if not resize:
+            raise RowError("mask_size_mismatch", f"mask is {found} but the image is "
+                                                 f"{size[0]}x{size[1]} (set resize_mask to resize it)")
+        # Bilinear on grey values, then the threshold: smoother edges than nearest.
+        values = np.asarray(Image.fromarray(values, "L").resize(tuple(size), Image.BILINEAR))
+    return values
+
+
+def threshold_mask(values: np.ndarray, threshold: float = 0.5, invert: bool = False) -> np.ndarray:
+    """uint8 [H, W] -> bool [H, W]; True = repaint."""
+    marked = values.astype(np.float32) / 255.0 >= threshold
+    return ~marked if invert else marked
+
+
+def boxes_to_mask(boxes, width: int, height: int) -> np.ndarray:
+    """List of [x0, y0, x1, y1] pixel boxes -> bool [height, width]. Raises RowError("bad_boxes")."""
+    mask = np.zeros((height, width), dtype=bool)
+    if boxes is None:
+        return mask
+    for i, box in enumerate(boxes):
+        try:
+            vals = [float(v) for v in box]
+        except (TypeError, ValueError):
+            raise RowError("bad_boxes", f"boxes[{i}] = {box!r}: values must be numbers") from None
+        if len(vals) != 4:
+            raise RowError("bad_boxes", f"boxes[{i}] = {box!r}: expected 4 numbers [x0, y0, x1, y1]")
+        if not all(math.isfinite(v) for v in vals):
+            raise RowError("bad_boxes", f"boxes[{i}] = {box!r}: values must be finite")
+        x0, y0, x1, y1 = vals
+        if x1 <= x0 or y1 <= y0:
+            raise RowError("bad_boxes", f"boxes[{i}] = {box!r}: need x0 < x1 and y0 < y1")
+        ix0, iy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+        ix1, iy1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
+        if ix1 <= ix0 or iy1 <= iy0:
+            raise RowError("bad_boxes", f"boxes[{i}] = {box!r}: outside the {width}x{height} image")
+        mask[iy0:iy1, ix0:ix1] = True
+    return mask
+
+
+def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), end-exclusive, of the True pixels; None when there are none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def squared_distance(mask: np.ndarray, bound: int) -> np.ndarray:
+    """Exact squared Euclidean distance to the nearest True pixel, for distances <= bound.
+
+    Returns int32 [H, W]; pixels farther than ``bound`` (or everywhere, for an empty mask) hold
+    a value > bound**2. Pass 1: per column, vertical distance g to the nearest True pixel within
+    ``bound`` rows. Pass 2: d^2(y, x) = min over |dx| <= bound of g(y, x+dx)^2 + dx^2, exact
+    because the nearest pixel within ``bound`` lies within ``bound`` columns and rows.
+    """
+    h, w = mask.shape
+    far = bound + 1
+    g = np.where(mask, 0, far).astype(np.int32)
+    for k in range(1, min(bound, h - 1) + 1):
+        np.minimum(g[k:], np.where(mask[:-k], k, far), out=g[k:])
+        np.minimum(g[:-k], np.where(mask[k:], k, far), out=g[:-k])
+    g2 = g * g
+    d2 = g2.copy()
+    for dx in range(1, min(bound, w - 1) + 1):
+        np.minimum(d2[:, dx:], g2[:, :-dx] + dx * dx, out=d2[:, dx:])
+        np.minimum(d2[:, :-dx], g2[:, dx:] + dx * dx, out=d2[:, :-dx])
+    return np.minimum(d2, far * far)
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Every pixel within Euclidean distance <= radius of a True pixel. bool [H, W]."""
+    if radius <= 0:
+        return mask.copy()
+    box = bbox(mask)
+    out = np.zeros_like(mask)
+    if box is None:
+        return out
+    h, w = mask.shape
+    # Work on the bounding box grown by the radius only: nothing farther can be marked.
+    x0, y0 = max(0, box[0] - radius), max(0, box[1] - radius)
+    x1, y1 = min(w, box[2] + radius), min(h, box[3] + radius)
+    out[y0:y1, x0:x1] = squared_distance(mask[y0:y1, x0:x1], radius) <= radius * radius
+    return out
+
+
+def feather_alpha(repaint: np.ndarray, feather: int) -> np.ndarray:
+    """Blend weight float32 [H, W]: 1 inside ``repaint``, falling linearly to 0 at ``feather`` px
+    outside it (alpha = 1 - d / feather); exactly 0 at distance >= feather."""
+    if feather <= 0:
+        return repaint.astype(np.float32)
+    d = np.sqrt(squared_distance(repaint, feather).astype(np.float32))
+    return np.clip(1.0 - d / np.float32(feather), 0.0, 1.0).astype(np.float32)

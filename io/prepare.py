@@ -1,0 +1,204 @@
+"""Prepare one canonical row for the model: fetch, decode, build the mask, crop, resize.
+
+``prepare_row`` never raises for a row's own problem; it returns a dict of Arrow-friendly values:
+
+    id, status ("ready" | "unchanged" | "error"), error_kind, error,
+    seed, prompt, negative_prompt, image_uri (redacted),
+    model_image  bytes: uint8 [R, R, 3] C-order (b"" unless ready)
+    model_mask   bytes: uint8 [R, R] in {0, 255}, 255 = repaint (b"" unless ready)
+    window       [x0, y0, x1, y1] crop window in original pixels; may extend past the image where
+                 the crop was reflect-padded (see geometry.py); None unless ready
+    width, height  decoded (EXIF-oriented) image size; None if the image did not decode
+    resolution   R
+    source       the original encoded image bytes (finish decodes them again; deterministic)
+    repaint_mask PNG bytes (mode "1"), full resolution, of the dilated repaint mask (b"" unless ready)
+    mask_pixels  number of repaint pixels after dilation
+    t_fetch, t_decode, t_prepare  seconds
+
+Status "unchanged" means the mask is empty after threshold/invert: the row passes through and
+finish writes the original. Seeds: the row's own ``seed`` when given (must be >= 0), else
+``row_seed(job_seed, id)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .errors import RowError, SettingsError, redact_uri
+from .geometry import crop_window, model_inputs
+from .images import decode_image
+from .masks import bbox, boxes_to_mask, decode_mask_values, dilate, threshold_mask
+from .rle import rle_to_mask
+from .storage import StorageOptions, read_bytes
+
+_PIL_BOMB_LIMIT = (2 * Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else None
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    resolution: int = 512          # model side R; multiple of 64 (sd2-inpainting.md §6.3)
+    mask_threshold: float = 0.5    # fraction of full scale; value/255 >= t marks a pixel (§6.1)
+    mask_invert: bool = False
+    mask_dilate: int = 8           # px, Euclidean disc
+    feather: int = 8               # px, outward from the dilated mask
+    context: float = 0.25          # margin as a fraction of the mask box
+    min_context: int = 32          # px, minimum margin
+    max_pixels: int = 50_000_000   # refuse larger images before decoding
+    resize_mask: bool = False      # resize a mask of another size instead of failing the row
+    default_prompt: str = ""
+    default_negative_prompt: str = ""
+    job_seed: int = 0
+    storage: StorageOptions = field(default_factory=StorageOptions)
+
+    def validate(self) -> "PrepareSettings":
+        def bad(msg):
+            raise SettingsError(msg)
+
+        if not isinstance(self.resolution, int) or self.resolution < 64 or self.resolution % 64:
+            bad(f"resolution must be a positive multiple of 64 (sd2-inpainting.md §6.3), got {self.resolution!r}")
+        if not (0.0 < float(self.mask_threshold) <= 1.0):
+            bad(f"mask_threshold must be in (0, 1], got {self.mask_threshold!r}")
+        for name, hi in (("mask_dilate", 512), ("feather", 512), ("min_context", 100_000)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
+                bad(f"{name} must be an integer in 0..{hi} pixels, got {v!r}")
+        if not (0.0 <= float(self.context) <= 100.0):
+            bad(f"context must be a fraction >= 0, got {self.context!r}")
+        if not isinstance(self.max_pixels, int) or self.max_pixels <= 0:
+            bad(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
+        if _PIL_BOMB_LIMIT is not None and self.max_pixels > _PIL_BOMB_LIMIT:
+            bad(f"max_pixels {self.max_pixels} is above PIL's own decompression-bomb limit "
+                f"({_PIL_BOMB_LIMIT}); raise PIL.Image.MAX_IMAGE_PIXELS first")
+        if not isinstance(self.job_seed, int) or not 0 <= self.job_seed < 2 ** 63:
+            bad(f"job_seed must be an integer in [0, 2**63), got {self.job_seed!r}")
+        for name in ("default_prompt", "default_negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                bad(f"{name} must be a string")
+        self.storage.validate()
+        return self
+
+
+def row_seed(job_seed: int, row_id: str) -> int:
+    """Stable per-row seed in [0, 2**63): SHA-256 of "job_seed:id", first 8 bytes, top bit cleared."""
+    digest = hashlib.sha256(f"{int(job_seed)}:{row_id}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
+
+
+def _fetch(row: dict, key: str, settings: PrepareSettings) -> tuple[bytes | None, str | None]:
+    """(bytes, uri) of an image-like source: inline bytes win over a URI."""
+    blob, uri = row.get(f"{key}_bytes"), row.get(f"{key}_uri")
+    if blob is not None:
+        return bytes(blob), None
+    if uri is not None:
+        if not isinstance(uri, str) or not uri:
+            raise RowError("bad_row", f"{key}: URI must be a non-empty string, got {uri!r}")
+        try:
+            return read_bytes(uri, settings.storage), uri
+        except RowError as e:
+            raise RowError(e.kind, f"{key} {e.message}") from None
+    return None, None
+
+
+def _build_mask(row: dict, width: int, height: int, settings: PrepareSettings) -> tuple[np.ndarray, float, float]:
+    """Union of the row's mask sources -> bool [H, W] (True = repaint); plus fetch/decode times."""
+    t0 = time.perf_counter()
+    data, uri = _fetch(row, "mask", settings)
+    t_fetch = time.perf_counter() - t0
+    boxes, rle = row.get("boxes"), row.get("mask_rle")
+    if data is None and boxes is None and rle is None:
+        raise RowError("bad_row", "no mask: mask, boxes and mask_rle are all null")
+    t1 = time.perf_counter()
+    mask = np.zeros((height, width), dtype=bool)
+    if data is not None:
+        try:
+            values = decode_mask_values(data, settings.max_pixels, (width, height), settings.resize_mask)
+        except RowError as e:
+            where = f" {redact_uri(uri)}" if uri else ""
+            msg = e.message if e.message.startswith("mask") else f"mask: {e.message}"
+            raise RowError(e.kind, msg.replace("mask", f"mask{where}", 1)) from None
+        mask |= threshold_mask(values, settings.mask_threshold, settings.mask_invert)
+    if rle is not None:
+        mask |= rle_to_mask(rle, (height, width))
+    if boxes is not None:
+        if isinstance(boxes, (str, bytes)) or not hasattr(boxes, "__iter__"):
+            raise RowError("bad_boxes", f"boxes must be a list of [x0, y0, x1, y1], got {type(boxes).__name__}")
+        mask |= boxes_to_mask(boxes, width, height)
+    return mask, t_fetch, time.perf_counter() - t1
+
+
+_EMPTY = {"model_image": b"", "model_mask": b"", "window": None, "repaint_mask": b"", "source": b""}
+
+
+def prepare_row(row: dict, settings: PrepareSettings) -> dict:
+    """Canonical row dict -> prepared dict (see module docstring). Never raises for row problems."""
+    t_start = time.perf_counter()
+    R = settings.resolution
+    out = {
+        "id": None, "status": "error", "error_kind": None, "error": None, "seed": None,
+        "prompt": None, "negative_prompt": None, "image_uri": redact_uri(row.get("image_uri")),
+        "model_image": b"", "model_mask": b"", "window": None, "width": None, "height": None,
+        "resolution": R, "source": b"", "repaint_mask": b"", "mask_pixels": None,
+        "t_fetch": 0.0, "t_decode": 0.0, "t_prepare": 0.0,
+    }
+    try:
+        row_id = row.get("id")
+        if not isinstance(row_id, str) or row_id == "":
+            raise RowError("bad_row", f"id is {'empty' if row_id == '' else 'null' if row_id is None else repr(row_id)}")
+        out["id"] = row_id
+        prompt, negative = row.get("prompt"), row.get("negative_prompt")
+        out["prompt"] = settings.default_prompt if prompt is None else str(prompt)
+        out["negative_prompt"] = settings.default_negative_prompt if negative is None else str(negative)
+        seed = row.get("seed")
+        if seed is None:
+            seed = row_seed(settings.job_seed, row_id)
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 63:
+            raise RowError("bad_row", f"seed must be an integer in [0, 2**63), got {seed!r}")
+        out["seed"] = int(seed)
+
+        t0 = time.perf_counter()
+        source, uri = _fetch(row, "image", settings)
+        out["t_fetch"] = time.perf_counter() - t0
+        if source is None:
+            raise RowError("bad_row", "image is null (neither a URI nor bytes)")
+        t1 = time.perf_counter()
+        where = f"image {redact_uri(uri)}" if uri else "image (inline bytes)"
+        rgb = decode_image(source, where, settings.max_pixels)
+        out["t_decode"] = time.perf_counter() - t1
+        height, width = rgb.shape[:2]
+        out["source"], out["width"], out["height"] = source, int(width), int(height)
+
+        mask, t_mfetch, t_mdecode = _build_mask(row, width, height, settings)
+        out["t_fetch"] += t_mfetch
+        out["t_decode"] += t_mdecode
+        repaint = dilate(mask, settings.mask_dilate)
+        box = bbox(repaint)
+        out["mask_pixels"] = int(repaint.sum())
+        if box is None:
+            out["status"] = "unchanged"
+        else:
+            window = crop_window(box, width, height, R, settings.context, settings.min_context, settings.feather)
+            image_r, mask_r = model_inputs(rgb, repaint, window, R)
+            png = io.BytesIO()
+            Image.fromarray(repaint).save(png, "PNG", optimize=False)  # bool -> mode "1"
+            out.update(status="ready", window=[int(v) for v in window],
+                       model_image=image_r.tobytes(), model_mask=mask_r.tobytes(),
+                       repaint_mask=png.getvalue())
+    except RowError as e:
+        out.update(status="error", error_kind=e.kind, error=e.message, **_EMPTY)
+    except MemoryError:
+        out.update(status="error", error_kind="too_large", error="out of memory while preparing the row", **_EMPTY)
+    except Exception as e:  # noqa: BLE001 - one row must never stop the job
+        out.update(status="error", error_kind="prepare_failed",
+                   error=f"unexpected {type(e).__name__} while preparing: {redact_uri(str(e))[:300]}", **_EMPTY)
+    out["t_prepare"] = time.perf_counter() - t_start
+    return out
+
+
+# The jobs layer imports finish_row from here (the API groups it with prepare_row).
+from .finish import finish_row  # noqa: E402,F401

@@ -1,0 +1,88 @@
+"""Shared fixtures: a real S3 endpoint on loopback (moto server), fresh buckets, GPU skipping."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # so test modules can `import helpers_io`
+
+_DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto in server mode on 127.0.0.1 with a free port; yields the endpoint URL.
+
+    Dummy credentials are put in the environment for the whole session (and restored after),
+    so s3fs/botocore sign requests exactly as in production, against the loopback server.
+    """
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in _DUMMY_AWS}
+    os.environ.update(_DUMMY_AWS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, uniquely named bucket; yields (bucket_name, StorageOptions for the server)."""
+    import boto3
+
+    from rayinpaint.io.storage import StorageOptions
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    opts = StorageOptions(endpoint_url=s3_server, region="us-east-1")
+    yield name, opts
+
+
+@pytest.fixture
+def memfs_root():
+    """A unique memory:// folder, cleaned up afterwards."""
+    import fsspec
+
+    root = f"memory://t-{uuid.uuid4().hex[:12]}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    path = root[len("memory://"):]
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `gpu` unless torch sees a CUDA device (torch imported lazily)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    try:
+        import torch
+
+        available = bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch or a broken install: no GPU tests
+        available = False
+    if available:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is false)")
+    for item in gpu_items:
+        item.add_marker(skip)
