@@ -103,7 +103,7 @@ def run_demo(output: str, rows: int = 24, weights: str = "random:tiny") -> int:
     manifest = make_dataset(os.path.join(output, "input"), rows=rows)
     print(f"demo: wrote {rows + 5} rows (5 of them deliberately bad) to {manifest}", file=sys.stderr)
     rc = cli_main(["run", "--manifest", manifest, "--output", os.path.join(output, "run"), "--weights", weights,
-                   "--steps", "8", "--resolution", "256", "--batch-size", "4", "--max-error-rate", "0.25",
+                   "--steps", "8", "--resolution", "256", "--batch-size", "4", "--max-error-rate", "0.5",
                    "--prompt", "clean background", "--progress-interval", "2"])
     run = os.path.join(output, "run")
     summary = os.path.join(run, "_SUMMARY.json")

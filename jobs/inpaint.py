@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from rayinpaint.io.errors import ManifestError, SettingsError
 from rayinpaint.io.manifest import check_schema, list_manifest_files
 from rayinpaint.io.results import results_table
-from rayinpaint.io.storage import filesystem, join_uri, write_bytes
+from rayinpaint.io.storage import filesystem, join_uri, protocol_of, write_bytes
 
 from .config import DEFAULT_WEIGHTS, JobConfig
 from .ledger import DONE_STATUSES, Ledger
@@ -133,28 +134,38 @@ def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progr
     paths = [filesystem(f, storage)[1] for f in files]
     ds = ray.data.read_parquet(paths, filesystem=_arrow_fs(fs), include_paths=True)
     ds = ds.map_batches(select_rows, batch_format="pyarrow", zero_copy_batch=True,
-                        fn_kwargs={"colmap": cfg.column_map(), "exclude": exclude, "include": include})
+                        fn_kwargs={"colmap": cfg.column_map(), "exclude": exclude, "include": include,
+                                   "protocol": protocol_of(files[0])})
     if limit is not None:
         ds = ds.limit(limit)
+    # Blocks of one model batch each (a streaming split, no shuffle): the block is Ray Data's unit of work, so
+    # this lets every CPU prepare in parallel and every model actor get work even from one large manifest file.
+    batch = cfg.batch_size if include is None else 1
+    ds = ds.repartition(target_num_rows_per_block=batch)
     settings = cfg.prepare_settings()
     ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=max(8, cfg.batch_size),
                         fn_kwargs={"settings": settings}, num_cpus=1)
     n_actors, gpus, cpus = actor_plan(cfg)
-    batch = cfg.batch_size if include is None else 1
-    ds = ds.map_batches(
-        InpaintPredictor,
-        batch_format="pyarrow",
-        batch_size=batch,
-        compute=ray.data.ActorPoolStrategy(size=n_actors),
-        num_gpus=gpus,
-        num_cpus=cpus,
-        max_restarts=2,
-        max_task_retries=2,
-        fn_constructor_kwargs=dict(weights=cfg.weights, dtype=cfg.dtype, sampler=cfg.sampler, steps=cfg.steps,
-                                   guidance=cfg.guidance, strength=cfg.strength, eta=cfg.eta, karras=cfg.karras,
-                                   resolution=cfg.resolution, cache_dir=cfg.weights_cache,
-                                   weights_sha256=cfg.weights_sha256),
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 takes actor restart limits only through **ray_remote_args (deprecated, no named parameter
+        # yet). The bound matters: Ray Data's default retries forever, so a row that crashes its worker every
+        # time would never finish; run_job's crash passes turn such a row into an error row instead.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(
+            InpaintPredictor,
+            batch_format="pyarrow",
+            batch_size=batch,
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_gpus=gpus,
+            num_cpus=cpus,
+            max_restarts=2,
+            max_task_retries=2,
+            fn_constructor_kwargs=dict(weights=cfg.weights, dtype=cfg.dtype, sampler=cfg.sampler, steps=cfg.steps,
+                                       guidance=cfg.guidance, strength=cfg.strength, eta=cfg.eta, karras=cfg.karras,
+                                       resolution=cfg.resolution, pad_to=cfg.batch_size,
+                                       cache_dir=cfg.weights_cache,
+                                       weights_sha256=cfg.weights_sha256),
+        )
     run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength}
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,
                         fn_kwargs={"settings": settings, "out": cfg.output_settings(), "run": run,
@@ -241,6 +252,9 @@ def run_job(cfg: JobConfig) -> int:
         ctx = ray.data.DataContext.get_current()
         ctx.max_errored_blocks = -1  # a dead worker's rows are retried below, not fatal to the job
         ctx.enable_progress_bars = False
+        # Start streaming once every model actor holds its model, so the whole pool shares the work from the
+        # first batch (a bounded wait: a pool that cannot be placed fails with Ray's "Timed out" message).
+        ctx.wait_for_min_actors_s = 1800
         preview_p = min(1.0, 2.0 * cfg.preview_count / max(1, todo))
         progress = Progress(todo, cfg.progress_interval)
         try:

@@ -1,7 +1,9 @@
 """The model actor: one per GPU (or one CPU actor), holding the model for its whole life.
 
 Rows arrive prepared (`model_image`/`model_mask` bytes at the model resolution); rows whose status is not
-`ready` pass through untouched. A CUDA out-of-memory error splits the batch in halves and retries; any other
+`ready` pass through untouched. Every model call has the same batch shape (`pad_to` rows; short batches are
+padded with copies of their last row): kernels pick their reduction order by shape, so a fixed shape is what
+makes a row's output bitwise independent of which rows share its batch (checked in tests/test_job.py). A CUDA out-of-memory error splits the batch in halves and retries; any other
 exception in a batch retries its rows one at a time, so one bad row becomes one error row, not a failed job.
 """
 
@@ -30,7 +32,7 @@ def pick_device_and_dtype(dtype: str):
 
 class InpaintPredictor:
     def __init__(self, weights: str, dtype: str, sampler: str, steps: int, guidance: float, strength: float,
-                 eta: float, karras: bool, resolution: int, cache_dir: str | None = None,
+                 eta: float, karras: bool, resolution: int, pad_to: int = 1, cache_dir: str | None = None,
                  weights_sha256: str | None = None):
         import torch
 
@@ -50,6 +52,7 @@ class InpaintPredictor:
         self.inpainter = Inpainter(self.model, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
                                    karras=karras, strength=strength)
         self.res = resolution
+        self.pad_to = max(1, pad_to)
         self.sha = self.model.sha256
         import ray
 
@@ -58,20 +61,35 @@ class InpaintPredictor:
         self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
         log.info("model %s loaded on %s/%s in %.1fs", weights, self.device, self.dtype, time.perf_counter() - t0)
 
-    def _run(self, images, masks, prompts, negs, seeds):
-        try:
+    def _padded(self, images, masks, prompts, negs, seeds, size):
+        n = len(seeds)
+        if n >= size:
             return self.inpainter(images, masks, prompts, negs, seeds)
+        k = size - n
+        out = self.inpainter(np.concatenate([images, np.repeat(images[-1:], k, 0)]),
+                             np.concatenate([masks, np.repeat(masks[-1:], k, 0)]),
+                             prompts + prompts[-1:] * k, negs + negs[-1:] * k, seeds + seeds[-1:] * k)
+        return out[:n]
+
+    def _run(self, images, masks, prompts, negs, seeds, size=None):
+        size = self.pad_to if size is None else size
+        if len(seeds) > size:  # more rows than the fixed shape: run in chunks of it
+            parts = [self._run(images[i:i + size], masks[i:i + size], prompts[i:i + size], negs[i:i + size],
+                               seeds[i:i + size], size) for i in range(0, len(seeds), size)]
+            return np.concatenate(parts)
+        try:
+            return self._padded(images, masks, prompts, negs, seeds, size)
         except self._oom:
             import torch
 
             torch.cuda.empty_cache()
-            if len(seeds) == 1:
+            if size == 1:
                 raise
-            h = len(seeds) // 2
-            log.warning("CUDA out of memory at batch %d; splitting", len(seeds))
-            a = self._run(images[:h], masks[:h], prompts[:h], negs[:h], seeds[:h])
-            b = self._run(images[h:], masks[h:], prompts[h:], negs[h:], seeds[h:])
-            return np.concatenate([a, b])
+            half = (size + 1) // 2
+            log.warning("CUDA out of memory at batch %d; splitting into batches of %d", size, half)
+            if size == self.pad_to:
+                self.pad_to = half  # keep the smaller shape instead of failing again on every batch
+            return self._run(images, masks, prompts, negs, seeds, half)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows

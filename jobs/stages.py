@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayinpaint.io.manifest import canonicalize
-from rayinpaint.io.prepare import finish_row, prepare_row
+from rayinpaint.io.finish import finish_row
+from rayinpaint.io.prepare import prepare_row
 from rayinpaint.io.results import results_table
 from rayinpaint.io.storage import join_uri, write_bytes
 
@@ -29,11 +30,14 @@ PREPARED_SCHEMA = pa.schema([
     ("seed", pa.int64()),
     ("prompt", pa.string()),
     ("negative_prompt", pa.string()),
+    ("image_uri", pa.string()),
     ("model_image", pa.binary()),
     ("model_mask", pa.binary()),
     ("window", pa.list_(pa.int64())),
     ("width", pa.int64()),
     ("height", pa.int64()),
+    ("resolution", pa.int64()),
+    ("mask_pixels", pa.int64()),
     ("source", pa.binary()),
     ("repaint_mask", pa.binary()),
     ("t_fetch", pa.float64()),
@@ -55,9 +59,13 @@ DRIVER_SCHEMA = pa.schema([
 _THREADS = 8
 
 
-def select_rows(batch: pa.Table, colmap, exclude: pa.Array | None, include: pa.Array | None) -> pa.Table:
-    """Canonicalise a raw manifest batch and keep the rows this pass must process."""
-    t = canonicalize(batch, colmap, source_column="path")
+def select_rows(batch: pa.Table, colmap, exclude: pa.Array | None, include: pa.Array | None,
+                protocol: str) -> pa.Table:
+    """Canonicalise a raw manifest batch and keep the rows this pass must process.
+
+    Ray's `path` column has no protocol (`bucket/key`), so the manifest's protocol is passed separately.
+    """
+    t = canonicalize(batch, colmap, source_column="path", protocol=protocol)
     ids = t.column("id")
     if exclude is not None and len(exclude):
         t = t.filter(pc.invert(pc.fill_null(pc.is_in(ids, value_set=exclude), False)))
