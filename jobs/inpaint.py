@@ -110,15 +110,24 @@ def init_ray(cfg: JobConfig):
     return True
 
 
-def actor_plan(cfg: JobConfig) -> tuple[int, float, float]:
-    """(number of actors, GPUs per actor, CPUs per actor)."""
+def actor_plan(cfg: JobConfig, on_cluster: bool) -> tuple[int, float, float]:
+    """(number of actors, GPUs per actor, CPUs per actor).
+
+    GPUs present: one actor per `--num-gpus-per-actor` GPUs (or `--num-actors`). No GPU present yet but an
+    explicit `--num-actors` on a cluster: GPU actors anyway, so an autoscaling cluster that starts from zero
+    GPU workers scales up for them. Otherwise (a laptop, CI, `--num-gpus-per-actor 0`): CPU actors.
+    """
     import ray
 
     gpus = float(ray.cluster_resources().get("GPU", 0))
     per = cfg.num_gpus_per_actor
-    if gpus > 0 and per > 0:
-        n = cfg.num_actors or max(1, int(gpus // per))
-        return n, per, 1.0
+    if per > 0 and gpus > 0:
+        return cfg.num_actors or max(1, int(gpus // per)), per, 1.0
+    if per > 0 and on_cluster and cfg.num_actors:
+        log.info("no GPU in the cluster yet; requesting %d GPU actor(s) from the autoscaler", cfg.num_actors)
+        return cfg.num_actors, per, 1.0
+    if per > 0:
+        log.info("no GPU found: running %d model actor(s) on CPU", cfg.num_actors or 1)
     return cfg.num_actors or 1, 0.0, 1.0
 
 
@@ -145,7 +154,7 @@ def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progr
     settings = cfg.prepare_settings()
     ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=max(8, cfg.batch_size),
                         fn_kwargs={"settings": settings}, num_cpus=1)
-    n_actors, gpus, cpus = actor_plan(cfg)
+    n_actors, gpus, cpus = actor_plan(cfg, on_cluster=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
     with warnings.catch_warnings():
         # Ray 2.60 takes actor restart limits only through **ray_remote_args (deprecated, no named parameter
         # yet). The bound matters: Ray Data's default retries forever, so a row that crashes its worker every
