@@ -13,7 +13,8 @@ import functools
 
 import open_clip
 import torch
-from open_clip.transformer import LayerNormFp32, Transformer
+import torch.nn.functional as F
+from open_clip.transformer import Transformer
 from torch import nn
 
 from .config import TextConfig
@@ -36,6 +37,19 @@ def tokenize(prompts: list[str], context_length: int = 77) -> torch.Tensor:
     return _tokenizer()(list(prompts), context_length=context_length).to(torch.int64)
 
 
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the parameter and input dtypes, then cast back.
+
+    open_clip's LayerNormFp32 upcasts only the input, so with half-precision parameters F.layer_norm
+    sees mixed dtypes and fails; here weight and bias are upcast too. Same names and shapes as nn.LayerNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
 def causal_mask(n: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Additive mask: -inf strictly above the diagonal, 0 elsewhere (§4). [n, n] fp32."""
     return torch.full((n, n), float("-inf"), device=device).triu_(1)
@@ -49,17 +63,17 @@ class TextEncoder(nn.Module):
         self.config = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
-        # LayerNormFp32 keeps fp16/bf16 inference safe; identical to open_clip's LayerNorm in fp32.
+        # LayerNorm32 keeps fp16/bf16 inference safe; identical to open_clip's LayerNorm in fp32.
         self.transformer = Transformer(
             width=cfg.width,
             layers=cfg.built_layers,
             heads=cfg.heads,
             mlp_ratio=cfg.mlp_ratio,
             act_layer=nn.GELU,  # exact GELU: ViT-H-14 does not set quick_gelu
-            norm_layer=LayerNormFp32,
+            norm_layer=LayerNorm32,
             batch_first=True,
         )
-        self.ln_final = LayerNormFp32(cfg.width)
+        self.ln_final = LayerNorm32(cfg.width)
         self.register_buffer("attn_mask", causal_mask(cfg.context_length), persistent=False)
 
     def reset_buffers(self, device: torch.device | str | None = None) -> None:
