@@ -191,7 +191,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     opt("--prompt", help="prompt for rows without one")
     opt("--negative-prompt", help="negative prompt for rows without one")
     opt("--sampler", choices=SAMPLERS, help="sampler")
-    opt("--karras", action=argparse.BooleanOptionalAction, help="Karras sigma spacing (euler, euler_a, dpmpp_2m)")
+    opt("--karras", action=argparse.BooleanOptionalAction,
+        help="Karras sigma spacing for euler, euler_a and dpmpp_2m (ignored by ddim)")
     opt("--eta", type=float, help="DDIM eta (0 = deterministic DDIM)")
     opt("--steps", type=int, help="sampling steps")
     opt("--guidance", type=float, help="classifier-free guidance scale (1 = no guidance)")
@@ -322,6 +323,7 @@ def validate(c: JobConfig) -> None:
     _check(0.0 <= c.guidance <= 100.0, f"--guidance must be between 0 and 100, got {c.guidance}")
     _check(0.0 < c.strength <= 1.0, f"--strength must be in (0, 1], got {c.strength}")
     _check(c.eta >= 0.0, f"--eta must be >= 0, got {c.eta}")
+    _check(c.eta == 0.0 or c.sampler == "ddim", f"--eta applies to --sampler ddim only, not {c.sampler}")
     _check(0 <= c.seed < 2**63, f"--seed must be in [0, 2**63), got {c.seed}")
     _check(c.resolution >= 64 and c.resolution % 64 == 0 and c.resolution <= 2048,
            f"--resolution must be a multiple of 64 between 64 and 2048, got {c.resolution}")

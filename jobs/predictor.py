@@ -50,7 +50,7 @@ class InpaintPredictor:
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         self.model = load_model(weights, device=self.device, dtype=self.dtype, **kwargs)
         self.inpainter = Inpainter(self.model, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
-                                   karras=karras, strength=strength)
+                                   karras=karras and sampler != "ddim", strength=strength)
         self.res = resolution
         self.pad_to = max(1, pad_to)
         self.sha = self.model.sha256
