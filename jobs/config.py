@@ -28,6 +28,7 @@ class JobConfig:
     output: str
     weights: str = DEFAULT_WEIGHTS
     weights_sha256: str | None = None
+    model_config: str = "sd2-inpainting"
     weights_cache: str | None = None
     prompt: str = ""
     negative_prompt: str = ""
@@ -185,6 +186,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     opt("--weights", metavar="URI",
         help="checkpoint: local path or URI of a .safetensors single file or a diffusers folder; "
              "'random:tiny' runs the whole job with a tiny random model (noise in the mask: demos, dry runs)")
+    opt("--model-config", choices=("sd2-inpainting", "tiny"),
+        help="architecture the weights file must match exactly (tiny: small test models)")
     opt("--weights-sha256", metavar="HEX", help="expected sha256 of the weights file (checked after download)")
     opt("--weights-cache", metavar="DIR",
         help="per-node cache for downloaded weights (default: $RAYINPAINT_CACHE or ~/.cache/rayinpaint/weights)")

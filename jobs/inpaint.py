@@ -76,22 +76,41 @@ def scan_manifest(cfg: JobConfig, storage) -> tuple[list[str], pa.Array, dict]:
 
 
 def check_weights(cfg: JobConfig) -> None:
+    """Before any work: the weights exist, and a .safetensors file's header (read alone, a few hundred KB
+    even for the 5 GB file) matches the model exactly. A bad file is one clear line here, not an actor crash."""
     w = cfg.weights
     if w.startswith("random:"):
         return
     hint = ("pass --weights with a local path or an object-store URI of 512-inpainting-ema.safetensors "
             "(e.g. s3://my-bucket/weights/512-inpainting-ema.safetensors), or --weights random:tiny for a dry run")
     try:
-        from rayinpaint.io.storage import filesystem as _fs
-
-        fs, p = _fs(w, cfg.storage())
+        fs, p = filesystem(w, cfg.storage())
         ok = fs.exists(p)
     except Exception as e:  # noqa: BLE001 - any failure to reach the weights is reported the same way
-        raise WeightsUnavailable(f"cannot fetch the model weights {w}: {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''}; {hint}") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise WeightsUnavailable(f"cannot fetch the model weights {w}: {type(e).__name__}: {first}; {hint}") from None
     if not ok:
         what = "the default weights" if w == DEFAULT_WEIGHTS else "the weights"
         raise WeightsUnavailable(f"{what} {w} were not found; {hint}")
+    if not w.endswith(".safetensors") or fs.isdir(p):
+        return
+    import json
+    import struct
+
+    from rayinpaint.model.config import get_config
+    from rayinpaint.model.weights import WeightsError, check_safetensors_header
+
+    try:
+        with fs.open(p, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"header length {n} is not plausible")
+            header = json.loads(f.read(n))
+        check_safetensors_header(header, get_config(cfg.model_config), w)
+    except WeightsError as e:
+        raise WeightsUnavailable(f"{e} (is --model-config {cfg.model_config} right?)") from None
+    except (ValueError, struct.error, UnicodeDecodeError) as e:
+        raise WeightsUnavailable(f"{w} is not a readable .safetensors file: {e}") from None
 
 
 # ---- Ray ------------------------------------------------------------------------------------------
@@ -173,7 +192,9 @@ def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progr
                                        guidance=cfg.guidance, strength=cfg.strength, eta=cfg.eta, karras=cfg.karras,
                                        resolution=cfg.resolution, pad_to=cfg.batch_size,
                                        cache_dir=cfg.weights_cache,
-                                       weights_sha256=cfg.weights_sha256),
+                                       weights_sha256=cfg.weights_sha256,
+                                       storage_options=cfg.storage().fsspec_kwargs(protocol_of(cfg.weights)),
+                                       model_config=cfg.model_config),
         )
     run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength}
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,

@@ -33,7 +33,8 @@ def pick_device_and_dtype(dtype: str):
 class InpaintPredictor:
     def __init__(self, weights: str, dtype: str, sampler: str, steps: int, guidance: float, strength: float,
                  eta: float, karras: bool, resolution: int, pad_to: int = 1, cache_dir: str | None = None,
-                 weights_sha256: str | None = None):
+                 weights_sha256: str | None = None, storage_options: dict | None = None,
+                 model_config: str = "sd2-inpainting"):
         import torch
 
         from rayinpaint.model import Inpainter, load_model
@@ -45,9 +46,13 @@ class InpaintPredictor:
             kwargs["cache_dir"] = cache_dir
         if weights_sha256:
             kwargs["sha256"] = weights_sha256
+        if storage_options:
+            kwargs["storage_options"] = storage_options
         if self.device == "cpu":
             # Leave the other CPU stages room; one intra-op pool per actor.
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+        if not weights.startswith("random:"):
+            kwargs["config"] = model_config
         self.model = load_model(weights, device=self.device, dtype=self.dtype, **kwargs)
         self.inpainter = Inpainter(self.model, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
                                    karras=karras and sampler != "ddim", strength=strength)

@@ -364,6 +364,22 @@ def split_single_file(src: TensorSource, expected: Mapping[str, Mapping[str, tup
     return {c: [PREFIXES[c] + k for k in names] for c, names in expected.items()}
 
 
+def check_safetensors_header(header: Mapping, cfg: SD2Config, source: str) -> None:
+    """Check a single file's parsed safetensors header (name -> {"shape": ...}) strictly, without its data.
+
+    Lets a caller validate remote weights from the first bytes of the file before committing any work.
+    """
+    from .sd2 import build_meta
+
+    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    split_single_file(_Shapes(shapes), build_meta(cfg).expected_shapes(), cfg, source)
+
+
+class _Shapes:
+    def __init__(self, shapes):
+        self.shapes = shapes
+
+
 DIFFUSERS_FILES = {
     "unet": ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin"),
     "vae": ("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin"),

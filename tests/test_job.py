@@ -45,6 +45,23 @@ def read_results(fs, root: str) -> pa.Table:
     return pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in paths])
 
 
+def write_tiny_checkpoint(path) -> str:
+    """A tiny random model saved with the real single-file layout; returns the file's sha256."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from rayinpaint.model import load_model
+
+    m = load_model("random:tiny:3")
+    sd = {}
+    for prefix, module in (("model.diffusion_model.", m.unet), ("first_stage_model.", m.vae),
+                           ("cond_stage_model.model.", m.text_encoder)):
+        sd.update({prefix + k: v.contiguous() for k, v in module.state_dict().items()})
+    save_file(sd, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def check_untouched(original: np.ndarray, mask: np.ndarray, output: np.ndarray, radius: int) -> None:
     """Every pixel farther than `radius` (Chebyshev, which bounds the Euclidean distance) from the mask is equal."""
     assert original.shape == output.shape
@@ -64,9 +81,14 @@ def test_job_on_s3_end_to_end(ray_local, s3_bucket, tmp_path):
     make_dataset(str(local), rows=10)
     fs = s3fs.S3FileSystem(**opts.fsspec_kwargs("s3"))
     fs.put(str(local), f"{bucket}/input", recursive=True)
+    # The weights come from the bucket too: a single-file checkpoint with LDM key names (tiny config).
+    weights = tmp_path / "tiny.safetensors"
+    sha = write_tiny_checkpoint(weights)
+    fs.put(str(weights), f"{bucket}/weights/tiny.safetensors")
     out = f"s3://{bucket}/run"
     cfg = JobConfig(manifest=(f"s3://{bucket}/input/manifest.parquet",), output=out,
-                    endpoint_url=opts.endpoint_url, **FAST)
+                    endpoint_url=opts.endpoint_url, **{**FAST, "weights": f"s3://{bucket}/weights/tiny.safetensors",
+                                                       "model_config": "tiny", "weights_cache": str(tmp_path / "cache")})
     assert run_job(cfg) == 0
 
     manifest = pq.read_table(str(local / "manifest.parquet")).to_pylist()
@@ -100,7 +122,9 @@ def test_job_on_s3_end_to_end(ray_local, s3_bucket, tmp_path):
     assert summary["counts_by_status"]["error"] == len(BAD)
     assert sum(summary["errors_by_kind"].values()) == len(BAD)
     assert summary["success"] and fs.exists(f"{bucket}/run/_SUCCESS")
-    assert summary["model_sha256"]
+    assert summary["model_sha256"] == sha  # the file the actors loaded, downloaded once into the cache
+    assert all(r["model_sha256"] == sha for r in rows.values() if r["status"] == "ok")
+    assert [p.suffix for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.stat().st_size > 100_000]
     report = fs.cat(f"{bucket}/run/_REPORT.html").decode()
     assert "data:image/jpeg;base64," in report and "not_found" in report
 
@@ -144,7 +168,7 @@ def test_rerun_is_deterministic_and_retry_errors(ray_local, tmp_path):
     assert st["bad-missing-file"] == "ok"
     assert st["bad-truncated"] == "error"
     s = json.loads((tmp_path / "a" / "_SUMMARY.json").read_text())
-    assert s["this_run"]["processed"] == 3  # the three rows still failing or fixed, not the ok ones
+    assert s["this_run"]["processed"] == 4  # the four error rows (one now fixed), not the ok ones
 
 
 def test_duplicate_ids_are_reported_once(ray_local, tmp_path):
@@ -239,6 +263,17 @@ def test_cli_help_limit_bad_settings_and_demo(tmp_path):
     assert "_REPORT.html" in d.stderr
     s = json.loads((tmp_path / "demo" / "run" / "_SUMMARY.json").read_text())
     assert s["success"] and s["accounted"] == 11
+
+
+def test_weights_not_matching_the_model_is_one_clear_line(tmp_path):
+    manifest = make_dataset(str(tmp_path / "in"), rows=2)
+    weights = tmp_path / "tiny.safetensors"
+    write_tiny_checkpoint(weights)
+    r = _cli("run", "--manifest", manifest, "--output", str(tmp_path / "o"), "--weights", str(weights))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "wrong shapes" in last and "cond_stage_model.model.ln_final.bias" in last and "--model-config" in last
+    assert not (tmp_path / "o" / "results").exists()  # nothing started
 
 
 def test_missing_default_weights_is_one_clear_line(tmp_path):
