@@ -79,10 +79,10 @@ def time_diffusers(args, device, dtype) -> dict:
 
     m = load_model(args.weights, device="cpu", dtype=torch.float32)
     cfg = m.config
-    unet = UNet2DConditionModel(**W.diffusers_unet_config(cfg.unet))
-    unet.load_state_dict(W.ldm_to_diffusers_unet(m.unet.state_dict()), strict=True)
+    unet = UNet2DConditionModel(**W.diffusers_unet_config(cfg.unet, sample_size=args.resolution // 8))
+    unet.load_state_dict(W.ldm_to_diffusers_unet(m.unet.state_dict(), cfg.unet), strict=True)
     vae = AutoencoderKL(**W.diffusers_vae_config(cfg.vae))
-    vae.load_state_dict(W.ldm_to_diffusers_vae(m.vae.state_dict()), strict=True)
+    vae.load_state_dict(W.ldm_to_diffusers_vae(m.vae.state_dict(), cfg.vae), strict=True)
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched,
@@ -94,7 +94,7 @@ def time_diffusers(args, device, dtype) -> dict:
         neg = m.text_encoder(m.tokenize([""] * args.batch_size)).to(device=device, dtype=dtype)
     del m
     images, masks = _inputs(args.batch_size, args.resolution)
-    img = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    img = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)  # diffusers takes [0, 1] tensors
     msk = torch.from_numpy(masks)[:, None].float().div(255)
 
     def call():

@@ -364,6 +364,35 @@ def split_single_file(src: TensorSource, expected: Mapping[str, Mapping[str, tup
     return {c: [PREFIXES[c] + k for k in names] for c, names in expected.items()}
 
 
+def diffusers_unet_config(cfg: UNetConfig, sample_size: int = 64) -> dict:
+    """Keyword arguments for diffusers' UNet2DConditionModel with our structure (§7.2); plain data, so the
+    runtime never imports diffusers. Its "attention_head_dim" is really the number of heads (§9.8)."""
+    chans = list(cfg.level_channels)
+    levels = range(len(chans))
+    return dict(
+        sample_size=sample_size, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+        down_block_types=tuple("CrossAttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in levels),
+        up_block_types=tuple("CrossAttnUpBlock2D" if i in cfg.attention_levels else "UpBlock2D"
+                             for i in reversed(levels)),
+        block_out_channels=tuple(chans), layers_per_block=cfg.num_res_blocks,
+        attention_head_dim=[c // cfg.head_dim for c in chans], cross_attention_dim=cfg.context_dim,
+        use_linear_projection=True, flip_sin_to_cos=True, freq_shift=0, norm_num_groups=cfg.norm_groups,
+        norm_eps=1e-5, act_fn="silu", downsample_padding=1, mid_block_scale_factor=1, upcast_attention=False,
+        transformer_layers_per_block=cfg.transformer_depth,
+    )
+
+
+def diffusers_vae_config(cfg: VAEConfig) -> dict:
+    """Keyword arguments for diffusers' AutoencoderKL with our structure (§7.2)."""
+    n = len(cfg.ch_mult)
+    return dict(
+        in_channels=cfg.in_channels, out_channels=cfg.in_channels, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(cfg.level_channels),
+        layers_per_block=cfg.num_res_blocks, latent_channels=cfg.z_channels, norm_num_groups=cfg.norm_groups,
+        act_fn="silu", sample_size=512, scaling_factor=0.18215,  # SD2Config.scale_factor (§3.1)
+    )
+
+
 def check_safetensors_header(header: Mapping, cfg: SD2Config, source: str) -> None:
     """Check a single file's parsed safetensors header (name -> {"shape": ...}) strictly, without its data.
 

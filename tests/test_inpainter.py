@@ -13,6 +13,7 @@ import torch
 
 from rayinpaint.model import Inpainter, ldm_to_diffusers_unet, ldm_to_diffusers_vae, load_model
 from rayinpaint.model.config import UNetConfig, VAEConfig
+from rayinpaint.model.weights import diffusers_unet_config, diffusers_vae_config
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint_module  # noqa: E402
@@ -50,27 +51,11 @@ def make_batch(n: int, seed: int = 0):
 
 
 def diffusers_unet(cfg: UNetConfig):
-    chans = cfg.level_channels
-    levels = range(len(chans))
-    return diffusers.UNet2DConditionModel(
-        sample_size=LAT, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-        down_block_types=tuple("CrossAttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in levels),
-        up_block_types=tuple("CrossAttnUpBlock2D" if i in cfg.attention_levels else "UpBlock2D"
-                             for i in reversed(levels)),
-        block_out_channels=chans, layers_per_block=cfg.num_res_blocks,
-        attention_head_dim=[c // cfg.head_dim for c in chans],  # head counts (sd2-inpainting.md §9.8)
-        cross_attention_dim=cfg.context_dim, use_linear_projection=True, flip_sin_to_cos=True, freq_shift=0,
-        norm_num_groups=cfg.norm_groups, norm_eps=1e-5, act_fn="silu", downsample_padding=1,
-        transformer_layers_per_block=cfg.transformer_depth)
+    return diffusers.UNet2DConditionModel(**diffusers_unet_config(cfg, sample_size=LAT))
 
 
 def diffusers_vae(cfg: VAEConfig):
-    n = len(cfg.ch_mult)
-    return diffusers.AutoencoderKL(
-        in_channels=cfg.in_channels, out_channels=cfg.in_channels, down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=cfg.level_channels,
-        layers_per_block=cfg.num_res_blocks, latent_channels=cfg.z_channels, norm_num_groups=cfg.norm_groups,
-        act_fn="silu", scaling_factor=0.18215)
+    return diffusers.AutoencoderKL(**diffusers_vae_config(cfg))
 
 
 def make_scheduler(sampler: str, spacing: str | None, karras: bool):

@@ -13,6 +13,7 @@ import torch
 
 from rayinpaint.model import PRESETS, ldm_to_diffusers_unet, ldm_to_diffusers_vae
 from rayinpaint.model.config import UNetConfig, VAEConfig
+from rayinpaint.model.weights import diffusers_unet_config, diffusers_vae_config
 from rayinpaint.model.sd2 import random_init_
 from rayinpaint.model.unet import UNet
 from rayinpaint.model.vae import VAE
@@ -28,50 +29,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def diffusers_unet(cfg: UNetConfig) -> "diffusers.UNet2DConditionModel":
     """UNet2DConditionModel with the same structure (sd2-inpainting.md §7.2), built on meta."""
-    chans = cfg.level_channels
-    levels = range(len(chans))
-    down = ["CrossAttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in levels]
-    up = ["CrossAttnUpBlock2D" if i in cfg.attention_levels else "UpBlock2D" for i in reversed(levels)]
     with torch.device("meta"):
-        return diffusers.UNet2DConditionModel(
-            sample_size=8,
-            in_channels=cfg.in_channels,
-            out_channels=cfg.out_channels,
-            down_block_types=tuple(down),
-            up_block_types=tuple(up),
-            block_out_channels=chans,
-            layers_per_block=cfg.num_res_blocks,
-            # diffusers' "attention_head_dim" is really the number of heads here (§9.8)
-            attention_head_dim=[c // cfg.head_dim for c in chans],
-            cross_attention_dim=cfg.context_dim,
-            use_linear_projection=True,
-            flip_sin_to_cos=True,
-            freq_shift=0,
-            norm_num_groups=cfg.norm_groups,
-            norm_eps=1e-5,
-            act_fn="silu",
-            downsample_padding=1,
-            mid_block_scale_factor=1,
-            upcast_attention=False,
-            transformer_layers_per_block=cfg.transformer_depth,
-        )
+        return diffusers.UNet2DConditionModel(**diffusers_unet_config(cfg, sample_size=8))
 
 
 def diffusers_vae(cfg: VAEConfig) -> "diffusers.AutoencoderKL":
-    n = len(cfg.ch_mult)
     with torch.device("meta"):
-        return diffusers.AutoencoderKL(
-            in_channels=cfg.in_channels,
-            out_channels=cfg.in_channels,
-            down_block_types=("DownEncoderBlock2D",) * n,
-            up_block_types=("UpDecoderBlock2D",) * n,
-            block_out_channels=cfg.level_channels,
-            layers_per_block=cfg.num_res_blocks,
-            latent_channels=cfg.z_channels,
-            norm_num_groups=cfg.norm_groups,
-            act_fn="silu",
-            sample_size=64,
-        )
+        return diffusers.AutoencoderKL(**{**diffusers_vae_config(cfg), "sample_size": 64})
 
 
 def _pair_unet(cfg: UNetConfig):
