@@ -67,7 +67,7 @@ class JobConfig:
     retry_errors: bool = False
     address: str | None = None
     preview_count: int = 24
-    max_crash_retries: int = 2
+    max_crash_retries: int = 1
     progress_interval: float = 10.0
     extra: dict = field(default_factory=dict)
 

@@ -3,9 +3,12 @@
 `python -m rayinpaint.jobs.inpaint ARGS` is the same as `rayinpaint run ARGS`.
 
 Exactly once: before work, the ledger (`{output}/results/`) is reconciled and every id already `ok`/`unchanged`
-(or `error`, unless --retry-errors) is skipped. Each finish task writes one complete shard. If a worker dies and
-Ray gives up on a block, its rows are missing at the end of the pass; they are retried alone, and a row still
-missing after `--max-crash-retries` passes becomes an error row (`worker_crash`). Duplicate ids in the manifest
+(or `error`, unless --retry-errors) is skipped. Each finish task writes one complete shard. If a model worker
+dies, it is restarted and its task retried once; if Ray then gives up on the block, its rows are missing at the
+end of the pass. They are retried in passes of their own (one task in flight per actor) while those make
+progress, and rows still missing after `--max-crash-retries` passes without progress become error rows
+(`worker_crash`). Ray Data ends a pass early once a block is lost, so rows queued behind a crashing one can end
+as `worker_crash` too; `--retry-errors` reprocesses them on the next run. Duplicate ids in the manifest
 become one error row each (`duplicate_id`): which of the rows was meant cannot be known.
 """
 
@@ -175,19 +178,23 @@ def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progr
                         fn_kwargs={"settings": settings}, num_cpus=1)
     n_actors, gpus, cpus = actor_plan(cfg, on_cluster=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
     with warnings.catch_warnings():
-        # Ray 2.60 takes actor restart limits only through **ray_remote_args (deprecated, no named parameter
-        # yet). The bound matters: Ray Data's default retries forever, so a row that crashes its worker every
-        # time would never finish; run_job's crash passes turn such a row into an error row instead.
+        # Ray 2.60 takes these only through **ray_remote_args (deprecated, no named parameter yet). A dead
+        # actor is always restarted (a poison row must not take the pool down for every later row), but a
+        # task is retried once only: Ray Data's default retries forever, so a row that crashes its worker
+        # every time would never finish. run_job's crash passes then retry such rows alone and finally turn
+        # them into error rows.
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(
             InpaintPredictor,
             batch_format="pyarrow",
             batch_size=batch,
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            # Retry passes (include is set) queue one task per actor, so a crash takes down only its own row.
+            compute=ray.data.ActorPoolStrategy(size=n_actors,
+                                               max_tasks_in_flight_per_actor=1 if include is not None else None),
             num_gpus=gpus,
             num_cpus=cpus,
-            max_restarts=2,
-            max_task_retries=2,
+            max_restarts=-1,
+            max_task_retries=1,
             fn_constructor_kwargs=dict(weights=cfg.weights, dtype=cfg.dtype, sampler=cfg.sampler, steps=cfg.steps,
                                        guidance=cfg.guidance, strength=cfg.strength, eta=cfg.eta, karras=cfg.karras,
                                        resolution=cfg.resolution, pad_to=cfg.batch_size,
@@ -290,19 +297,26 @@ def run_job(cfg: JobConfig) -> int:
         try:
             run_pass(cfg, files, exclude=exclude, include=None, limit=cfg.limit, preview_p=preview_p,
                      progress=progress, sink=sink)
-            # Rows missing after the pass: their block failed (worker crash). Retry them alone. Under --limit
-            # the rows a pass took are not known in advance, so lost rows simply wait for the next run.
-            for attempt in range(cfg.max_crash_retries + 1 if cfg.limit is None else 0):
+            # Rows missing after the pass: their block failed (worker crash). Retry them alone, one task in
+            # flight per actor, while passes make progress; after --max-crash-retries passes without progress
+            # the rows left become error rows. Under --limit the rows a pass took are not known in advance,
+            # so lost rows simply wait for the next run.
+            stalled = 0
+            before = None
+            while cfg.limit is None:
                 seen = ledger.index().ids
                 missing = pc.filter(todo_ids, pc.invert(pc.is_in(todo_ids, value_set=seen)))
                 if not len(missing):
                     break
-                if attempt == cfg.max_crash_retries:
+                stalled = stalled + 1 if before is not None and len(missing) >= before else 0
+                before = len(missing)
+                if stalled > cfg.max_crash_retries or (before is not None and cfg.max_crash_retries == 0):
                     rows = [{"id": i, "status": "error", "error_kind": "worker_crash",
-                             "error": f"the worker processing this row died {attempt + 1} time(s); "
+                             "error": "the model worker died each time it processed this row; "
                                       "see the Ray worker logs"} for i in missing.to_pylist()]
                     ledger.write_rows(results_table(rows))
-                    sink(pa.Table.from_pylist([{**r, "model_sha256": None, "actor": None, "preview_jpeg": None} for r in rows]))
+                    sink(pa.Table.from_pylist([{**r, "model_sha256": None, "actor": None, "preview_jpeg": None}
+                                               for r in rows]))
                     break
                 log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
                 run_pass(cfg, files, exclude=None, include=missing, limit=None, preview_p=0.0,

@@ -18,6 +18,10 @@ import pyarrow as pa
 
 log = logging.getLogger("rayinpaint.predictor")
 
+# Test hook: ids whose batch kills the model worker (comma-separated). Lets the tests prove that a row which
+# crashes its worker every time ends as an error row while every other row completes.
+_CRASH_IDS = {i for i in os.environ.get("RAYINPAINT_TEST_CRASH_IDS", "").split(",") if i}
+
 
 def pick_device_and_dtype(dtype: str):
     import torch
@@ -99,6 +103,8 @@ class InpaintPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         status = batch.column("status").to_pylist()
+        if _CRASH_IDS and _CRASH_IDS & set(batch.column("id").to_pylist()):
+            os._exit(17)  # fault injection for tests: this process dies as a segfaulting kernel would
         ready = [i for i in range(n) if status[i] == "ready"]
         results: list[bytes | None] = [None] * n
         errors: dict[int, tuple[str, str]] = {}
