@@ -7,8 +7,8 @@ Exactly once: before work, the ledger (`{output}/results/`) is reconciled and ev
 dies, it is restarted and its task retried once; if Ray then gives up on the block, its rows are missing at the
 end of the pass. They are retried in passes of their own (one task in flight per actor) while those make
 progress, and rows still missing after `--max-crash-retries` passes without progress become error rows
-(`worker_crash`). Ray Data ends a pass early once a block is lost, so rows queued behind a crashing one can end
-as `worker_crash` too; `--retry-errors` reprocesses them on the next run. Duplicate ids in the manifest
+(`worker_crash`). Blocks hold one model batch each up to the model stage, so a crash costs its own batch only,
+and the retry passes (batches of one row) recover the other rows of that batch. Duplicate ids in the manifest
 become one error row each (`duplicate_id`): which of the rows was meant cannot be known.
 """
 
@@ -174,7 +174,7 @@ def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progr
     batch = cfg.batch_size if include is None else 1
     ds = ds.repartition(target_num_rows_per_block=batch)
     settings = cfg.prepare_settings()
-    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=max(8, cfg.batch_size),
+    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=batch,
                         fn_kwargs={"settings": settings}, num_cpus=1)
     n_actors, gpus, cpus = actor_plan(cfg, on_cluster=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
     with warnings.catch_warnings():
@@ -211,6 +211,22 @@ def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progr
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink(b)
         progress.update(b.column("status").to_pylist())
+
+
+def _guarded(run, *args, progress, **kwargs) -> None:
+    """Run a pass; a Ray failure after some rows came out (a worker lost at an unlucky moment) ends the pass
+    but not the job: the rows it did not write are found missing and retried. A failure before any row came
+    out (the model cannot load, the cluster cannot place the pool) is raised."""
+    import ray
+
+    done = progress.done
+    try:
+        run(*args, progress=progress, **kwargs)
+    except ray.exceptions.RayError as e:
+        if progress.done == done:
+            raise
+        log.warning("pass ended early (%s: %s); rows it did not write are retried",
+                    type(e).__name__, str(e).splitlines()[0][:200])
 
 
 def _arrow_fs(fs):
@@ -295,22 +311,23 @@ def run_job(cfg: JobConfig) -> int:
         preview_p = min(1.0, 2.0 * cfg.preview_count / max(1, todo))
         progress = Progress(todo, cfg.progress_interval)
         try:
-            run_pass(cfg, files, exclude=exclude, include=None, limit=cfg.limit, preview_p=preview_p,
+            _guarded(run_pass, cfg, files, exclude=exclude, include=None, limit=cfg.limit, preview_p=preview_p,
                      progress=progress, sink=sink)
             # Rows missing after the pass: their block failed (worker crash). Retry them alone, one task in
             # flight per actor, while passes make progress; after --max-crash-retries passes without progress
             # the rows left become error rows. Under --limit the rows a pass took are not known in advance,
             # so lost rows simply wait for the next run.
-            stalled = 0
+            stalled = 0  # retry passes that recovered nothing
             before = None
             while cfg.limit is None:
                 seen = ledger.index().ids
                 missing = pc.filter(todo_ids, pc.invert(pc.is_in(todo_ids, value_set=seen)))
                 if not len(missing):
                     break
-                stalled = stalled + 1 if before is not None and len(missing) >= before else 0
+                if before is not None and len(missing) >= before:
+                    stalled += 1
                 before = len(missing)
-                if stalled > cfg.max_crash_retries or (before is not None and cfg.max_crash_retries == 0):
+                if stalled >= cfg.max_crash_retries:
                     rows = [{"id": i, "status": "error", "error_kind": "worker_crash",
                              "error": "the model worker died each time it processed this row; "
                                       "see the Ray worker logs"} for i in missing.to_pylist()]
@@ -319,7 +336,7 @@ def run_job(cfg: JobConfig) -> int:
                                                for r in rows]))
                     break
                 log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
-                run_pass(cfg, files, exclude=None, include=missing, limit=None, preview_p=0.0,
+                _guarded(run_pass, cfg, files, exclude=None, include=missing, limit=None, preview_p=0.0,
                          progress=progress, sink=sink)
         finally:
             log.info(progress.line())
