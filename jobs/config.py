@@ -168,7 +168,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
             help = f"{help} (default: {'on' if default else 'off'})"
         elif default not in (None, "", ()):
             help = f"{help} (default: {default})"
-        p.add_argument(*names, dest=dest, default=None, help=help, **kw)
+        g.add_argument(*names, dest=dest, default=None, help=help, **kw)  # g: the current group below
 
     g = p.add_argument_group("input and output")
     opt("--manifest", nargs="+", metavar="URI",
@@ -236,7 +236,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     opt("--anon", action=argparse.BooleanOptionalAction, help="anonymous S3 access")
     opt("--requester-pays", action=argparse.BooleanOptionalAction, help="S3 requester-pays buckets")
     opt("--storage-option", action="append", metavar="KEY=VALUE",
-        help="extra fsspec storage option, repeatable (e.g. --storage-option client_kwargs.verify=false)")
+        help="extra fsspec storage option, repeatable (e.g. --storage-option use_ssl=false)")
 
     g = p.add_argument_group("outcome")
     opt("--max-error-rate", type=float,

@@ -15,7 +15,6 @@ become one error row each (`duplicate_id`): which of the rows was meant cannot b
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time

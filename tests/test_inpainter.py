@@ -16,10 +16,9 @@ from rayinpaint.model.config import UNetConfig, VAEConfig
 from rayinpaint.model.weights import diffusers_unet_config, diffusers_vae_config
 
 diffusers = pytest.importorskip("diffusers")
+from diffusers_ref import make_scheduler  # noqa: E402
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint_module  # noqa: E402
 
-SD2_SCHED = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 steps_offset=1, prediction_type="epsilon")
 H = W = 64
 LAT = H // 8
 
@@ -56,20 +55,6 @@ def diffusers_unet(cfg: UNetConfig):
 
 def diffusers_vae(cfg: VAEConfig):
     return diffusers.AutoencoderKL(**diffusers_vae_config(cfg))
-
-
-def make_scheduler(sampler: str, spacing: str | None, karras: bool):
-    kw = dict(SD2_SCHED)
-    if spacing:
-        kw["timestep_spacing"] = spacing
-    if sampler == "ddim":
-        return diffusers.DDIMScheduler(**kw, set_alpha_to_one=False, clip_sample=False)
-    if sampler == "euler":
-        return diffusers.EulerDiscreteScheduler(**kw, use_karras_sigmas=karras)
-    if sampler == "euler_a":
-        return diffusers.EulerAncestralDiscreteScheduler(**kw)
-    return diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
-                                                 use_karras_sigmas=karras)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 
-import fsspec
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
