@@ -65,8 +65,8 @@ class InpaintPredictor:
         self.sha = self.model.sha256
         import ray
 
-        ctx = ray.get_runtime_context()
-        self.actor = f"{ctx.get_node_id()[:12]}:{os.getpid()}"
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        self.actor = f"{node[:12]}:{os.getpid()}"
         self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
         log.info("model %s loaded on %s/%s in %.1fs", weights, self.device, self.dtype, time.perf_counter() - t0)
 

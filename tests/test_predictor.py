@@ -1,0 +1,74 @@
+"""The model actor's batch handling, without Ray: fixed shapes, OOM splitting, one bad row isolated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from rayinpaint.jobs.predictor import InpaintPredictor
+
+R = 64
+
+
+class FakeInpainter:
+    """Records each call's batch size; fails like CUDA when a batch is larger than `fits`."""
+
+    def __init__(self, fits: int, bad_seed: int | None = None):
+        self.fits, self.bad_seed, self.calls = fits, bad_seed, []
+
+    def __call__(self, images, masks, prompts, negs, seeds):
+        self.calls.append(len(seeds))
+        if len(seeds) > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if self.bad_seed in seeds:
+            raise RuntimeError("kernel failure (simulated)")
+        return np.stack([np.full((R, R, 3), s % 256, np.uint8) for s in seeds])
+
+
+@pytest.fixture()
+def predictor():
+    return InpaintPredictor("random:tiny", dtype="float32", sampler="ddim", steps=1, guidance=1.0, strength=1.0,
+                            eta=0.0, karras=False, resolution=R, pad_to=4)
+
+
+def batch(n: int, statuses=None) -> pa.Table:
+    statuses = statuses or ["ready"] * n
+    ready = [s == "ready" for s in statuses]
+    return pa.table({
+        "id": [f"r{i}" for i in range(n)], "status": statuses, "error_kind": [None] * n, "error": [None] * n,
+        "seed": list(range(10, 10 + n)), "prompt": ["p"] * n, "negative_prompt": [""] * n,
+        "model_image": [bytes(R * R * 3) if r else b"" for r in ready],
+        "model_mask": [bytes(R * R) if r else b"" for r in ready],
+    })
+
+
+def test_short_batches_are_padded_to_the_fixed_shape(predictor):
+    predictor.inpainter = fake = FakeInpainter(fits=8)
+    out = predictor(batch(3, ["ready", "error", "ready"]))
+    assert fake.calls == [4]  # two ready rows, padded to the batch shape of 4
+    res = out.column("result").to_pylist()
+    assert res[1] is None and np.frombuffer(res[2], np.uint8)[0] == 12
+    assert "model_image" not in out.column_names
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_the_smaller_shape(predictor):
+    predictor.inpainter = fake = FakeInpainter(fits=2)
+    out = predictor(batch(4))
+    assert fake.calls == [4, 2, 2]
+    assert [np.frombuffer(r, np.uint8)[0] for r in out.column("result").to_pylist()] == [10, 11, 12, 13]
+    assert out.column("status").to_pylist() == ["ready"] * 4
+    fake.calls.clear()
+    predictor(batch(4))
+    assert fake.calls == [2, 2]  # no second failure at 4
+
+
+def test_a_failing_row_becomes_an_error_row_and_the_others_finish(predictor):
+    predictor.inpainter = FakeInpainter(fits=8, bad_seed=11)
+    out = predictor(batch(3))
+    assert out.column("status").to_pylist() == ["ready", "error", "ready"]
+    assert out.column("error_kind").to_pylist()[1] == "model_error"
+    assert "kernel failure" in out.column("error").to_pylist()[1]
+    assert out.column("result").to_pylist()[1] is None
+    assert np.frombuffer(out.column("result").to_pylist()[2], np.uint8)[0] == 12
