@@ -212,6 +212,26 @@ def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progr
         progress.update(b.column("status").to_pylist())
 
 
+def keep_previews(root: str, previews: list, cfg: JobConfig, storage) -> list:
+    """Store this run's preview thumbnails under `_previews/` and return the report's sample: a rerun that had
+    little or nothing left to do still shows the rows of earlier runs."""
+    from rayinpaint.io.results import output_name
+
+    folder = join_uri(root, "_previews")
+    for rid, status, jpeg in previews:
+        write_bytes(join_uri(folder, f"{output_name(rid)[0]}.{status}.jpg"), jpeg, storage)
+    fs, path = filesystem(folder, storage)
+    try:
+        names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".jpg"))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names[: cfg.preview_count]:
+        stem, status, _ = name.rsplit(".", 2)
+        out.append((stem, status, fs.cat_file(f"{path}/{name}")))
+    return out
+
+
 def _guarded(run, *args, progress, **kwargs) -> None:
     """Run a pass; a Ray failure after some rows came out (a worker lost at an unlucky moment) ends the pass
     but not the job: the rows it did not write are found missing and retried. A failure before any row came
@@ -364,7 +384,8 @@ def run_job(cfg: JobConfig) -> int:
                             started=started)
     root = cfg.output.rstrip("/")
     write_bytes(join_uri(root, "_SUMMARY.json"), summary_json(summary), storage)
-    write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, previews), storage)
+    write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, keep_previews(root, previews, cfg, storage)),
+                storage)
     marker = join_uri(root, "_SUCCESS")
     fs, mp = filesystem(marker, storage)
     if success:

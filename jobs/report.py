@@ -62,7 +62,8 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 
 
 def report_html(summary: dict, previews: list[tuple[str, str, bytes]]) -> bytes:
-    """previews: (id, status, jpeg bytes of input | mask outline | output)."""
+    """previews: (output name (the id, or its hash when unsafe as a file name), status,
+    jpeg bytes of input | mask outline | output)."""
     e = html.escape
     s = summary
     ok = s["success"]

@@ -132,6 +132,8 @@ def test_job_on_s3_end_to_end(ray_local, s3_bucket, tmp_path):
     before = sorted(fs.ls(f"{bucket}/run/results"))
     assert run_job(cfg) == 0
     assert sorted(fs.ls(f"{bucket}/run/results")) == before
+    assert fs.cat(f"{bucket}/run/_REPORT.html").decode().count("data:image/jpeg;base64,") == \
+        report.count("data:image/jpeg;base64,")  # the rerun's report still shows the earlier samples
     again = json.loads(fs.cat(f"{bucket}/run/_SUMMARY.json"))
     assert again["this_run"]["processed"] == 0
     assert again["counts_by_status"] == summary["counts_by_status"]
