@@ -271,16 +271,15 @@ def run_job(cfg: JobConfig) -> int:
 
     # Reconcile first: repair duplicates from earlier crashes; drop error rows we are about to retry.
     idx = ledger.index()
+    dup_arr = pa.array(sorted(dups), pa.string())
     retry = None
     if cfg.retry_errors:
         err_ids = idx.ids_with_status(["error"])
-        dup_arr = pa.array(sorted(dups), pa.string())
         # Duplicate-id errors are a property of the manifest, not of a run: retrying cannot change them.
         retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=dup_arr))) if len(dups) else err_ids
     idx = ledger.reconcile(drop_error_ids=retry)
     done_statuses = DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",)
     done = idx.ids_with_status(done_statuses)
-    dup_arr = pa.array(sorted(dups), pa.string())
     exclude = pa.concat_arrays([done.cast(pa.string()), dup_arr]) if len(dup_arr) else done.cast(pa.string())
     todo_ids = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=exclude)))
     todo = len(todo_ids)
@@ -378,8 +377,9 @@ def run_job(cfg: JobConfig) -> int:
         examples["duplicate_id"] = {"ids": sorted(dups)[:5], "message": "id appears more than once in the manifest"}
     elapsed = time.perf_counter() - t0
     written = this_run["by_status"].get("ok", 0) + this_run["by_status"].get("unchanged", 0)
+    model_sha = sha["v"] or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     summary = build_summary(cfg=cfg, by_status=by_status, by_kind=by_kind, total_ids=len(ids), this_run=this_run,
-                            elapsed=elapsed, images_written=written, model_sha256=sha["v"], duplicates=dups,
+                            elapsed=elapsed, images_written=written, model_sha256=model_sha, duplicates=dups,
                             complete=complete, error_rate=error_rate, success=success, examples=examples,
                             started=started)
     root = cfg.output.rstrip("/")

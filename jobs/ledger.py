@@ -169,6 +169,10 @@ class Ledger:
         write_bytes(uri, table_to_parquet_bytes(table), self.storage)
         return uri
 
-    def read_all(self, columns=None) -> pa.Table:
-        parts = [self._read(p, columns=columns) for p in self.shard_paths()]
-        return pa.concat_tables(parts, promote_options="permissive") if parts else None
+    def first_value(self, column: str):
+        """The first non-null value of `column` in the newest shard that has one (or None)."""
+        for p in reversed(self.shard_paths()):
+            values = pc.drop_null(self._read(p, columns=[column]).column(0))
+            if len(values):
+                return values[0].as_py()
+        return None

@@ -136,6 +136,7 @@ def test_job_on_s3_end_to_end(ray_local, s3_bucket, tmp_path):
         report.count("data:image/jpeg;base64,")  # the rerun's report still shows the earlier samples
     again = json.loads(fs.cat(f"{bucket}/run/_SUMMARY.json"))
     assert again["this_run"]["processed"] == 0
+    assert again["model_sha256"] == sha  # from the ledger: the rerun loaded no model
     assert again["counts_by_status"] == summary["counts_by_status"]
 
 
