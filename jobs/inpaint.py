@@ -199,7 +199,7 @@ def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progr
                                        resolution=cfg.resolution, pad_to=cfg.batch_size,
                                        cache_dir=cfg.weights_cache,
                                        weights_sha256=cfg.weights_sha256,
-                                       storage_options=cfg.storage().fsspec_kwargs(protocol_of(cfg.weights)),
+                                       storage_options=storage.fsspec_kwargs(protocol_of(cfg.weights)),
                                        model_config=cfg.model_config),
         )
     run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength}

@@ -65,6 +65,11 @@ class SD2Inpaint(nn.Module):
         self.text_encoder.reset_buffers(device)
 
 
+def single_file_state_dict(model: SD2Inpaint) -> dict[str, torch.Tensor]:
+    """The model's tensors under the single-file (LDM) names, the layout `load_model` reads back (§7.1)."""
+    return {PREFIXES[c] + k: v.contiguous() for c in COMPONENTS for k, v in getattr(model, c).state_dict().items()}
+
+
 def build_meta(config: SD2Config, source: str = "", sha256: str = "") -> SD2Inpaint:
     with torch.device("meta"):
         return SD2Inpaint(config, source, sha256)
@@ -213,4 +218,4 @@ def _load_diffusers_folder(
     return _finish(model, device)
 
 
-__all__ = ["SD2Inpaint", "load_model", "build_meta", "random_init_", "random_state_dict", "random_tensor", "WeightsError", "DIFFUSERS_FILES"]
+__all__ = ["SD2Inpaint", "load_model", "single_file_state_dict", "build_meta", "random_init_", "random_state_dict", "random_tensor", "WeightsError", "DIFFUSERS_FILES"]

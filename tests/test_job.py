@@ -52,13 +52,9 @@ def write_tiny_checkpoint(path) -> str:
     from safetensors.torch import save_file
 
     from rayinpaint.model import load_model
+    from rayinpaint.model.sd2 import single_file_state_dict
 
-    m = load_model("random:tiny:3")
-    sd = {}
-    for prefix, module in (("model.diffusion_model.", m.unet), ("first_stage_model.", m.vae),
-                           ("cond_stage_model.model.", m.text_encoder)):
-        sd.update({prefix + k: v.contiguous() for k, v in module.state_dict().items()})
-    save_file(sd, str(path))
+    save_file(single_file_state_dict(load_model("random:tiny:3")), str(path))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

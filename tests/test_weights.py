@@ -28,11 +28,10 @@ from rayinpaint.model import (
     load_model,
     openclip_to_hf_text,
 )
-from rayinpaint.model.sd2 import build_meta
+from rayinpaint.model.sd2 import COMPONENTS, build_meta, single_file_state_dict
 from rayinpaint.model.weights import DDPM_BUFFERS, PREFIXES, is_ignored
 
 DATA = Path(__file__).parent / "data"
-COMPONENTS = ("unet", "vae", "text_encoder")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -40,9 +39,7 @@ COMPONENTS = ("unet", "vae", "text_encoder")
 
 def ldm_checkpoint(m) -> dict[str, torch.Tensor]:
     """The single-file layout: prefixed component tensors plus the unused entries of the real file."""
-    sd = {}
-    for c in COMPONENTS:
-        sd.update({PREFIXES[c] + k: v.clone() for k, v in getattr(m, c).state_dict().items()})
+    sd = {k: v.clone() for k, v in single_file_state_dict(m).items()}
     t = PREFIXES["text_encoder"]
     last = m.config.text.layers - 1
     g = torch.Generator().manual_seed(9)

@@ -20,12 +20,8 @@ WRITE = textwrap.dedent("""
     import sys
     from safetensors.torch import save_file
     from rayinpaint.model import load_model
-    m = load_model("random:sd2")
-    sd = {}
-    for prefix, part in (("model.diffusion_model.", m.unet), ("first_stage_model.", m.vae),
-                         ("cond_stage_model.model.", m.text_encoder)):
-        sd.update({prefix + k: v.contiguous() for k, v in part.state_dict().items()})
-    save_file(sd, sys.argv[1])
+    from rayinpaint.model.sd2 import single_file_state_dict
+    save_file(single_file_state_dict(load_model("random:sd2")), sys.argv[1])
 """)
 
 LOAD = textwrap.dedent("""
