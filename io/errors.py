@@ -23,6 +23,7 @@ KINDS = {
     "bad_row": "the row itself is unusable (null id, no image, no mask source, bad seed)",
     "not_found": "the object does not exist (404 / NoSuchKey / no such file)",
     "access_denied": "the object exists but cannot be read or written (403 / permission)",
+    "uri_not_allowed": "a URI whose scheme is not in the allowed list (--allowed-schemes), or a chained '::' URL",
     "io_error": "a storage failure that persisted after retries, or a non-retryable one",
     "empty_input": "zero bytes",
     "not_an_image": "bytes are not a known image format (text, HTML, random bytes)",
@@ -53,6 +54,13 @@ class RowError(Exception):
 
     def __reduce__(self):  # keep kind/message across pickling (Ray moves exceptions between processes)
         return (RowError, (self.kind, self.message))
+
+
+class OutputWriteError(Exception):
+    """Writing to the output failed after retries (permission denied, disk full, bucket policy...).
+
+    Not a row's problem: the row is not recorded at all (so it is redone on the next run), and the job
+    stops with this message instead of turning every later row into an error."""
 
 
 class ManifestError(ValueError):

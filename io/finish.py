@@ -3,7 +3,9 @@
 ``finish_row`` mirrors ``prepare_row``: it never raises for a row's problem. A "ready" row whose
 result pastes, encodes and writes becomes status "ok"; an "unchanged" row (empty mask) writes
 the decoded original and keeps status "unchanged"; an "error" row writes nothing. Any failure in
-here (bad model output, encode, write) turns the row into an error row.
+here (bad model output, encode) turns the row into an error row, except a failed write to the output
+(after retries): that is the output's problem, not the row's, so ``OutputWriteError`` is raised and the
+caller records nothing for the row.
 
 The key promise (DESIGN.md "Invariants"): in the written image, every pixel farther than
 ``feather`` px from the dilated repaint mask carries the decoded input's exact bytes (for PNG
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .errors import RowError, redact_uri
+from .errors import OutputWriteError, RowError, redact_uri
 from .geometry import paste_back, window_inside
 from .images import decode_image, encode_image
 from .masks import bbox, feather_alpha
@@ -106,6 +108,7 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
         "image_uri": prepared.get("image_uri"), "width": prepared.get("width"),
         "height": prepared.get("height"), "seed": prepared.get("seed"),
         "prompt": prepared.get("prompt"), "negative_prompt": prepared.get("negative_prompt"),
+        "prompt_truncated": prepared.get("prompt_truncated"),
         "sampler": run_info.get("sampler"), "steps": run_info.get("steps"),
         "guidance": run_info.get("guidance"), "strength": run_info.get("strength"),
         "resolution": prepared.get("resolution") or settings.resolution,
@@ -132,12 +135,14 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
             try:
                 write_bytes(uri, data, out.storage)
             except RowError as e:
-                raise RowError(e.kind if e.kind != "not_found" else "write_failed", f"output {e.message}") from None
+                raise OutputWriteError(f"cannot write the output image {e.message}") from None
             t_write = time.perf_counter() - t1
             row.update(status="ok" if status == "ready" else "unchanged", output_uri=redact_uri(uri),
                        output_name_hashed=hashed)
         else:
             raise RowError("finish_failed", f"unknown prepared status {status!r}")
+    except OutputWriteError:
+        raise
     except RowError as e:
         row.update(status="error", error_kind=e.kind, error=e.message, output_uri=None, window=None)
         final = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +36,12 @@ from .geometry import crop_window, model_inputs
 from .images import decode_image
 from .masks import bbox, boxes_to_mask, decode_mask_values, dilate, threshold_mask
 from .rle import rle_to_mask
-from .storage import StorageOptions, read_bytes
+from .storage import StorageOptions, protocol_of, read_bytes
+
+# Schemes a manifest may point at by default: local files and the object stores. Not http(s), ftp, memory,
+# data or chained "a::b" URLs: a manifest from elsewhere must not make workers fetch arbitrary endpoints
+# (instance metadata, internal services). --allowed-schemes changes the list.
+DEFAULT_ALLOWED_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss")
 
 _PIL_BOMB_LIMIT = (2 * Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else None
 
@@ -54,6 +60,7 @@ class PrepareSettings:
     default_prompt: str = ""
     default_negative_prompt: str = ""
     job_seed: int = 0
+    allowed_schemes: tuple = DEFAULT_ALLOWED_SCHEMES
     storage: StorageOptions = field(default_factory=StorageOptions)
 
     def validate(self) -> "PrepareSettings":
@@ -80,6 +87,9 @@ class PrepareSettings:
         for name in ("default_prompt", "default_negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 bad(f"{name} must be a string")
+        if (not isinstance(self.allowed_schemes, tuple) or not self.allowed_schemes
+                or not all(isinstance(x, str) and re.fullmatch(r"[a-z][a-z0-9+.-]*", x) for x in self.allowed_schemes)):
+            bad(f"allowed_schemes must be a non-empty tuple of lower-case URI schemes, got {self.allowed_schemes!r}")
         self.storage.validate()
         return self
 
@@ -88,6 +98,16 @@ def row_seed(job_seed: int, row_id: str) -> int:
     """Stable per-row seed in [0, 2**63): SHA-256 of "job_seed:id", first 8 bytes, top bit cleared."""
     digest = hashlib.sha256(f"{int(job_seed)}:{row_id}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
+
+
+def check_uri_allowed(uri: str, allowed: tuple) -> None:
+    """Raise RowError("uri_not_allowed") unless the URI's scheme is allowed (a bare path is "file")."""
+    if "::" in uri:
+        raise RowError("uri_not_allowed", f"chained '::' URLs are not accepted: {redact_uri(uri)}")
+    scheme = protocol_of(uri)
+    if scheme not in allowed:
+        raise RowError("uri_not_allowed", f"scheme '{scheme}' is not allowed ({', '.join(allowed)}; "
+                                          f"see --allowed-schemes): {redact_uri(uri)}")
 
 
 def _fetch(row: dict, key: str, settings: PrepareSettings) -> tuple[bytes | None, str | None]:
@@ -99,6 +119,7 @@ def _fetch(row: dict, key: str, settings: PrepareSettings) -> tuple[bytes | None
         if not isinstance(uri, str) or not uri:
             raise RowError("bad_row", f"{key}: URI must be a non-empty string, got {uri!r}")
         try:
+            check_uri_allowed(uri, settings.allowed_schemes)
             return read_bytes(uri, settings.storage), uri
         except RowError as e:
             raise RowError(e.kind, f"{key} {e.message}") from None

@@ -68,6 +68,7 @@ RESULTS_SCHEMA = pa.schema([
     ("seed", pa.int64()),
     ("prompt", pa.string()),
     ("negative_prompt", pa.string()),
+    ("prompt_truncated", pa.bool_()),     # prompt or negative prompt over 77 tokens: the end was cut
     ("sampler", pa.string()),
     ("steps", pa.int32()),
     ("guidance", pa.float64()),

@@ -63,6 +63,13 @@ def main(argv=None) -> int:
     except (SettingsError, ManifestError) as e:
         print(f"rayinpaint: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from .inpaint import OutputUnwritable
+
+        if not isinstance(e, OutputUnwritable):
+            raise
+        print(f"rayinpaint: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("rayinpaint: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class JobConfig:
     max_pixels: int = 50_000_000
     resize_mask: bool = False
     columns: str = ""
+    allowed_schemes: str = "file,s3,gs,gcs,az,abfs,abfss"
     batch_size: int = 16
     num_gpus_per_actor: float = 1.0
     num_actors: int | None = None
@@ -110,6 +112,7 @@ class JobConfig:
             default_prompt=self.prompt,
             default_negative_prompt=self.negative_prompt,
             job_seed=self.seed,
+            allowed_schemes=self.allowed_scheme_tuple(),
             storage=self.storage(),
         )
 
@@ -124,6 +127,9 @@ class JobConfig:
             storage=self.storage(),
         )
 
+    def allowed_scheme_tuple(self) -> tuple:
+        return tuple(x.strip().lower() for x in self.allowed_schemes.split(",") if x.strip())
+
     def column_map(self):
         from rayinpaint.io.manifest import ColumnMap
 
@@ -131,8 +137,12 @@ class JobConfig:
 
     def public_dict(self) -> dict:
         """Settings as recorded in the summary (no credentials: storage options are named, not valued)."""
+        from rayinpaint.io.errors import redact_uri
+
         d = dataclasses.asdict(self)
-        d["manifest"] = list(self.manifest)
+        d["manifest"] = [redact_uri(m) for m in self.manifest]
+        for k in ("output", "weights", "endpoint_url", "address", "weights_cache"):
+            d[k] = redact_uri(d[k])
         d["storage_option"] = [s.partition("=")[0] + "=<set>" for s in self.storage_option]
         d.pop("extra", None)
         return d
@@ -178,6 +188,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     opt("--columns", metavar="MAP",
         help="map manifest columns onto id,image,mask,boxes,mask_rle,prompt,negative_prompt,seed, "
              "e.g. 'image=img_uri,mask=mask_uri' (default: the canonical names)")
+    opt("--allowed-schemes", metavar="LIST",
+        help="comma-separated URI schemes the manifest's image and mask URIs may use; rows with any other "
+             "scheme (http, ftp, chained '::' URLs...) become 'uri_not_allowed' errors without a request")
     opt("--limit", type=int, metavar="N", help="process at most N not-yet-done rows, then stop (dry runs)")
     opt("--retry-errors", action=argparse.BooleanOptionalAction,
         help="reprocess rows whose earlier result is an error (rows already ok are always skipped)")
@@ -355,6 +368,9 @@ def validate(c: JobConfig) -> None:
     if c.weights.startswith("random:"):
         _check(c.weights.split(":")[1] in ("tiny", "sd2"),
                f"--weights: unknown random model {c.weights!r} (use random:tiny or random:sd2)")
+    schemes = c.allowed_scheme_tuple()
+    _check(bool(schemes) and all(re.fullmatch(r"[a-z][a-z0-9+.-]*", x) for x in schemes),
+           f"--allowed-schemes must be a comma-separated list of URI schemes, got {c.allowed_schemes!r}")
     try:
         c.column_map()
     except ValueError as e:

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rayinpaint.io.errors import ManifestError, SettingsError
+from rayinpaint.io.errors import ManifestError, RowError, SettingsError, redact_uri
 from rayinpaint.io.manifest import check_schema, list_manifest_files
 from rayinpaint.io.results import results_table
 from rayinpaint.io.storage import filesystem, join_uri, protocol_of, write_bytes
@@ -34,12 +35,33 @@ from .config import DEFAULT_WEIGHTS, JobConfig
 from .ledger import DONE_STATUSES, Ledger
 from .progress import Progress
 from .report import build_summary, report_html, summary_json
+from .stages import UNWRITTEN
 
 log = logging.getLogger("rayinpaint.job")
 
 
 class WeightsUnavailable(SettingsError):
     pass
+
+
+class OutputUnwritable(Exception):
+    """The output cannot be written (permission denied, disk full, bucket policy). The job stops; rows whose
+    results were not written are not recorded, so rerunning the same command once the output is fixed resumes.
+    The command line reports it in one line with exit code 3."""
+
+
+def check_output_writable(cfg: JobConfig, storage) -> None:
+    """Before any work: write and remove a probe object under --output."""
+    probe = join_uri(cfg.output.rstrip("/"), f"_write_probe-{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"", storage)
+    except RowError as e:
+        raise OutputUnwritable(f"cannot write to --output: {e.message}") from None
+    try:
+        fs, p = filesystem(probe, storage)
+        fs.rm(p)
+    except Exception as e:  # noqa: BLE001 - a leftover probe is harmless; say so and go on
+        log.warning("could not remove the write probe %s: %s", redact_uri(probe), type(e).__name__)
 
 
 # ---- pre-flight (driver, before any work) ------------------------------------------------------------
@@ -259,12 +281,23 @@ def _arrow_fs(fs):
 # ---- the job ---------------------------------------------------------------------------------------
 
 def run_job(cfg: JobConfig) -> int:
-    """Run the job; returns the process exit code (0 = success within --max-error-rate)."""
+    """Run the job; returns the process exit code (0 = success within --max-error-rate).
+
+    Raises SettingsError/ManifestError (bad settings, manifest or weights: nothing started) and
+    OutputUnwritable (the output cannot be written: the job stopped; a rerun resumes)."""
+    try:
+        return _run_job(cfg)
+    except RowError as e:  # only the driver's own storage calls (ledger, summary, report) get here
+        raise OutputUnwritable(f"the output cannot be read or written: {e.message}") from None
+
+
+def _run_job(cfg: JobConfig) -> int:
     started = time.time()
     t0 = time.perf_counter()
     storage = cfg.storage()
     cfg.prepare_settings().validate()
     check_weights(cfg)
+    check_output_writable(cfg, storage)
     files, ids, dups = scan_manifest(cfg, storage)
     log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s)", len(files), len(ids), len(dups))
     ledger = Ledger(cfg.output, storage)
@@ -300,8 +333,14 @@ def run_job(cfg: JobConfig) -> int:
     examples: dict = {}
     sha = {"v": None}
 
+    unwritten: dict = {"rows": 0, "message": None}
+
     def sink(b: pa.Table):
         for r in b.to_pylist():
+            if r["status"] == UNWRITTEN:  # processed but not recorded: the output cannot be written
+                unwritten["rows"] += 1
+                unwritten["message"] = unwritten["message"] or r["error"]
+                continue
             this_run["processed"] += 1
             this_run["by_status"][r["status"]] = this_run["by_status"].get(r["status"], 0) + 1
             if r.get("actor"):
@@ -314,6 +353,9 @@ def run_job(cfg: JobConfig) -> int:
                     ex["ids"].append(r["id"])
             if r["preview_jpeg"] and len(previews) < cfg.preview_count:
                 previews.append((r["id"], r["status"], r["preview_jpeg"]))
+        if unwritten["rows"]:
+            raise OutputUnwritable(f"stopped: {unwritten['message']}; {unwritten['rows']} row(s) of the last batch "
+                                   f"were not recorded and are redone when the same command is rerun")
 
     started_ray = False
     if todo:
@@ -381,7 +423,7 @@ def run_job(cfg: JobConfig) -> int:
     summary = build_summary(cfg=cfg, by_status=by_status, by_kind=by_kind, total_ids=len(ids), this_run=this_run,
                             elapsed=elapsed, images_written=written, model_sha256=model_sha, duplicates=dups,
                             complete=complete, error_rate=error_rate, success=success, examples=examples,
-                            started=started)
+                            started=started, prompts_truncated=idx.prompts_truncated())
     root = cfg.output.rstrip("/")
     write_bytes(join_uri(root, "_SUMMARY.json"), summary_json(summary), storage)
     write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, keep_previews(root, previews, cfg, storage)),

@@ -30,6 +30,8 @@ log = logging.getLogger("rayinpaint.ledger")
 
 DONE_STATUSES = ("ok", "unchanged")
 _INDEX_COLUMNS = ["id", "status", "error_kind"]
+# Read when present (shards written before the column existed read as null).
+_OPTIONAL_INDEX_COLUMNS = {"prompt_truncated": pa.bool_()}
 
 
 def new_shard_name() -> str:
@@ -45,9 +47,9 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
 
 @dataclass
 class LedgerIndex:
-    """id, status, error_kind and shard name of every row in the ledger."""
+    """id, status, error_kind, prompt_truncated and shard name of every row in the ledger."""
 
-    table: pa.Table  # columns id, status, error_kind, shard
+    table: pa.Table  # columns id, status, error_kind, prompt_truncated, shard
 
     @property
     def ids(self) -> pa.Array:
@@ -67,6 +69,10 @@ class LedgerIndex:
             for row in errors.group_by("error_kind").aggregate([("id", "count")]).to_pylist():
                 by_kind[row["error_kind"] or "unknown"] = row["id_count"]
         return by_status, by_kind
+
+    def prompts_truncated(self) -> int:
+        """Rows whose prompt or negative prompt was longer than the text encoder's 77 tokens (cut)."""
+        return pc.sum(pc.cast(pc.fill_null(self.table.column("prompt_truncated"), False), pa.int64())).as_py() or 0
 
 
 class Ledger:
@@ -100,6 +106,16 @@ class Ledger:
             pass
         self.fs.mv(path, f"{qpath}/{name}")
 
+    def _read_index(self, path: str) -> pa.Table:
+        with self.fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            t = pf.read(columns=_INDEX_COLUMNS + [c for c in _OPTIONAL_INDEX_COLUMNS if c in names])
+        for name, typ in _OPTIONAL_INDEX_COLUMNS.items():
+            if name not in names:
+                t = t.append_column(name, pa.nulls(t.num_rows, typ))
+        return t
+
     def _read(self, path: str, columns=None) -> pa.Table:
         with self.fs.open(path, "rb") as f:
             return pq.read_table(f, columns=columns)
@@ -109,14 +125,14 @@ class Ledger:
         parts = []
         for p in self.shard_paths():
             try:
-                t = self._read(p, columns=_INDEX_COLUMNS)
+                t = self._read_index(p)
             except Exception as e:  # noqa: BLE001 - any unreadable file is quarantined, whatever the reason
                 self._quarantine(p, f"{type(e).__name__}: {e}")
                 continue
             parts.append(t.append_column("shard", pa.array([p] * t.num_rows, pa.string())))
         if not parts:
             schema = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
-                                ("shard", pa.string())])
+                                *_OPTIONAL_INDEX_COLUMNS.items(), ("shard", pa.string())])
             return LedgerIndex(schema.empty_table())
         return LedgerIndex(pa.concat_tables(parts, promote_options="permissive"))
 

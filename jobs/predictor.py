@@ -20,6 +20,8 @@ log = logging.getLogger("rayinpaint.predictor")
 
 # Test hook: ids whose batch kills the model worker (comma-separated). Lets the tests prove that a row which
 # crashes its worker every time ends as an error row while every other row completes.
+_CONTEXT = 77  # the text encoder's context: longer prompts are cut (and counted in the summary)
+
 _CRASH_IDS = {i for i in os.environ.get("RAYINPAINT_TEST_CRASH_IDS", "").split(",") if i}
 
 
@@ -67,6 +69,11 @@ class InpaintPredictor:
 
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         self.actor = f"{node[:12]}:{os.getpid()}"
+        from functools import lru_cache
+
+        from rayinpaint.model.text import prompt_token_count
+
+        self._tokens = lru_cache(maxsize=4096)(prompt_token_count)
         self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
         log.info("model %s loaded on %s/%s in %.1fs", weights, self.device, self.dtype, time.perf_counter() - t0)
 
@@ -109,6 +116,7 @@ class InpaintPredictor:
         results: list[bytes | None] = [None] * n
         errors: dict[int, tuple[str, str]] = {}
         t_inpaint = [0.0] * n
+        truncated: list[bool | None] = [None] * n
         if ready:
             R = self.res
             img_col = batch.column("model_image")
@@ -118,6 +126,8 @@ class InpaintPredictor:
             prompts = [batch.column("prompt")[i].as_py() or "" for i in ready]
             negs = [batch.column("negative_prompt")[i].as_py() or "" for i in ready]
             seeds = [int(batch.column("seed")[i].as_py()) for i in ready]
+            for j, i in enumerate(ready):
+                truncated[i] = max(self._tokens(prompts[j]), self._tokens(negs[j])) > _CONTEXT
             t0 = time.perf_counter()
             try:
                 out = self._run(images, masks, prompts, negs, seeds)
@@ -147,6 +157,7 @@ class InpaintPredictor:
             batch = _replace(batch, "error", pa.array(msgs, pa.string()))
         batch = batch.append_column("result", pa.array(results, pa.binary()))
         batch = batch.append_column("t_inpaint", pa.array(t_inpaint, pa.float64()))
+        batch = batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
         batch = batch.append_column("actor", pa.array([self.actor] * n, pa.string()))
         return batch.append_column("model_sha256", pa.array([self.sha] * n, pa.string()))
 

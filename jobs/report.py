@@ -23,14 +23,19 @@ def versions() -> dict:
 
 def build_summary(*, cfg, by_status: dict, by_kind: dict, total_ids: int, this_run: dict, elapsed: float,
                   images_written: int, model_sha256: str | None, duplicates: dict, complete: bool,
-                  error_rate: float, success: bool, examples: dict, started: float) -> dict:
+                  error_rate: float, success: bool, examples: dict, started: float,
+                  prompts_truncated: int = 0) -> dict:
     accounted = sum(by_status.values())
+    merged = sum(n - 1 for n in duplicates.values())
     return {
         "success": success,
         "complete": complete,
-        "manifest_rows": total_ids + sum(n - 1 for n in duplicates.values()),
+        # manifest_rows == accounted + duplicate_rows_merged once complete: each duplicated id is one error row.
+        "manifest_rows": total_ids + merged,
         "unique_ids": total_ids,
         "accounted": accounted,
+        "duplicate_rows_merged": merged,
+        "prompts_truncated": prompts_truncated,
         "counts_by_status": dict(sorted(by_status.items())),
         "errors_by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         "error_examples": examples,
@@ -89,7 +94,8 @@ error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), {'complete' if s
 {s['accounted']} of {s['unique_ids']} ids accounted for; finished {e(s['finished_utc'])}; model sha256
 <code>{e(str(s['model_sha256']))}</code>.</p>
 <h2>Counts</h2><table><tr><th>status</th><th>rows</th></tr>{rows}</table>
-<p>Duplicate ids in the manifest: {dup['count']}.</p>
+<p>Duplicate ids in the manifest: {dup['count']}. Prompts longer than the text encoder's 77 tokens
+(cut to fit): {s.get('prompts_truncated', 0)}.</p>
 <h2>Errors by kind</h2>
 {'<table><tr><th>kind</th><th>rows</th><th>example ids</th><th>example message</th></tr>' + kinds + '</table>'
  if kinds else '<p>No errors.</p>'}

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayinpaint.io.errors import OutputWriteError, RowError
 from rayinpaint.io.manifest import canonicalize
 from rayinpaint.io.finish import finish_row
 from rayinpaint.io.prepare import prepare_row
@@ -58,6 +59,9 @@ DRIVER_SCHEMA = pa.schema([
 
 _THREADS = 8
 
+# Driver-only status: the row was processed but could not be recorded because the output is unwritable.
+UNWRITTEN = "unwritten"
+
 
 def select_rows(batch: pa.Table, colmap, exclude: pa.Array | None, include: pa.Array | None,
                 protocol: str) -> pa.Table:
@@ -97,7 +101,11 @@ def preview_wanted(row_id: str, probability: float) -> bool:
 
 def finish_and_write(batch: pa.Table, settings, out, run: dict, preview_probability: float,
                      results_uri: str) -> pa.Table:
-    """Paste back, encode and write each image; write this batch's rows as one results shard."""
+    """Paste back, encode and write each image; write this batch's rows as one results shard.
+
+    A row whose image, or whose shard, could not be written to the output comes back to the driver with
+    status UNWRITTEN (never a ledger status): it is not recorded, so it is redone by the next run, and the
+    driver stops the job with the message."""
     R = settings.resolution
     rows = batch.to_pylist()
 
@@ -112,18 +120,30 @@ def finish_and_write(batch: pa.Table, settings, out, run: dict, preview_probabil
         r = finish_row(row, arr, settings, out, info, preview=want)
         return r, actor
 
+    def guarded(row):
+        rid = row["id"]
+        try:
+            return one(row)
+        except OutputWriteError as e:
+            return {"id": rid, "status": UNWRITTEN, "error": str(e)}, None
+
     with ThreadPoolExecutor(min(_THREADS, max(1, len(rows)))) as ex:
-        pairs = list(ex.map(one, rows))
-    done = [r for r, _ in pairs]
-    previews = [r.pop("preview_jpeg", None) for r in done]
-    table = results_table(done)
-    write_bytes(join_uri(results_uri, new_shard_name()), table_to_parquet_bytes(table), out.storage)
+        pairs = list(ex.map(guarded, rows))
+    done = [r for r, _ in pairs if r["status"] != UNWRITTEN]
+    previews = {r["id"]: r.pop("preview_jpeg", None) for r in done}
+    if done:
+        try:
+            write_bytes(join_uri(results_uri, new_shard_name()), table_to_parquet_bytes(results_table(done)),
+                        out.storage)
+        except RowError as e:  # the ledger cannot be written: none of these rows is recorded
+            msg = f"cannot write the results ledger {e.message}"
+            pairs = [({"id": r["id"], "status": UNWRITTEN, "error": msg}, None) for r, _ in pairs]
     return pa.Table.from_pydict({
-        "id": [r["id"] for r in done],
-        "status": [r["status"] for r in done],
-        "error_kind": [r.get("error_kind") for r in done],
-        "error": [r.get("error") for r in done],
-        "model_sha256": [r.get("model_sha256") for r in done],
+        "id": [r["id"] for r, _ in pairs],
+        "status": [r["status"] for r, _ in pairs],
+        "error_kind": [r.get("error_kind") for r, _ in pairs],
+        "error": [r.get("error") for r, _ in pairs],
+        "model_sha256": [r.get("model_sha256") for r, _ in pairs],
         "actor": [a for _, a in pairs],
-        "preview_jpeg": previews,
+        "preview_jpeg": [previews.get(r["id"]) if r["status"] != UNWRITTEN else None for r, _ in pairs],
     }, schema=DRIVER_SCHEMA)

@@ -86,3 +86,8 @@ class TextEncoder(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding  # (B, L, D), batch-first
         x = self.transformer(x, attn_mask=self.attn_mask)
         return self.ln_final(x)
+
+
+def prompt_token_count(prompt: str) -> int:
+    """Tokens `tokenize` needs for this prompt, SOT and EOT included: above 77 the prompt is cut."""
+    return len(_tokenizer().encode(prompt)) + 2

@@ -86,3 +86,50 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is false)")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+# ---- reliability evidence ---------------------------------------------------------------------------
+# Tests of bad input, faults, load and security record what they tried and what happened through the
+# `reliability` fixture. At the end of the session the records are written as JSON to
+# $RAYINPAINT_RELIABILITY_JSON (when set); `python tests/reliability_table.py FILE` turns them into the
+# table in RELIABILITY.md. Only tests that passed contribute their records.
+
+_RELIABILITY: list[dict] = []
+
+
+class _Recorder:
+    def __init__(self, test_id: str):
+        self.test_id = test_id
+        self.rows: list[dict] = []
+
+    def record(self, area: str, kind: str, count: int, outcome: str) -> None:
+        """area: 'bad input', 'fault', 'load', 'security'; kind: what was tried; count: how many times
+        (rows, requests, kills...); outcome: what the test asserted happened (one short sentence)."""
+        self.rows.append({"area": area, "kind": kind, "count": int(count), "outcome": outcome,
+                          "test": self.test_id})
+
+
+@pytest.fixture
+def reliability(request):
+    rec = _Recorder(request.node.nodeid)
+    yield rec
+    rep = getattr(request.node, "_rep_call", None)
+    if rep is not None and rep.passed:
+        _RELIABILITY.extend(rec.rows)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item._rep_call = rep
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("RAYINPAINT_RELIABILITY_JSON")
+    if path and _RELIABILITY:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(_RELIABILITY, f, indent=1)
