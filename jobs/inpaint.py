@@ -66,10 +66,19 @@ def check_output_writable(cfg: JobConfig, storage) -> None:
 
 # ---- pre-flight (driver, before any work) ------------------------------------------------------------
 
-def scan_manifest(cfg: JobConfig, storage) -> tuple[list[str], pa.Array, dict]:
+def missing_id_name(path: str, row: int) -> str:
+    """The id recorded for a manifest row whose id is null or empty: stable across reruns of the same file."""
+    return f"<missing id> {redact_uri(path)}#{row}"
+
+
+def scan_manifest(cfg: JobConfig, storage) -> tuple[list[list[str]], pa.Array, dict, list[str]]:
     """List manifest files, check every schema, read the id column only.
 
-    Returns (files, unique ids, {duplicated id: count}). The driver holds the id column, never the rows.
+    Returns (groups of files, unique ids, {duplicated id: count}, [names of rows with a null or empty id]).
+    Files in a group share one filesystem and one schema; groups are read separately (a reader unifying the
+    schemas of several files would cast one file's URI strings to another's inline bytes). The unique
+    ids include those names (see `missing_id_name`): such a row is accounted for by one error row, never
+    processed. The driver holds the id column, never the rows.
     """
     files = list_manifest_files(list(cfg.manifest), storage)
     colmap = cfg.column_map()
@@ -78,25 +87,38 @@ def scan_manifest(cfg: JobConfig, storage) -> tuple[list[str], pa.Array, dict]:
     def one(path):
         fs, p = filesystem(path, storage)
         with fs.open(p, "rb") as f:
-            pf = pq.ParquetFile(f)
+            try:
+                pf = pq.ParquetFile(f)
+            except (pa.ArrowException, OSError) as e:
+                raise ManifestError(f"{redact_uri(path)}: not a readable Parquet file ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200]})") from None
             try:
                 check_schema(pf.schema_arrow, colmap)
             except ManifestError as e:
-                raise ManifestError(f"{path}: {e}") from None
-            return pf.read(columns=[id_col]).column(0)
+                raise ManifestError(f"{redact_uri(path)}: {e}") from None
+            col = pf.read(columns=[id_col]).column(0)
+            key = (protocol_of(path), pf.schema_arrow.to_string(show_schema_metadata=False))
+        col = pc.cast(col, pa.string()) if col.type != pa.string() else col
+        absent = pc.or_(pc.is_null(col), pc.equal(pc.fill_null(col, ""), ""))
+        rows = pc.indices_nonzero(absent).to_pylist() if pc.any(absent).as_py() else []
+        kept = pc.drop_null(col.filter(pc.invert(absent))) if rows else col
+        return kept, [missing_id_name(path, r) for r in rows], key
 
     with ThreadPoolExecutor(8) as ex:
-        cols = list(ex.map(one, files))
-    ids = pa.chunked_array([c for col in cols for c in col.chunks], type=cols[0].type if cols else pa.string())
-    ids = pc.cast(ids, pa.string()) if ids.type != pa.string() else ids
-    bad = pc.sum(pc.cast(pc.or_(pc.is_null(ids), pc.equal(pc.fill_null(ids, ""), "")), pa.int64())).as_py() or 0
-    if bad:
-        raise ManifestError(f"column '{id_col}': {bad} row(s) have a null or empty id; every row needs a unique id")
+        results = list(ex.map(one, files))
+    groups: dict = {}
+    for path, (_, _, key) in zip(files, results):
+        groups.setdefault(key, []).append(path)
+    missing = [name for _, names, _ in results for name in names]
+    chunks = [c for col, _, _ in results for c in col.chunks]
+    if missing:
+        chunks.append(pa.array(missing, pa.string()))
+    ids = pa.chunked_array(chunks, type=pa.string())
     counts = pc.value_counts(ids)
     vals, ns = counts.field("values"), counts.field("counts")
     dup_mask = pc.greater(ns, 1)
     dups = dict(zip(pc.filter(vals, dup_mask).to_pylist(), pc.filter(ns, dup_mask).to_pylist()))
-    return files, vals, dups
+    return list(groups.values()), vals, dups, missing
 
 
 def check_weights(cfg: JobConfig) -> None:
@@ -174,20 +196,32 @@ def actor_plan(cfg: JobConfig, on_cluster: bool) -> tuple[int, float, float]:
     return cfg.num_actors or 1, 0.0, 1.0
 
 
-def run_pass(cfg: JobConfig, files, *, exclude, include, limit, preview_p, progress, sink) -> None:
+def read_manifest(cfg: JobConfig, groups: list[list[str]], storage, *, exclude, include):
+    """One dataset of canonical rows (this pass's rows only) over every group of manifest files."""
+    import ray
+
+    from .stages import select_rows
+
+    parts = []
+    for files in groups:
+        fs, _ = filesystem(files[0], storage)
+        paths = [filesystem(f, storage)[1] for f in files]
+        ds = ray.data.read_parquet(paths, filesystem=_arrow_fs(fs), include_paths=True)
+        parts.append(ds.map_batches(select_rows, batch_format="pyarrow", zero_copy_batch=True,
+                                    fn_kwargs={"colmap": cfg.column_map(), "exclude": exclude, "include": include,
+                                               "protocol": protocol_of(files[0])}))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def run_pass(cfg: JobConfig, groups, *, exclude, include, limit, preview_p, progress, sink) -> None:
     """One streaming pass over the manifest; results go to the ledger, small rows to `sink`."""
     import ray
 
     from .predictor import InpaintPredictor
-    from .stages import finish_and_write, prepare_batch, select_rows
+    from .stages import finish_and_write, prepare_batch
 
     storage = cfg.storage()
-    fs, _ = filesystem(files[0], storage)
-    paths = [filesystem(f, storage)[1] for f in files]
-    ds = ray.data.read_parquet(paths, filesystem=_arrow_fs(fs), include_paths=True)
-    ds = ds.map_batches(select_rows, batch_format="pyarrow", zero_copy_batch=True,
-                        fn_kwargs={"colmap": cfg.column_map(), "exclude": exclude, "include": include,
-                                   "protocol": protocol_of(files[0])})
+    ds = read_manifest(cfg, groups, storage, exclude=exclude, include=include)
     if limit is not None:
         ds = ds.limit(limit)
     # Blocks of one model batch each (a streaming split, no shuffle): the block is Ray Data's unit of work, so
@@ -298,18 +332,28 @@ def _run_job(cfg: JobConfig) -> int:
     cfg.prepare_settings().validate()
     check_weights(cfg)
     check_output_writable(cfg, storage)
-    files, ids, dups = scan_manifest(cfg, storage)
-    log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s)", len(files), len(ids), len(dups))
+    groups, ids, dups, no_id = scan_manifest(cfg, storage)
+    log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
+             sum(len(g) for g in groups),
+             len(ids), len(dups), len(no_id))
     ledger = Ledger(cfg.output, storage)
 
     # Reconcile first: repair duplicates from earlier crashes; drop error rows we are about to retry.
     idx = ledger.index()
-    dup_arr = pa.array(sorted(dups), pa.string())
+    # Rows settled by the manifest alone: duplicated ids and rows without an id. One error row each, written
+    # once; never processed, never retried (no run can change them).
+    fixed_rows = [{"id": i, "status": "error", "error_kind": "duplicate_id",
+                   "error": f"id appears {n} times in the manifest; ids must be unique, so none of these rows "
+                            f"was processed"} for i, n in sorted(dups.items())]
+    fixed_rows += [{"id": name, "status": "error", "error_kind": "missing_id",
+                    "error": "the row's id is null or empty; every row needs a unique id, so it was not processed"}
+                   for name in no_id]
+    dup_arr = pa.array([r["id"] for r in fixed_rows], pa.string())
     retry = None
     if cfg.retry_errors:
         err_ids = idx.ids_with_status(["error"])
         # Duplicate-id errors are a property of the manifest, not of a run: retrying cannot change them.
-        retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=dup_arr))) if len(dups) else err_ids
+        retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=dup_arr))) if len(dup_arr) else err_ids
     idx = ledger.reconcile(drop_error_ids=retry)
     done_statuses = DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",)
     done = idx.ids_with_status(done_statuses)
@@ -320,13 +364,10 @@ def _run_job(cfg: JobConfig) -> int:
         todo = min(todo, cfg.limit)
     log.info("ledger: %d row(s) already done; %d to process now", len(done), todo)
 
-    # Duplicate ids: one error row each (once; they stay in the ledger across reruns).
-    already = set(idx.ids.to_pylist()) if len(dups) else set()
-    dup_rows = [{"id": i, "status": "error", "error_kind": "duplicate_id",
-                 "error": f"id appears {n} times in the manifest; ids must be unique, so none of these rows was processed"}
-                for i, n in sorted(dups.items()) if i not in already]
-    if dup_rows:
-        ledger.write_rows(results_table(dup_rows))
+    already = set(idx.ids.to_pylist()) if fixed_rows else set()
+    new_fixed = [r for r in fixed_rows if r["id"] not in already]
+    if new_fixed:
+        ledger.write_rows(results_table(new_fixed))
 
     this_run = {"processed": 0, "by_status": {}, "rows_by_actor": {}}
     previews: list = []
@@ -371,7 +412,7 @@ def _run_job(cfg: JobConfig) -> int:
         preview_p = min(1.0, 2.0 * cfg.preview_count / max(1, todo))
         progress = Progress(todo, cfg.progress_interval)
         try:
-            _guarded(run_pass, cfg, files, exclude=exclude, include=None, limit=cfg.limit, preview_p=preview_p,
+            _guarded(run_pass, cfg, groups, exclude=exclude, include=None, limit=cfg.limit, preview_p=preview_p,
                      progress=progress, sink=sink)
             # Rows missing after the pass: their block failed (worker crash). Retry them alone, one task in
             # flight per actor, while passes make progress; after --max-crash-retries passes without progress
@@ -396,7 +437,7 @@ def _run_job(cfg: JobConfig) -> int:
                                                for r in rows]))
                     break
                 log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
-                _guarded(run_pass, cfg, files, exclude=None, include=missing, limit=None, preview_p=0.0,
+                _guarded(run_pass, cfg, groups, exclude=None, include=missing, limit=None, preview_p=0.0,
                          progress=progress, sink=sink)
         finally:
             log.info(progress.line())

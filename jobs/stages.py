@@ -70,6 +70,8 @@ def select_rows(batch: pa.Table, colmap, exclude: pa.Array | None, include: pa.A
     Ray's `path` column has no protocol (`bucket/key`), so the manifest's protocol is passed separately.
     """
     t = canonicalize(batch, colmap, source_column="path", protocol=protocol)
+    # Rows without an id never reach the model: the driver records them as `missing_id` error rows.
+    t = t.filter(pc.fill_null(pc.not_equal(t.column("id"), ""), False))
     ids = t.column("id")
     if exclude is not None and len(exclude):
         t = t.filter(pc.invert(pc.fill_null(pc.is_in(ids, value_set=exclude), False)))
