@@ -71,18 +71,18 @@ class SettingsError(ValueError):
     """A bad option value, with one clear line saying which option and why."""
 
 
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]*@")
+_QUERY = re.compile(r"(://[^\s?'\"]*)\?[^\s'\"]*")
 
 
 def redact_uri(uri: str | None) -> str | None:
-    """Drop credentials from a URI for messages: ``user:pw@`` and any query string.
+    """Drop credentials from a URI, or from every URI inside a message: ``user:pw@`` and query strings.
 
     >>> redact_uri("https://u:p@host/a.png?X-Amz-Signature=abc")
     'https://***@host/a.png?***'
+    >>> redact_uri("GET https://h/x?sig=1 failed: 's3://k:s@b/y'")
+    "GET https://h/x?*** failed: 's3://***@b/y'"
     """
     if uri is None:
         return None
-    out = _USERINFO.sub(r"\1***@", uri)
-    if "://" in out and "?" in out:
-        out = out.split("?", 1)[0] + "?***"
-    return out
+    return _QUERY.sub(r"\1?***", _USERINFO.sub(r"\1***@", uri))

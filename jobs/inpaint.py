@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -299,6 +300,10 @@ def _guarded(run, *args, progress, **kwargs) -> None:
         run(*args, progress=progress, **kwargs)
     except ray.exceptions.RayError as e:
         if progress.done == done:
+            # The model actors could not start: the weights' own error is the one line the user needs.
+            found = re.search(r"WeightsError: ([^\n]+)", str(e))
+            if found:
+                raise WeightsUnavailable(f"the model could not be loaded: {found.group(1)}") from None
             raise
         log.warning("pass ended early (%s: %s); rows it did not write are retried",
                     type(e).__name__, str(e).splitlines()[0][:200])

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from rayinpaint.io.errors import redact_uri
+
 log = logging.getLogger("rayinpaint.predictor")
 
 # Test hook: ids whose batch kills the model worker (comma-separated). Lets the tests prove that a row which
@@ -143,7 +145,7 @@ class InpaintPredictor:
                         o = self._run(images[j:j + 1], masks[j:j + 1], prompts[j:j + 1], negs[j:j + 1], seeds[j:j + 1])
                         results[i] = np.ascontiguousarray(o[0]).tobytes()
                     except Exception as e1:  # noqa: BLE001
-                        errors[i] = ("model_error", f"the model failed on this row: {type(e1).__name__}: {e1}")
+                        errors[i] = ("model_error", redact_uri(f"the model failed on this row: {type(e1).__name__}: {e1}"))
                     t_inpaint[i] = time.perf_counter() - t1
         batch = batch.drop_columns(["model_image", "model_mask"])
         if errors:

@@ -12,6 +12,7 @@ of `model.unet.state_dict()` etc.).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -334,8 +335,12 @@ def open_ckpt(path: str) -> TensorSource:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise WeightsError(f"{path}: refused to unpickle: the file needs objects other than tensors and containers "
-                           f"(only torch.load(weights_only=True) is allowed): {e}") from e
+        # torch's message goes on to suggest weights_only=False; keep only what the file asked for.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (it asks for {found.group(1)})" if found else ""
+        raise WeightsError(f"{path}: refused to unpickle: the file needs objects other than tensors and "
+                           f"containers{what}; only safetensors or torch.load(weights_only=True) checkpoints are "
+                           f"loaded, never arbitrary code") from e
     except Exception as e:  # zip/EOF/format errors from a truncated or foreign file
         raise WeightsError(f"{path}: cannot read checkpoint (truncated or corrupt?): {e}") from e
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None

@@ -339,3 +339,24 @@ def test_dockerfile_builds_on_the_pinned_ray_image(pin):
     assert froms and froms[0].startswith(f"rayproject/ray:{pin}-"), froms
     assert re.search(r"pip install[^\n]*/tmp/ray-inpaint", text)
     _assert_no_secrets(text, "Dockerfile")
+
+
+def test_ray_token_authentication_is_on_everywhere(cluster):
+    """Every node starts Ray with RAY_AUTH_MODE=token and gets the token at Ray's default path; drivers started
+    in a login shell (ray exec, ssh) inherit the mode; the KubeRay examples turn it on through authOptions."""
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in cluster[key] if "ray start" in c]
+        assert starts and all(re.search(r"(^|[;\s])export RAY_AUTH_MODE=token;", c) for c in starts), cluster[key]
+    assert cluster["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    setup = " ".join(cluster["setup_commands"])
+    assert "export RAY_AUTH_MODE=token" in setup and 'chmod 600 "$HOME/.ray/auth_token"' in setup
+    for path in (RAYJOB_YAML, CRON_YAML):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        for cm in [d for d in docs if d.get("kind") == "ConfigMap"]:  # the cron job's RayJob template
+            for text in cm.get("data", {}).values():
+                docs += [d for d in yaml.safe_load_all(text) if isinstance(d, dict)] if "RayJob" in text else []
+        specs = [d["spec"]["rayClusterSpec"] for d in docs if d.get("kind") == "RayJob"]
+        assert specs, path
+        assert all(s.get("authOptions") == {"mode": "token"} for s in specs), path
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    assert "RAY_AUTH_MODE=token" in text and "get-auth-token --generate" in text

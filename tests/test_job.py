@@ -8,10 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -192,47 +190,6 @@ def test_duplicate_ids_are_reported_once(ray_local, tmp_path):
 def _cli(*args, env=None, **kw):
     return subprocess.run([sys.executable, "-m", "rayinpaint.jobs", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, **kw)
-
-
-def test_driver_sigkill_then_rerun_is_exactly_once(tmp_path):
-    data = tmp_path / "in"
-    manifest = make_dataset(str(data), rows=40)
-    out = tmp_path / "out"
-    args = ["run", "--manifest", manifest, "--output", str(out), "--weights", "random:tiny", "--steps", "2",
-            "--resolution", "128", "--batch-size", "2", "--max-error-rate", "0.5"]
-    proc = subprocess.Popen([sys.executable, "-m", "rayinpaint.jobs", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    results = out / "results"
-    while time.time() < deadline:
-        if results.exists() and len([p for p in os.listdir(results) if p.endswith(".parquet")]) >= 2:
-            break
-        assert proc.poll() is None, "the job ended before it could be killed"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)  # the driver only; its Ray processes may linger or die
-    proc.wait()
-    partial = len([p for p in os.listdir(results) if p.endswith(".parquet")])
-    assert partial >= 2
-    assert not (out / "_SUMMARY.json").exists()
-
-    r = _cli(*args, timeout=500)
-    assert r.returncode == 0, r.stderr[-3000:]
-    import fsspec
-
-    res = read_results(fsspec.filesystem("file"), str(out)).to_pylist()
-    ids = [x["id"] for x in res]
-    assert len(ids) == len(set(ids)) == 45
-    s = json.loads((out / "_SUMMARY.json").read_text())
-    assert s["this_run"]["processed"] < 45  # the rerun resumed: rows done before the kill were not redone
-    os.killpg(proc.pid, signal.SIGKILL) if _alive_group(proc.pid) else None
-
-
-def _alive_group(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def test_cli_help_limit_bad_settings_and_demo(tmp_path):
