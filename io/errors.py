@@ -73,6 +73,7 @@ class SettingsError(ValueError):
 
 _USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]*@")
 _QUERY = re.compile(r"(://[^\s?'\"]*)\?[^\s'\"]*")
+_BARE_USERINFO = re.compile(r"(^|[\s'\"(=])[^\s/@'\"():]+:[^\s/@'\"]+@")  # user:pw@host quoted without a scheme
 
 
 def redact_uri(uri: str | None) -> str | None:
@@ -82,7 +83,9 @@ def redact_uri(uri: str | None) -> str | None:
     'https://***@host/a.png?***'
     >>> redact_uri("GET https://h/x?sig=1 failed: 's3://k:s@b/y'")
     "GET https://h/x?*** failed: 's3://***@b/y'"
+    >>> redact_uri('bucket "k:s@b" is not valid')
+    'bucket "***@b" is not valid'
     """
     if uri is None:
         return None
-    return _QUERY.sub(r"\1?***", _USERINFO.sub(r"\1***@", uri))
+    return _BARE_USERINFO.sub(r"\1***@", _QUERY.sub(r"\1?***", _USERINFO.sub(r"\1***@", uri)))

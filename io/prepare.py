@@ -105,6 +105,10 @@ def check_uri_allowed(uri: str, allowed: tuple) -> None:
     if "::" in uri:
         raise RowError("uri_not_allowed", f"chained '::' URLs are not accepted: {redact_uri(uri)}")
     scheme = protocol_of(uri)
+    authority = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else ""
+    if "@" in authority:
+        raise RowError("uri_not_allowed", f"credentials inside a URI are not accepted (give them through the "
+                                          f"environment or storage options): {redact_uri(uri)}")
     if scheme not in allowed:
         raise RowError("uri_not_allowed", f"scheme '{scheme}' is not allowed ({', '.join(allowed)}; "
                                           f"see --allowed-schemes): {redact_uri(uri)}")

@@ -261,6 +261,11 @@ def test_every_kind_of_bad_input_through_the_job(ray_local, tmp_path, reliabilit
         label = label.replace("\x00", "\\0")
         reliability.record("bad input", label, 2 if kind == "duplicate_id" else 1,
                            f"{status}" + (f" ({kind})" if kind else ""))
+    reliability.record("security", "ids that try to escape the output ('/', '..', '../../x', absolute, NUL, "
+                       "1000 chars, device names)", len(HASHED),
+                       "written under {output}/images/ with hashed names; no file created anywhere else")
+    reliability.record("security", "URIs outside the allowed schemes (http metadata endpoint, ftp, chained '::')", 3,
+                       "uri_not_allowed error row, no request made")
     reliability.record("bad input", "whole corpus in one job", manifest_rows,
                        f"exit 0; {len(expected)} results rows, every id once; summary adds up")
 
