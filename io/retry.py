@@ -13,8 +13,11 @@ translation of it (``OSError`` with an errno, the ClientError kept as ``__cause_
 or botocore connection error, or a plain OS error from a local filesystem. The cause chain is
 walked so a translated error is classified by its original code where that is more precise.
 
-Note the S3 client underneath has its own retries (botocore's retry handler and s3fs's SlowDown
-loop); this layer sits on top of them, so the total is bounded by the product of both bounds.
+Note the S3 client underneath has its own retries (botocore's retry handler, configured by
+``StorageOptions.client_max_attempts`` / ``client_retry_mode``, and s3fs's SlowDown / connection-error
+loop); this layer sits on top of them, so the total is bounded by the product of the bounds. Requests
+made outside ``read_bytes`` / ``write_bytes`` (listings, Parquet reads, the weights download) have only
+the client's retries.
 """
 
 from __future__ import annotations

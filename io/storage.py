@@ -6,6 +6,14 @@
   filesystems goes in ``extra``; values under secret-looking keys are masked in ``repr``.
 - ``read_bytes`` retries transient failures (see ``retry.py``) and turns the final failure into
   ``RowError`` with kind ``not_found`` / ``access_denied`` / ``io_error``.
+- Every S3 request (including the ones made outside ``read_bytes`` / ``write_bytes``: listings, Parquet
+  reads through pyarrow, the weights download) is retried inside botocore too, in its ``standard`` retry
+  mode with ``client_max_attempts`` attempts (default 10, ``$AWS_MAX_ATTEMPTS``): 500/502/503/504,
+  SlowDown/throttling, connection resets and timeouts, with capped exponential backoff (full jitter, at
+  most 20 s a wait) and botocore's retry quota, which stops retrying when most requests fail (an outage,
+  not a fault). botocore's own default (legacy mode, 5 attempts) gives up after 5 failures in a row, 1
+  request in 3,125 when a fifth of requests fail, and for a request nothing else retries (a listing goes
+  through s3fs's paginator, outside s3fs's retry loop) that failure reaches the job.
 - ``write_bytes`` is atomic on local disks (temporary name in the same folder, then
   ``os.replace``) and a single put on object stores (an object appears whole or not at all), so
   an interrupted run never leaves a half-written file under its final name.
@@ -28,6 +36,7 @@ from .retry import RetryPolicy, call_with_retries, classify
 
 _SECRET_KEY = re.compile(r"secret|token|password|passwd|credential|(^|_)key$|^key", re.I)
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_RETRY_MODES = frozenset({"standard", "adaptive", "legacy"})
 
 
 def _truthy(value: str | None) -> bool:
@@ -44,6 +53,8 @@ class StorageOptions:
     max_attempts: int = 5             # total attempts per read/write, including the first
     backoff_base: float = 0.2         # seconds
     backoff_max: float = 10.0         # seconds
+    client_max_attempts: int = 10     # botocore attempts per S3 request, including the first
+    client_retry_mode: str = "standard"  # botocore retry mode: standard, adaptive or legacy
     extra: dict = field(default_factory=dict)  # passed through to the filesystem constructor
 
     def __post_init__(self):
@@ -52,6 +63,11 @@ class StorageOptions:
     def validate(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise SettingsError(f"storage max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if not isinstance(self.client_max_attempts, int) or self.client_max_attempts < 1:
+            raise SettingsError(f"storage client_max_attempts must be an integer >= 1, got {self.client_max_attempts!r}")
+        if self.client_retry_mode not in _RETRY_MODES:
+            raise SettingsError(f"storage client_retry_mode must be one of {sorted(_RETRY_MODES)}, "
+                                f"got {self.client_retry_mode!r}")
         if not (self.backoff_base >= 0 and self.backoff_max >= 0):
             raise SettingsError("storage backoff_base and backoff_max must be >= 0")
         if not isinstance(self.extra, dict):
@@ -81,7 +97,7 @@ class StorageOptions:
         for name in ("anon", "requester_pays"):
             if isinstance(d.get(name), str):
                 d[name] = _truthy(d[name])
-        for name in ("max_attempts",):
+        for name in ("max_attempts", "client_max_attempts"):
             if isinstance(d.get(name), str):
                 d[name] = int(d[name])
         for name in ("backoff_base", "backoff_max"):
@@ -92,9 +108,10 @@ class StorageOptions:
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "StorageOptions":
         """Standard AWS variables: AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL), AWS_REGION (else
-        AWS_DEFAULT_REGION), AWS_PROFILE; plus AWS_NO_SIGN_REQUEST and AWS_REQUEST_PAYER=requester
-        (the CLI's --no-sign-request / --request-payer as variables). Keys/secrets are left to
-        botocore's own credential chain and are never copied here."""
+        AWS_DEFAULT_REGION), AWS_PROFILE, AWS_MAX_ATTEMPTS and AWS_RETRY_MODE (botocore's own, kept
+        because the explicit client config would otherwise hide them); plus AWS_NO_SIGN_REQUEST and
+        AWS_REQUEST_PAYER=requester (the CLI's --no-sign-request / --request-payer as variables).
+        Keys/secrets are left to botocore's own credential chain and are never copied here."""
         env = os.environ if env is None else env
         d: dict[str, Any] = {
             "endpoint_url": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
@@ -103,13 +120,22 @@ class StorageOptions:
             "anon": _truthy(env.get("AWS_NO_SIGN_REQUEST")),
             "requester_pays": (env.get("AWS_REQUEST_PAYER") or "").lower() == "requester",
         }
+        if env.get("AWS_MAX_ATTEMPTS"):
+            d["client_max_attempts"] = env["AWS_MAX_ATTEMPTS"]
+        if env.get("AWS_RETRY_MODE"):
+            d["client_retry_mode"] = env["AWS_RETRY_MODE"].strip().lower()
         d.update(overrides)
         return cls.from_dict(d)
 
     def fsspec_kwargs(self, protocol: str) -> dict:
-        """Constructor kwargs for the filesystem of ``protocol`` (s3fs for s3/s3a)."""
+        """Constructor kwargs for the filesystem of ``protocol`` (s3fs for s3/s3a).
+
+        For S3 the botocore client config carries the retry policy (``client_max_attempts`` attempts in
+        ``client_retry_mode``); ``config_kwargs`` given in ``extra`` are merged over it, key by key."""
         if protocol in ("s3", "s3a"):
-            kw: dict[str, Any] = {"anon": self.anon, "requester_pays": self.requester_pays}
+            kw: dict[str, Any] = {"anon": self.anon, "requester_pays": self.requester_pays,
+                                  "config_kwargs": {"retries": {"mode": self.client_retry_mode,
+                                                                "total_max_attempts": self.client_max_attempts}}}
             client: dict[str, Any] = {}
             if self.endpoint_url:
                 client["endpoint_url"] = self.endpoint_url
@@ -122,6 +148,8 @@ class StorageOptions:
             extra = dict(self.extra)
             if "client_kwargs" in extra:  # merge rather than replace
                 kw["client_kwargs"] = {**client, **extra.pop("client_kwargs")}
+            if "config_kwargs" in extra:
+                kw["config_kwargs"] = {**kw["config_kwargs"], **extra.pop("config_kwargs")}
             kw.update(extra)
             return kw
         return dict(self.extra)

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from rayinpaint.io.errors import ManifestError, RowError, SettingsError, redact_uri
 from rayinpaint.io.manifest import check_schema, list_manifest_files
 from rayinpaint.io.results import results_table
+from rayinpaint.io.retry import classify
 from rayinpaint.io.storage import filesystem, join_uri, protocol_of, write_bytes
 
 from .config import DEFAULT_WEIGHTS, JobConfig
@@ -91,6 +92,8 @@ def scan_manifest(cfg: JobConfig, storage) -> tuple[list[list[str]], pa.Array, d
             try:
                 pf = pq.ParquetFile(f)
             except (pa.ArrowException, OSError) as e:
+                if classify(e) != "permanent":  # storage trouble after the client's retries, not a bad file
+                    raise
                 raise ManifestError(f"{redact_uri(path)}: not a readable Parquet file ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:200]})") from None
             try:

@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rayinpaint.io.errors import RowError, redact_uri
+from rayinpaint.io.retry import call_with_retries, classify
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 log = logging.getLogger("rayinpaint.ledger")
@@ -85,7 +87,8 @@ class Ledger:
     # ---- listing ------------------------------------------------------------------------------------
     def shard_paths(self) -> list[str]:
         try:
-            entries = self.fs.ls(self.path, detail=False)
+            # refresh: shards are written by other processes (the finish tasks); a cached listing misses them.
+            entries = self.fs.ls(self.path, detail=False, refresh=True)
         except FileNotFoundError:
             return []
         out = []
@@ -125,8 +128,14 @@ class Ledger:
         parts = []
         for p in self.shard_paths():
             try:
-                t = self._read_index(p)
-            except Exception as e:  # noqa: BLE001 - any unreadable file is quarantined, whatever the reason
+                t = call_with_retries(lambda: self._read_index(p), self.storage.retry_policy)
+            except Exception as e:  # noqa: BLE001 - sorted below
+                verdict = classify(e)
+                if verdict == "not_found":  # removed meanwhile (a concurrent reconcile): nothing to index
+                    continue
+                if verdict != "permanent":  # storage trouble, not a bad file: never quarantine a good shard
+                    raise RowError("access_denied" if verdict == "access_denied" else "io_error",
+                                   f"results shard {redact_uri(p)}: {type(e).__name__}: {redact_uri(str(e))[:200]}") from None
                 self._quarantine(p, f"{type(e).__name__}: {e}")
                 continue
             parts.append(t.append_column("shard", pa.array([p] * t.num_rows, pa.string())))

@@ -281,3 +281,27 @@ def test_call_with_retries_counts_and_on_retry():
     out = call_with_retries(fn, RetryPolicy(5, 0.01, 0.02), sleep=lambda s: None,
                             on_retry=lambda a, e, d: seen.append(a))
     assert out == "done" and seen == [1, 2]
+
+
+def test_s3_client_retry_config_reaches_botocore():
+    """Every S3 request is retried inside botocore too (standard mode, 10 attempts by default), which covers
+    the requests made outside read_bytes/write_bytes (listings, Parquet reads, the weights download)."""
+    kw = StorageOptions(endpoint_url="http://127.0.0.1:1").fsspec_kwargs("s3")
+    assert kw["config_kwargs"] == {"retries": {"mode": "standard", "total_max_attempts": 10}}
+    # botocore's own variables still count (the explicit config would otherwise hide them)
+    o = StorageOptions.from_env({"AWS_MAX_ATTEMPTS": "4", "AWS_RETRY_MODE": "Adaptive"})
+    assert (o.client_max_attempts, o.client_retry_mode) == (4, "adaptive")
+    # extra config_kwargs are merged over the retry policy, key by key
+    kw = StorageOptions(extra={"config_kwargs": {"read_timeout": 3}}).fsspec_kwargs("s3")
+    assert kw["config_kwargs"] == {"retries": {"mode": "standard", "total_max_attempts": 10}, "read_timeout": 3}
+    kw = StorageOptions(extra={"config_kwargs": {"retries": {"mode": "legacy"}}}).fsspec_kwargs("s3")
+    assert kw["config_kwargs"]["retries"] == {"mode": "legacy"}
+    assert "config_kwargs" not in StorageOptions().fsspec_kwargs("file")
+    for bad in ({"client_max_attempts": 0}, {"client_retry_mode": "forever"}):
+        with pytest.raises(SettingsError):
+            StorageOptions(**bad)
+    # the client s3fs builds really carries it
+    fs, _ = filesystem("s3://bucket/key", StorageOptions(endpoint_url="http://127.0.0.1:1", region="us-east-1",
+                                                          client_max_attempts=7))
+    retries = fs.s3.meta.config.retries
+    assert retries["mode"] == "standard" and retries["total_max_attempts"] == 7
