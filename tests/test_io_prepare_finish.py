@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import fsspec
 import numpy as np
@@ -133,10 +134,15 @@ def test_finish_failures_become_error_rows(tmp_path, monkeypatch):
     def deny(*a, **k):
         raise PermissionError("read-only")
 
+    # A failed write is the output's problem, not the row's: no results row, an OutputWriteError instead
+    # (the job stops and the row is redone by the next run).
+    from rayinpaint.io.errors import OutputWriteError
+
     monkeypatch.setattr(storage.os, "replace", deny)
-    r = finish_row(p, np.zeros((64, 64, 3), np.uint8), s, out, RUN)
-    assert (r["status"], r["error_kind"]) == ("error", "access_denied") and "output" in r["error"]
+    with pytest.raises(OutputWriteError, match="access denied"):
+        finish_row(p, np.zeros((64, 64, 3), np.uint8), s, out, RUN)
     assert not (tmp_path / "images" / "a.png").exists()
+    assert not [f for f in os.listdir(tmp_path / "images") if "tmp" in f]  # no partial file left
 
 
 def test_results_table_fills_missing_and_ignores_extra():
