@@ -1,39 +1,145 @@
-"""`rayinpaint bench`: images/s of the bare model (and, optionally, of diffusers and of the whole Ray job).
+"""`rayinpaint bench`: images/s of the bare model, against diffusers and against the whole Ray job.
 
-Prints one JSON object with the device, versions, date and settings next to every number, so a result can be
-rerun and compared. Random weights (`random:sd2`) have the real architecture and cost; speed does not depend
-on the weight values.
+Prints one JSON object: date, device, versions and every setting next to each number, so a result can be
+rerun and compared (BENCHMARKS.md has the commands and the results table). What it measures:
+- model: the Inpainter (our UNet/VAE/samplers) on synthetic inputs; warm-up first (compilation, autotuning
+  and CUDA graph capture are timed and reported apart), then `--iters` batches each timed between CUDA
+  synchronisations; the median batch gives images/s. Peak GPU memory over the timed batches.
+- FLOPs per image, counted by torch's FlopCounterMode over the real modules (model/flops.py), and the
+  achieved TFLOP/s against a bf16 matmul ceiling timed in the same process (fp32 on CPU).
+- --against diffusers: StableDiffusionInpaintPipeline in this process with the same weights (moved across by
+  our key mapping) and settings, fp16 + SDPA on CUDA (fp32 on CPU).
+- --e2e N: the real Ray job (`run_job`) over N synthetic rows, local Parquet in and out, on this machine's
+  GPUs, with the same switches (passed to the actors through $RAYINPAINT_SPEED).
+- --ablate: the model timed again with one switch flipped at a time.
+Random weights (`random:sd2`) have the real architecture and cost; speed does not depend on weight values.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
+import glob
 import json
+import os
 import platform
+import shutil
+import statistics
 import sys
+import tempfile
 import time
+
+SWITCHES = ("channels_last", "compile", "cuda_graph", "fused_cfg", "batch_vae", "pinned", "cudnn_benchmark")
+ABLATABLE = SWITCHES + ("sdpa", "prompt_cache")
 
 
 def add_bench_arguments(p) -> None:
-    p.add_argument("--weights", default="random:sd2", help="weights (default: random:sd2, full size, random)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per call (default: 16)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
-    p.add_argument("--sampler", default="ddim", help="sampler (default: ddim)")
-    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default: 7.5)")
-    p.add_argument("--resolution", type=int, default=512, help="pixels (default: 512)")
-    p.add_argument("--dtype", default="auto", help="auto|float32|float16|bfloat16 (default: auto)")
-    p.add_argument("--iters", type=int, default=2, help="timed batches (default: 2)")
-    p.add_argument("--diffusers", action="store_true",
-                   help="also time diffusers' StableDiffusionInpaintPipeline on the same weights (needs diffusers)")
-    p.add_argument("--job-rows", type=int, default=0,
-                   help="also run the whole Ray job on N synthetic rows and report its images/s (default: 0 = off)")
-    p.add_argument("--json", default=None, help="also write the result to this file")
+    g = p.add_argument_group("workload")
+    g.add_argument("--weights", default="random:sd2", help="weights (default: random:sd2, full size, random)")
+    g.add_argument("--batch-size", type=int, default=16, help="images per call (default: 16)")
+    g.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    g.add_argument("--sampler", default="ddim", choices=("ddim", "euler", "euler_a", "dpmpp_2m"),
+                   help="sampler (default: ddim)")
+    g.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default: 7.5)")
+    g.add_argument("--resolution", type=int, default=512, help="pixels (default: 512)")
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+                   help="model dtype; auto = bfloat16 on a GPU that has it, else float16; float32 on CPU")
+    g.add_argument("--warmup", type=int, default=1, help="untimed batches after the warm-up call (default: 1)")
+    g.add_argument("--iters", type=int, default=3, help="timed batches; the median is reported (default: 3)")
+
+    s = p.add_argument_group("speed switches (default: auto = on for CUDA, see model/speed.py)")
+    for name in SWITCHES:
+        s.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                       default=None, help=f"{name} on/off")
+    s.add_argument("--sdpa", default="auto", choices=("auto", "flash", "efficient", "cudnn", "math"),
+                   help="attention backend of the UNet (default: auto, PyTorch's choice)")
+    s.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode (default: default; e.g. max-autotune-no-cudagraphs)")
+    s.add_argument("--prompt-cache-size", type=int, default=1024, help="prompt embeddings kept (0 = no cache)")
+
+    c = p.add_argument_group("comparisons")
+    c.add_argument("--against", choices=("diffusers",), default=None,
+                   help="also time diffusers' StableDiffusionInpaintPipeline on the same weights and settings")
+    c.add_argument("--diffusers-compile", action="store_true", help="with --against diffusers: torch.compile its UNet")
+    c.add_argument("--e2e", type=int, default=0, metavar="N",
+                   help="also run the whole Ray job on N synthetic rows and compare its images/s (default: 0 = off)")
+    c.add_argument("--ablate", default="", metavar="LIST",
+                   help=f"comma list of switches to flip one at a time, or 'all': {', '.join(ABLATABLE)}")
+    c.add_argument("--ceiling-size", type=int, default=None,
+                   help="matrix size of the matmul ceiling (default: 8192 on CUDA, 1024 on CPU)")
+    c.add_argument("--json", default=None, help="also write the result to this file")
+    # Older spellings, kept working: --diffusers == --against diffusers, --job-rows N == --e2e N.
+    c.add_argument("--diffusers", dest="against", action="store_const", const="diffusers", help=argparse.SUPPRESS)
+    c.add_argument("--job-rows", dest="e2e", type=int, help=argparse.SUPPRESS)
 
 
-def _sync():
+# ---- measuring -----------------------------------------------------------------------------------------
+
+
+def _sync(device) -> None:
+    from rayinpaint.model.speed import synchronize
+
+    synchronize(device)
+
+
+def time_calls(call, device, warmup: int, iters: int) -> dict:
+    """Run `call` warmup times untimed, then iters times each between synchronisations. Seconds per call,
+    their median, and the peak memory over the timed calls."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    for _ in range(warmup):
+        call()
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(max(1, iters)):
+        _sync(device)
+        t0 = time.perf_counter()
+        call()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"s_per_batch_median": statistics.median(times), "s_per_batch": times, **peak_memory(device)}
+
+
+def peak_memory(device) -> dict:
+    """CUDA: the most bytes the caching allocator held since the last reset (reserved: it includes the memory
+    pools of CUDA graphs, whose replays allocate nothing), and the most in live tensors (allocated).
+    CPU: the process's peak resident set (over its lifetime)."""
+    import torch
+
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_reserved()), "peak_memory_kind": "cuda_max_reserved",
+                "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
+    import resource
+
+    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+            "peak_memory_kind": "cpu_max_rss"}
+
+
+def matmul_ceiling(device, n: int | None = None, samples: int = 5) -> dict:
+    """TFLOP/s of a large square matmul timed here: bf16 on CUDA (the tensor-core ceiling), fp32 on CPU."""
+    import torch
+
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    n = n or (8192 if cuda else 1024)
+    inner = 20 if cuda else 3
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    per = []
+    for _ in range(samples):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        _sync(device)
+        per.append((time.perf_counter() - t0) / inner)
+    s = statistics.median(per)
+    return {"tflops": 2 * n**3 / s / 1e12, "dtype": str(dtype).replace("torch.", ""), "n": n, "s_per_matmul": s}
 
 
 def _inputs(b: int, r: int):
@@ -46,135 +152,343 @@ def _inputs(b: int, r: int):
     return images, masks
 
 
-def time_ours(args, device, dtype) -> dict:
-    from rayinpaint.model import Inpainter, load_model
-
-    t0 = time.perf_counter()
-    m = load_model(args.weights, device=device, dtype=dtype)
-    load_s = time.perf_counter() - t0
-    inp = Inpainter(m, sampler=args.sampler, steps=args.steps, guidance=args.guidance)
-    images, masks = _inputs(args.batch_size, args.resolution)
-    prompts = ["a photo"] * args.batch_size
-    seeds = list(range(args.batch_size))
-    inp(images, masks, prompts, None, seeds)  # warm-up
-    _sync()
-    t0 = time.perf_counter()
-    for _ in range(args.iters):
-        inp(images, masks, prompts, None, seeds)
-    _sync()
-    dt = time.perf_counter() - t0
-    return {"images_per_s": args.iters * args.batch_size / dt, "s_per_batch": dt / args.iters, "load_s": load_s}
+# ---- our model -------------------------------------------------------------------------------------------
 
 
-def time_diffusers(args, device, dtype) -> dict:
+def speed_from_args(args):
+    from rayinpaint.model.speed import Speed
+
+    return Speed(sdpa=args.sdpa, compile_mode=args.compile_mode, **{k: getattr(args, k) for k in SWITCHES})
+
+
+def check_no_host_sync(inp, call) -> dict:
+    """One more batch with CUDA's sync debug mode set to error around the sampler loop."""
+    if inp.model.device.type != "cuda":
+        return {"step_loop_sync_free": None, "step_loop_sync_error": "checked on CUDA only"}
+    inp.forbid_host_sync = True
     try:
-        import diffusers  # noqa: F401 - optional, a test/benchmark reference only
-    except ImportError:
-        return {"error": "diffusers is not installed (pip install diffusers transformers)"}
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+        call()
+        return {"step_loop_sync_free": True, "step_loop_sync_error": None}
+    except RuntimeError as e:
+        return {"step_loop_sync_free": False, "step_loop_sync_error": str(e).splitlines()[0][:300]}
+    finally:
+        inp.forbid_host_sync = False
 
-    from rayinpaint.model import load_model
+
+def bench_model(args, model, speed, prompt_cache_size: int | None = None, check_sync: bool = True) -> dict:
+    """Warm up (timed) and time the Inpainter with these switches on synthetic inputs."""
+    from rayinpaint.model import Inpainter
+    from rayinpaint.model.speed import compile_cache_counters, compile_cache_dir
+
+    B, r = args.batch_size, args.resolution
+    size = args.prompt_cache_size if prompt_cache_size is None else prompt_cache_size
+    inp = Inpainter(model, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                    prompt_cache_size=size, speed=speed)
+    warm = inp.warmup(B, r)
+    images, masks = _inputs(B, r)
+    prompts, seeds = ["a photo of a room"] * B, list(range(B))
+
+    def call():
+        inp(images, masks, prompts, None, seeds)
+
+    res = time_calls(call, model.device, args.warmup, args.iters)
+    res["images_per_s"] = B / res["s_per_batch_median"]
+    res.update(warmup_call_s=warm["seconds"], compile_s=warm.get("compile_s", 0.0),
+               graph_capture_s=warm.get("capture_s"), speed=inp.speed.as_dict(), prompt_cache_size=size)
+    if inp.speed.compile:
+        res["compile_cache"] = {"dir": compile_cache_dir(), **compile_cache_counters()}
+    if check_sync:
+        res.update(check_no_host_sync(inp, call))
+    return res
+
+
+def release_memory() -> None:
+    """Drop compiled code, CUDA graphs and cached blocks, so the next measurement starts clean."""
+    import torch
+
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def ablation_variants(base, names: list[str], prompt_cache_size: int) -> list[tuple[str, object, object, int]]:
+    """(switch, value, Speed, prompt cache size) for each switch flipped from the resolved default `base`."""
+    import dataclasses
+
+    out = []
+    for name in names:
+        if name == "prompt_cache":
+            size = 0 if prompt_cache_size else 1024
+            out.append((name, size, base, size))
+        elif name == "sdpa":
+            value = "math" if base.sdpa != "math" else "auto"
+            out.append((name, value, dataclasses.replace(base, sdpa=value), prompt_cache_size))
+        else:
+            value = not getattr(base, name)
+            out.append((name, value, dataclasses.replace(base, **{name: value}), prompt_cache_size))
+    return out
+
+
+def run_ablation(args, model, base, base_rate: float) -> list[dict]:
+    names = list(ABLATABLE) if args.ablate.strip() == "all" else [n.strip() for n in args.ablate.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ABLATABLE))
+    if unknown:
+        raise SystemExit(f"rayinpaint bench: --ablate: unknown switch(es) {unknown}; choose from {ABLATABLE}")
+    rows = []
+    for name, value, speed, size in ablation_variants(base, names, args.prompt_cache_size):
+        r = bench_model(args, model, speed, prompt_cache_size=size, check_sync=False)
+        release_memory()
+        # The value in effect: a CUDA-only switch asked for elsewhere stays off (and the run is a repeat).
+        value = size if name == "prompt_cache" else r["speed"][name]
+        default = args.prompt_cache_size if name == "prompt_cache" else getattr(base, name)
+        rows.append({"switch": name, "value": value, "changed": value != default, "images_per_s": r["images_per_s"],
+                     "vs_default": r["images_per_s"] / base_rate, "compile_s": r["compile_s"],
+                     "peak_memory_bytes": r["peak_memory_bytes"]})
+    return rows
+
+
+# ---- diffusers -------------------------------------------------------------------------------------------
+
+
+def diffusers_scheduler(sampler: str):
+    """The diffusers scheduler our sampler reproduces (SD2-inpainting's scheduler config, each class's own
+    default timestep spacing), as in tests/diffusers_ref.py."""
+    import diffusers
+
+    kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+              steps_offset=1, prediction_type="epsilon")
+    if sampler == "ddim":
+        return diffusers.DDIMScheduler(**kw, set_alpha_to_one=False, clip_sample=False)
+    if sampler == "euler":
+        return diffusers.EulerDiscreteScheduler(**kw)
+    if sampler == "euler_a":
+        return diffusers.EulerAncestralDiscreteScheduler(**kw)
+    return diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def diffusers_pipeline(model, args, device, dtype):
+    """StableDiffusionInpaintPipeline holding our model's UNet and VAE weights, moved by our key mapping."""
+    import diffusers
+    import torch
+
     from rayinpaint.model import weights as W
 
-    m = load_model(args.weights, device="cpu", dtype=torch.float32)
-    cfg = m.config
-    unet = UNet2DConditionModel(**W.diffusers_unet_config(cfg.unet, sample_size=args.resolution // 8))
-    unet.load_state_dict(W.ldm_to_diffusers_unet(m.unet.state_dict(), cfg.unet), strict=True)
-    vae = AutoencoderKL(**W.diffusers_vae_config(cfg.vae))
-    vae.load_state_dict(W.ldm_to_diffusers_vae(m.vae.state_dict(), cfg.vae), strict=True)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched,
-                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe = pipe.to(device=device, dtype=dtype)
+    cfg = model.config
+
+    def build(cls, kwargs, sd):
+        with torch.device("meta"):
+            net = cls(**kwargs)
+        sd = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in sd.items()}
+        net.load_state_dict(sd, strict=True, assign=True)
+        return net.eval()
+
+    unet = build(diffusers.UNet2DConditionModel, W.diffusers_unet_config(cfg.unet, sample_size=args.resolution // 8),
+                 W.ldm_to_diffusers_unet(model.unet.state_dict(), cfg.unet))
+    vae = build(diffusers.AutoencoderKL, W.diffusers_vae_config(cfg.vae),
+                W.ldm_to_diffusers_vae(model.vae.state_dict(), cfg.vae))
+    pipe = diffusers.StableDiffusionInpaintPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=diffusers_scheduler(args.sampler),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def time_diffusers(args, model, device) -> dict:
+    """diffusers' pipeline on our model's weights, timed like ours. Moves our model to the CPU once the pipeline
+    holds its own copy (the caller is done with it), so the peak memory reported is diffusers' own."""
+    try:
+        import diffusers
+    except ImportError:
+        return {"name": "diffusers", "error": "diffusers is not installed (pip install diffusers transformers)"}
+    import torch
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pipe = diffusers_pipeline(model, args, device, dtype)
+    if args.diffusers_compile:
+        pipe.unet = torch.compile(pipe.unet, mode=args.compile_mode or "default")
+    B, r = args.batch_size, args.resolution
     with torch.inference_mode():
-        emb = m.text_encoder(m.tokenize(["a photo"] * args.batch_size)).to(device=device, dtype=dtype)
-        neg = m.text_encoder(m.tokenize([""] * args.batch_size)).to(device=device, dtype=dtype)
-    del m
-    images, masks = _inputs(args.batch_size, args.resolution)
+        emb = model.text_encoder(model.tokenize(["a photo of a room"] * B)).to(device=device, dtype=dtype)
+        neg = model.text_encoder(model.tokenize([""] * B)).to(device=device, dtype=dtype)
+    model.to("cpu")
+    release_memory()
+    images, masks = _inputs(B, r)
     img = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)  # diffusers takes [0, 1] tensors
     msk = torch.from_numpy(masks)[:, None].float().div(255)
 
     def call():
-        pipe(prompt_embeds=emb, negative_prompt_embeds=neg, image=img, mask_image=msk, height=args.resolution,
-             width=args.resolution, num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np")
+        pipe(prompt_embeds=emb, negative_prompt_embeds=neg, image=img, mask_image=msk, height=r, width=r,
+             num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np")
 
-    call()
-    _sync()
     t0 = time.perf_counter()
-    for _ in range(args.iters):
-        call()
-    _sync()
-    dt = time.perf_counter() - t0
-    return {"images_per_s": args.iters * args.batch_size / dt, "s_per_batch": dt / args.iters,
-            "diffusers": diffusers.__version__}
+    call()  # warm-up (and compilation with --diffusers-compile)
+    warm = time.perf_counter() - t0
+    res = time_calls(call, device, args.warmup, args.iters)
+    res.update(name="diffusers", version=diffusers.__version__, images_per_s=B / res["s_per_batch_median"],
+               dtype=str(dtype).replace("torch.", ""), attention="sdpa (AttnProcessor2_0)",
+               compiled=bool(args.diffusers_compile), warmup_call_s=warm)
+    return res
 
 
-def time_job(args, device_dtype: str) -> dict:
-    import os
-    import tempfile
+# ---- the whole Ray job -----------------------------------------------------------------------------------
 
-    import numpy as np
-    import pyarrow as pa
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def steady_rate(results_dir: str) -> float | None:
+    """ok rows per second between the first and the last results shard written (each shard is written as its
+    batch finishes): the job's rate after start-up, model loading and the first batch's warm-up."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from PIL import Image
+
+    shards = []
+    for path in glob.glob(os.path.join(results_dir, "*.parquet")):
+        status = pq.read_table(path, columns=["status"]).column("status")
+        shards.append((os.path.getmtime(path), int(pc.sum(pc.equal(status, "ok")).as_py() or 0)))
+    shards.sort()
+    span = shards[-1][0] - shards[0][0] if len(shards) > 1 else 0.0
+    rows = sum(n for _, n in shards[1:])
+    return rows / span if span > 0 and rows else None
+
+
+def time_e2e(args, rows: int, dtype, speed) -> dict:
+    """run_job over `rows` synthetic rows (rayinpaint.jobs.demo.make_dataset; its 5 deliberately bad rows
+    become error rows, max-error-rate is 1 so they do not fail the run), local Parquet in and out."""
+    from rayinpaint.model.speed import ENV_VAR, env_text
 
     from .config import JobConfig
+    from .demo import make_dataset
     from .inpaint import run_job
 
     d = tempfile.mkdtemp(prefix="rayinpaint-bench-")
-    r = args.resolution
-    rng = np.random.default_rng(0)
-    recs = []
-    for i in range(args.job_rows):
-        p = os.path.join(d, f"{i}.png")
-        Image.fromarray(rng.integers(0, 256, (r, r, 3), dtype=np.uint8)).save(p)
-        recs.append({"id": str(i), "image": p, "boxes": [[r / 4, r / 4, 3 * r / 4, 3 * r / 4]]})
-    pq.write_table(pa.Table.from_pylist(recs), os.path.join(d, "m.parquet"))
-    cfg = JobConfig(manifest=(os.path.join(d, "m.parquet"),), output=os.path.join(d, "out"), weights=args.weights,
-                    sampler=args.sampler, steps=args.steps, guidance=args.guidance, resolution=r,
-                    batch_size=args.batch_size, dtype=device_dtype, karras=False, mask_dilate=0, feather=0,
-                    context=0.0, min_context=0)
-    t0 = time.perf_counter()
-    rc = run_job(cfg)
-    dt = time.perf_counter() - t0
-    with open(os.path.join(d, "out", "_SUMMARY.json")) as f:
-        s = json.load(f)
-    return {"rows": args.job_rows, "exit_code": rc, "wall_s": dt, "images_per_s_wall": args.job_rows / dt,
-            "counts": s["counts_by_status"]}
+    try:
+        out_dir = os.path.join(d, "out")
+        cfg = JobConfig(manifest=(make_dataset(os.path.join(d, "input"), rows=rows),), output=out_dir,
+                        weights=args.weights, sampler=args.sampler, karras=False, steps=args.steps,
+                        guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
+                        dtype=str(dtype).replace("torch.", ""), max_error_rate=1.0, preview_count=0)
+        env = {ENV_VAR: env_text(speed)} if env_text(speed) else {}
+        t0 = time.perf_counter()
+        with _environ(env):
+            rc = run_job(cfg)
+        wall = time.perf_counter() - t0
+        with open(os.path.join(out_dir, "_SUMMARY.json")) as f:
+            counts = json.load(f)["counts_by_status"]
+        steady = steady_rate(os.path.join(out_dir, "results"))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    import torch
+
+    ok = counts.get("ok", 0)
+    rate_wall = ok / wall
+    return {"rows": rows, "ok_rows": ok, "counts": counts, "exit_code": rc, "gpus": torch.cuda.device_count(),
+            "wall_s": wall,
+            "images_per_s_wall": rate_wall, "images_per_s_steady": steady,
+            "images_per_s": steady if steady is not None else rate_wall,
+            "basis": "steady (between first and last results shard)" if steady is not None else "wall",
+            "speed_env": env.get(ENV_VAR, "")}
+
+
+# ---- the record ------------------------------------------------------------------------------------------
+
+
+def versions(device) -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None}
+    for pkg in ("ray-inpaint", "ray", "diffusers", "triton"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def unet_calls(args) -> int:
+    from rayinpaint.model.schedule import DEFAULT_SPACING, Schedule
+
+    return len(Schedule().sigmas_for(args.sampler, args.steps, DEFAULT_SPACING[args.sampler])) - 1
 
 
 def run_bench(args) -> int:
     import torch
 
-    from .predictor import pick_device_and_dtype
+    from rayinpaint.model import load_model
+    from rayinpaint.model.flops import inpaint_flops
+    from rayinpaint.model.speed import auto_dtype
 
-    device, dtype = pick_device_and_dtype(args.dtype)
-    out = {
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
-        "dtype": str(dtype).replace("torch.", ""),
-        "settings": {k: getattr(args, k) for k in ("weights", "batch_size", "steps", "sampler", "guidance",
-                                                   "resolution", "iters")},
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "cuda": torch.version.cuda},
-    }
-    out["rayinpaint"] = time_ours(args, device, dtype)
-    if args.diffusers:
-        out["diffusers"] = time_diffusers(args, device, dtype)
-        if "images_per_s" in out["diffusers"]:
-            out["speedup_vs_diffusers"] = out["rayinpaint"]["images_per_s"] / out["diffusers"]["images_per_s"]
-    if args.job_rows:
-        out["job"] = time_job(args, args.dtype)
-        out["job_vs_bare"] = out["job"]["images_per_s_wall"] / out["rayinpaint"]["images_per_s"]
-    text = json.dumps(out, indent=2)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = auto_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    speed = speed_from_args(args)
+    out = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": device_name(device),
+           "versions": versions(device), "dtype": str(dtype).replace("torch.", ""),
+           "settings": {k: v for k, v in vars(args).items() if k not in ("func", "cmd", "log_level")}}
+    out["ceiling"] = matmul_ceiling(device, args.ceiling_size)
+    t0 = time.perf_counter()
+    model = load_model(args.weights, device=device, dtype=dtype)
+    load_s = time.perf_counter() - t0
+    out["model"] = {"load_s": load_s, **bench_model(args, model, speed)}
+    release_memory()  # the Inpainter above is gone: its graphs and compiled code go too
+    out["flops"] = inpaint_flops(model.config, args.batch_size, args.resolution, unet_calls(args))
+    summarize_model(out)
+    if args.ablate:
+        base = speed.with_env().resolve(device)
+        out["ablation"] = run_ablation(args, model, base, out["images_per_s"])
+    if args.against:
+        out["against"] = time_diffusers(args, model, device)
+        release_memory()
+        if "images_per_s" in out["against"]:
+            out["ratio_vs_diffusers"] = out["images_per_s"] / out["against"]["images_per_s"]
+    del model
+    release_memory()
+    if args.e2e:
+        out["e2e"] = time_e2e(args, args.e2e, dtype, speed)
+        out["e2e_images_per_s"] = out["e2e"]["images_per_s"]
+        # per model actor: the job runs one actor per GPU (one on CPU), the model-only rate is one GPU's
+        out["e2e_vs_model"] = out["e2e_images_per_s"] / (out["images_per_s"] * max(1, out["e2e"]["gpus"]))
+    text = json.dumps(out, indent=2, default=str)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")
-    return 0 if "error" not in out.get("diffusers", {}) else 1
+    failed = "error" in out.get("against", {}) or out.get("e2e", {}).get("exit_code", 0) != 0
+    return 1 if failed else 0
+
+
+def summarize_model(out: dict) -> None:
+    """The headline numbers at the top level of the record."""
+    m, f = out["model"], out["flops"]
+    out["images_per_s"] = m["images_per_s"]
+    out["flops_per_image"] = f["per_image"]
+    out["achieved_tflops"] = f["per_image"] * m["images_per_s"] / 1e12
+    out["ceiling_tflops"] = out["ceiling"]["tflops"]
+    out["fraction_of_ceiling"] = out["achieved_tflops"] / out["ceiling_tflops"]
+    out["peak_memory_bytes"] = m["peak_memory_bytes"]
+    out["compile_s"] = m["compile_s"]
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class JobConfig:
     num_gpus_per_actor: float = 1.0
     num_actors: int | None = None
     dtype: str = "auto"
+    speed: str = ""
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
@@ -215,7 +216,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     opt("--strength", type=float, help="0 < strength <= 1; below 1 starts from the noised input image")
     opt("--seed", type=int, help="job seed; a row without a seed uses a hash of (job seed, id)")
     opt("--resolution", type=int, help="model resolution in pixels, a multiple of 64")
-    opt("--dtype", choices=DTYPES, help="model dtype; auto = float16 on GPU, float32 on CPU")
+    opt("--dtype", choices=DTYPES, help="model dtype; auto = bfloat16 on GPU (float16 where bfloat16 is "
+                                        "unsupported), float32 on CPU")
+    opt("--speed", metavar="SWITCHES",
+        help="speed switches, e.g. 'compile=0,cuda_graph=0,sdpa=flash' (channels_last, sdpa, compile, cuda_graph, "
+             "fused_cfg, batch_vae, pinned, cudnn_benchmark; default: all on for CUDA; see BENCHMARKS.md)")
 
     g = p.add_argument_group("masks and paste-back")
     opt("--mask-threshold", type=float, help="mask values >= threshold (fraction of full scale) are repainted")
@@ -368,6 +373,13 @@ def validate(c: JobConfig) -> None:
     if c.weights.startswith("random:"):
         _check(c.weights.split(":")[1] in ("tiny", "sd2"),
                f"--weights: unknown random model {c.weights!r} (use random:tiny or random:sd2)")
+    if c.speed:
+        from rayinpaint.model.speed import parse_switches
+
+        try:
+            parse_switches(c.speed, "--speed")
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
     schemes = c.allowed_scheme_tuple()
     _check(bool(schemes) and all(re.fullmatch(r"[a-z][a-z0-9+.-]*", x) for x in schemes),
            f"--allowed-schemes must be a comma-separated list of URI schemes, got {c.allowed_schemes!r}")

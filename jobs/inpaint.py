@@ -260,7 +260,7 @@ def run_pass(cfg: JobConfig, groups, *, exclude, include, limit, preview_p, prog
                                        cache_dir=cfg.weights_cache,
                                        weights_sha256=cfg.weights_sha256,
                                        storage_options=storage.fsspec_kwargs(protocol_of(cfg.weights)),
-                                       model_config=cfg.model_config),
+                                       model_config=cfg.model_config, speed=cfg.speed),
         )
     run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength}
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,

@@ -30,9 +30,11 @@ _CRASH_IDS = {i for i in os.environ.get("RAYINPAINT_TEST_CRASH_IDS", "").split("
 def pick_device_and_dtype(dtype: str):
     import torch
 
+    from rayinpaint.model import auto_dtype
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
-        dt = torch.float16 if device == "cuda" else torch.float32
+        dt = auto_dtype(device)
     else:
         dt = getattr(torch, dtype)
     return device, dt
@@ -42,10 +44,14 @@ class InpaintPredictor:
     def __init__(self, weights: str, dtype: str, sampler: str, steps: int, guidance: float, strength: float,
                  eta: float, karras: bool, resolution: int, pad_to: int = 1, cache_dir: str | None = None,
                  weights_sha256: str | None = None, storage_options: dict | None = None,
-                 model_config: str = "sd2-inpainting"):
+                 model_config: str = "sd2-inpainting", speed: str = ""):
         import torch
 
+        from functools import lru_cache
+
         from rayinpaint.model import Inpainter, load_model
+        from rayinpaint.model.speed import parse_switches
+        from rayinpaint.model.text import prompt_token_count
 
         t0 = time.perf_counter()
         self.device, self.dtype = pick_device_and_dtype(dtype)
@@ -62,8 +68,9 @@ class InpaintPredictor:
         if not weights.startswith("random:"):
             kwargs["config"] = model_config
         self.model = load_model(weights, device=self.device, dtype=self.dtype, **kwargs)
+        switches = parse_switches(speed, "--speed") if speed else {}
         self.inpainter = Inpainter(self.model, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
-                                   karras=karras and sampler != "ddim", strength=strength)
+                                   karras=karras and sampler != "ddim", strength=strength, speed=switches)
         self.res = resolution
         self.pad_to = max(1, pad_to)
         self.sha = self.model.sha256
@@ -71,13 +78,41 @@ class InpaintPredictor:
 
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         self.actor = f"{node[:12]}:{os.getpid()}"
-        from functools import lru_cache
-
-        from rayinpaint.model.text import prompt_token_count
-
         self._tokens = lru_cache(maxsize=4096)(prompt_token_count)
         self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
+        if self.device == "cuda":
+            self._warmup(switches)
         log.info("model %s loaded on %s/%s in %.1fs", weights, self.device, self.dtype, time.perf_counter() - t0)
+
+    def _warmup(self, switches: dict) -> None:
+        """Compile, autotune and capture the CUDA graph for the fixed batch shape now, before streaming starts.
+        If compiling or capturing fails on this machine, fall back to the eager step (slower, same results)
+        rather than fail every batch."""
+        try:
+            info = self._warmup_fitting()
+        except Exception as e:  # noqa: BLE001 - any compile/capture failure; the eager path is the fallback
+            if isinstance(e, self._oom):
+                raise
+            log.warning("warm-up with %s failed (%s: %s); continuing without torch.compile and CUDA graphs",
+                        self.inpainter.speed, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+            self.inpainter.set_speed({**switches, "compile": False, "cuda_graph": False})
+            info = self._warmup_fitting()
+        log.info("warm-up at batch %d, %dpx: %s", self.pad_to, self.res,
+                 {k: round(v, 3) if isinstance(v, float) else v for k, v in info.items()})
+
+    def _warmup_fitting(self) -> dict:
+        """Warm up at the fixed batch shape; out of memory halves it (as a batch would) until it fits."""
+        while True:
+            try:
+                return self.inpainter.warmup(self.pad_to, self.res)
+            except self._oom:
+                import torch
+
+                torch.cuda.empty_cache()
+                if self.pad_to == 1:
+                    raise
+                self.pad_to = (self.pad_to + 1) // 2
+                log.warning("CUDA out of memory at warm-up; using batches of %d", self.pad_to)
 
     def _padded(self, images, masks, prompts, negs, seeds, size):
         n = len(seeds)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import PRESETS, SD2Config, get_config
 from .fetch import fetch, is_local, local_path, remote_isdir
+from .speed import auto_dtype
 from .text import TextEncoder, tokenize
 from .unet import UNet
 from .vae import VAE
@@ -146,7 +147,7 @@ def _parse_random(spec: str) -> tuple[str, int]:
 def load_model(
     weights: str | os.PathLike,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     config: SD2Config | str | None = None,
     *,
     cache_dir: str | None = None,
@@ -159,9 +160,12 @@ def load_model(
     diffusers-layout folder. Remote files are cached once per node (see fetch.py). `config`
     defaults to the SD2 preset (the tiny preset for random:tiny). `sha256`: expected file hash.
     `storage_options`: fsspec filesystem kwargs for remote URIs (s3fs endpoint, region, ...).
+    dtype: a torch dtype, or "auto" (bfloat16 on a GPU that supports it, else float16; float32 off CUDA).
     """
     weights = os.fspath(weights)
     device = torch.device(device)
+    if dtype == "auto":
+        dtype = auto_dtype(device)
     if weights.startswith("random:"):
         name, seed = _parse_random(weights)
         cfg = get_config(config if config is not None else PRESETS["tiny" if name == "tiny" else "sd2-inpainting"])

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from rayinpaint.model import PRESETS, ldm_to_diffusers_unet, ldm_to_diffusers_vae
+from rayinpaint.model import (PRESETS, Inpainter, Speed, ldm_to_diffusers_unet, ldm_to_diffusers_vae, load_model,
+                              samplers)
 from rayinpaint.model.config import UNetConfig, VAEConfig
+from rayinpaint.model.denoiser import GuidedStep, InpaintDenoiser
+from rayinpaint.model.schedule import Schedule
+from rayinpaint.model.speed import compile_module, set_memory_format
 from rayinpaint.model.weights import diffusers_unet_config, diffusers_vae_config
-from rayinpaint.model.sd2 import random_init_
+from rayinpaint.model.sd2 import build_meta, random_init_
 from rayinpaint.model.unet import UNet
 from rayinpaint.model.vae import VAE
 
@@ -191,3 +196,222 @@ def test_half_precision_on_gpu_matches_fp32(dtype):
         db = half.vae.decode(ma.to(dtype)).float()
     assert torch.isfinite(b).all() and torch.isfinite(db).all()
     assert rel_err(b, a) < 0.05 and rel_err(mb, ma) < 0.05 and rel_err(db, da) < 0.05
+
+
+# ---- speed switches (model/speed.py) on CPU: each one against the path without it ----------------------------
+# Tolerances: fp32 on the tiny model. A switch that only changes memory layout, kernel choice or how the batch is
+# split changes rounding only (measured <= 2e-6 relative here); 1e-5 fails any real change of the computation.
+# Whole-image comparisons allow 1 grey level (rounding of values that sit on a .5 boundary).
+
+OFF = dict(channels_last=False, compile=False, cuda_graph=False, pinned=False, cudnn_benchmark=False)
+
+
+def step_inputs(seed: int, batch: int = 2, latent: int = 8, width: int = 32, device="cpu"):
+    """cond [B,5,h,w] (binary mask + latent), both contexts, per-row guidance, x at a high noise level."""
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(batch, 5, latent, latent, generator=g)
+    cond[:, 0] = (cond[:, 0] > 0).float()
+    ctx_u, ctx_c = torch.randn(2, batch, 77, width, generator=g)
+    guidance = torch.linspace(1.0, 7.5, batch)
+    x = torch.randn(batch, 4, latent, latent, generator=g) * 14.6
+    return [t.to(device) for t in (cond, ctx_u, ctx_c, guidance, x)]
+
+
+def step_eps(unet, inputs, *, index: int = 0, **step_kw) -> torch.Tensor:
+    """Guided eps of one step at sigmas[index] of a 10-step DDIM grid."""
+    cond, ctx_u, ctx_c, guidance, x = inputs
+    B, _, h, w = cond.shape
+    step = GuidedStep(unet, B, (h, w), tuple(ctx_c.shape[1:]), torch.float32, x.device, **step_kw)
+    step.load(cond, ctx_u, ctx_c, guidance)
+    sched = Schedule()
+    sigmas = sched.sigmas_for("ddim", 10)
+    with torch.inference_mode():
+        return InpaintDenoiser(step, sched, sigmas).eps(x, sigmas[index]).clone()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("random:tiny:3")
+
+
+def test_guided_step_is_classifier_free_guidance_of_two_unet_calls(tiny):
+    """The reference, written out here: eps_u + g (eps_c - eps_u) from separate UNet calls on
+    [x / sqrt(sigma^2 + 1), mask, masked latent] with the negative and the positive context."""
+    cond, ctx_u, ctx_c, g, x = inputs = step_inputs(8)
+    sched = Schedule()
+    sigma = sched.sigmas_for("ddim", 10)[0]
+    t = torch.full((2,), sched.timestep_for_sigma(float(sigma)))
+    inp = torch.cat([x / (sigma**2 + 1) ** 0.5, cond], dim=1)
+    with torch.inference_mode():
+        eps_u, eps_c = tiny.unet(inp, t, ctx_u), tiny.unet(inp, t, ctx_c)
+    ref = eps_u + g.view(-1, 1, 1, 1) * (eps_c - eps_u)
+    for kw in ({}, {"graph": True}, {"fused_cfg": False}):
+        assert rel_err(step_eps(tiny.unet, inputs, **kw), ref) <= 1e-5, kw
+
+
+def test_split_cfg_halves_match_one_doubled_call(tiny):
+    inputs = step_inputs(0)
+    one = step_eps(tiny.unet, inputs, fused_cfg=True)
+    two = step_eps(tiny.unet, inputs, fused_cfg=False)
+    assert one.abs().max() > 1e-2
+    assert rel_err(two, one) <= 1e-5
+
+
+def test_sdpa_math_backend_matches_default_and_is_used(tiny):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = step_inputs(1)
+    with FlopCounterMode(display=False) as fc:
+        default = step_eps(tiny.unet, inputs, sdpa="auto")
+    with FlopCounterMode(display=False) as fm:
+        math_ = step_eps(tiny.unet, inputs, sdpa="math")
+    def ops(counter):
+        return {str(op) for op in counter.get_flop_counts()["Global"]}
+
+    assert any("scaled_dot_product" in op for op in ops(fc))  # the fused CPU kernel by default
+    assert not any("scaled_dot_product" in op for op in ops(fm))  # plain matmuls under "math"
+    assert rel_err(math_, default) <= 1e-5
+
+
+def test_channels_last_step_matches_and_converts_the_layout():
+    m = load_model("random:tiny:3")
+    inputs = step_inputs(2)
+    ref = step_eps(m.unet, inputs)
+    set_memory_format(m.unet, True)
+    assert m.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    step = GuidedStep(m.unet, 2, (8, 8), (77, 32), torch.float32, "cpu", channels_last=True)
+    assert step.input.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(step_eps(m.unet, inputs, channels_last=True), ref) <= 1e-5
+
+
+def test_compiled_unet_is_one_graph_and_matches_eager(tiny):
+    """torch.compile with fullgraph=True (a graph break would raise). On CPU the aot_eager backend traces exactly
+    what inductor would receive, in seconds; inductor's generated kernels are checked on the GPU."""
+    inputs = step_inputs(3)
+    ref = step_eps(tiny.unet, inputs)
+    try:
+        compiled = compile_module(tiny.unet, Speed(compile=True, compile_backend="aot_eager"))
+        got = step_eps(compiled, inputs)
+        got2 = step_eps(compiled, step_inputs(4))  # same shapes: no recompilation, new values
+    finally:
+        torch._dynamo.reset()
+    assert rel_err(got, ref) <= 1e-5
+    assert rel_err(got2, step_eps(tiny.unet, step_inputs(4))) <= 1e-5
+
+
+def test_static_buffers_serve_batch_after_batch_bitwise(tiny):
+    """The CUDA-graph path (static buffers; on CPU without capture) reused across batches and steps gives exactly
+    the eager result: nothing of an earlier batch or step leaks into the next."""
+    sched = Schedule()
+    sigmas = sched.sigmas_for("dpmpp_2m", 4)
+    static = GuidedStep(tiny.unet, 2, (8, 8), (77, 32), torch.float32, "cpu", graph=True)
+    for seed in (5, 6, 7):
+        cond, ctx_u, ctx_c, g, x = step_inputs(seed)
+        static.load(cond, ctx_u, ctx_c, g)
+        plain = GuidedStep(tiny.unet, 2, (8, 8), (77, 32), torch.float32, "cpu")
+        plain.load(cond, ctx_u, ctx_c, g)
+        with torch.inference_mode():
+            a = samplers.sample("dpmpp_2m", InpaintDenoiser(static, sched, sigmas), x, sigmas)
+            b = samplers.sample("dpmpp_2m", InpaintDenoiser(plain, sched, sigmas), x, sigmas)
+        assert torch.equal(a, b), seed
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.5), ("euler", 0.0), ("euler_a", 0.0),
+                                         ("dpmpp_2m", 0.0)])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "static"])
+def test_step_loop_never_reads_a_device_value(sampler, eta, graph):
+    """The whole sampler loop with the model and every tensor on the meta device: any host read of a device
+    value (.item(), float(), a tensor in an `if`), i.e. a host synchronisation on CUDA, raises there. The sigma
+    grid stays on the host, as in use."""
+    cfg = PRESETS["tiny"]
+    model = build_meta(cfg)
+    model.reset_buffers("meta")
+    cond, ctx_u, ctx_c, g, x = step_inputs(0, device="meta")
+    step = GuidedStep(model.unet, 2, (8, 8), (77, 32), torch.float32, "meta", graph=graph)
+    step.load(cond, ctx_u, ctx_c, g)
+    sched = Schedule()
+    sigmas = sched.sigmas_for(sampler, 4)
+    den = InpaintDenoiser(step, sched, sigmas)
+    with torch.inference_mode():
+        out = samplers.sample(sampler, den, x, sigmas, noise=torch.empty_like, eta=eta)
+    assert out.device.type == "meta" and out.shape == x.shape and den.calls == 4
+    # The check has teeth: a denoiser that looks at a value fails the same way.
+    with pytest.raises(RuntimeError, match="meta"):
+        samplers.sample(sampler, lambda x, s: x * float(x.abs().max()), x, sigmas, noise=torch.empty_like, eta=eta)
+
+
+IMGS = torch.randint(0, 256, (2, 64, 64, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+MASKS = torch.zeros(2, 64, 64, dtype=torch.uint8)
+MASKS[:, 16:48, 8:40] = 255
+
+
+def run_inpainter(model, strength=0.75, **speed):
+    inp = Inpainter(model, sampler="ddim", steps=4, strength=strength, speed={**OFF, **speed})
+    return inp(IMGS, MASKS, ["a red door", "grass"], seeds=[3, 4]).astype(int), inp
+
+
+@pytest.mark.parametrize("switch", [dict(channels_last=True), dict(fused_cfg=False), dict(sdpa="math")],
+                         ids=["channels_last", "split_cfg", "sdpa_math"])
+def test_inpainter_with_switch_matches_reference(switch):
+    m = load_model("random:tiny:2")
+    ref, _ = run_inpainter(m)
+    out, inp = run_inpainter(m, **switch)
+    assert all(getattr(inp.speed, k) == v for k, v in switch.items())
+    assert np.abs(out - ref).max() <= 1
+
+
+def test_unbatched_vae_matches_and_calls_per_row(monkeypatch):
+    m = load_model("random:tiny:2")
+    ref, _ = run_inpainter(m)
+    calls = {"encode": [], "decode": []}
+    for name in calls:
+        orig = getattr(m.vae, name)
+        monkeypatch.setattr(m.vae, name, lambda x, _o=orig, _n=name: calls[_n].append(x.shape[0]) or _o(x))
+    out, _ = run_inpainter(m, batch_vae=False)
+    assert calls == {"encode": [1, 1, 1, 1], "decode": [1, 1]}  # masked + full image (strength < 1), per row
+    calls["encode"].clear()
+    calls["decode"].clear()
+    run_inpainter(m, batch_vae=True)
+    assert calls == {"encode": [4], "decode": [2]}  # both encodes of the batch in one call
+    assert np.abs(out - ref).max() <= 1
+
+
+def test_prompt_cache_off_reencodes_and_matches():
+    m = load_model("random:tiny:2")
+    ref, inp = run_inpainter(m)
+    inp(IMGS, MASKS, ["a red door", "grass"], seeds=[3, 4])
+    assert inp.prompts.encoded == 3  # "", and the two prompts, once
+    nocache = Inpainter(m, sampler="ddim", steps=4, strength=0.75, prompt_cache_size=0, speed=OFF)
+    a = nocache(IMGS, MASKS, ["a red door", "grass"], seeds=[3, 4]).astype(int)
+    nocache(IMGS, MASKS, ["a red door", "grass"], seeds=[3, 4])
+    assert nocache.prompts.encoded == 1 + 2 + 2  # "" stays pinned; the others each time
+    assert np.array_equal(a, ref)
+
+
+def test_speed_defaults_by_device():
+    cpu, cuda = Speed().resolve("cpu"), Speed().resolve("cuda")
+    assert all(getattr(cuda, k) for k in ("channels_last", "compile", "cuda_graph", "pinned", "cudnn_benchmark",
+                                          "fused_cfg", "batch_vae"))
+    assert not any(getattr(cpu, k) for k in ("channels_last", "compile", "cuda_graph", "pinned", "cudnn_benchmark"))
+    assert cpu.fused_cfg and cpu.batch_vae and cpu.sdpa == cuda.sdpa == "auto"
+    # Asking for a CUDA-only switch on CPU is safe: it resolves off. Portable ones are honoured.
+    asked = Speed(cuda_graph=True, pinned=True, channels_last=True, compile=True).resolve("cpu")
+    assert (asked.cuda_graph, asked.pinned, asked.channels_last, asked.compile) == (False, False, True, True)
+    with pytest.raises(ValueError, match="sdpa"):
+        Speed(sdpa="fast")
+    with pytest.raises(ValueError, match="unknown speed switch"):
+        Speed.coerce({"graphs": True})
+    assert load_model("random:tiny", dtype="auto").dtype == torch.float32
+
+
+def test_warmup_reports_compile_time_and_prepares_the_shape(tiny):
+    inp = Inpainter(tiny, sampler="ddim", steps=3, speed={**OFF, "compile": True, "compile_backend": "aot_eager"})
+    try:
+        info = inp.warmup(2, 64)
+        assert info["compile_s"] >= 0 and info["first_call_s"] > info["second_call_s"]
+        assert list(inp._steps) == [(2, 8, 8)]
+        out = inp(IMGS, MASKS, ["a", "b"], seeds=[1, 2])
+    finally:
+        torch._dynamo.reset()
+    ref = Inpainter(tiny, sampler="ddim", steps=3, speed=OFF)(IMGS, MASKS, ["a", "b"], seeds=[1, 2])
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1

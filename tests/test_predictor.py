@@ -72,3 +72,39 @@ def test_a_failing_row_becomes_an_error_row_and_the_others_finish(predictor):
     assert "kernel failure" in out.column("error").to_pylist()[1]
     assert out.column("result").to_pylist()[1] is None
     assert np.frombuffer(out.column("result").to_pylist()[2], np.uint8)[0] == 12
+
+
+def test_warmup_failure_falls_back_to_the_eager_step(predictor):
+    """A compile or CUDA-graph failure at warm-up (as on a machine whose compiler toolchain is broken) must not
+    fail the actor: it retries once with compile and cuda_graph off and keeps the other switches."""
+    calls, speeds = [], []
+
+    def warmup(batch, res):
+        calls.append((batch, res))
+        if len(calls) == 1:
+            raise RuntimeError("inductor: compilation failed (simulated)")
+        return {"seconds": 0.5}
+
+    predictor.inpainter.warmup = warmup
+    predictor.inpainter.set_speed = lambda s: speeds.append(s)
+    predictor._warmup({"sdpa": "math", "channels_last": True})
+    assert calls == [(4, R), (4, R)]
+    assert speeds == [{"sdpa": "math", "channels_last": True, "compile": False, "cuda_graph": False}]
+
+
+def test_warmup_out_of_memory_halves_the_batch_until_it_fits(predictor):
+    sizes = []
+
+    def warmup(batch, res):
+        sizes.append(batch)
+        if batch > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return {"seconds": 0.1}
+
+    predictor.inpainter.warmup = warmup
+    predictor._warmup({})
+    assert sizes == [4, 2, 1] and predictor.pad_to == 1
+    sizes.clear()
+    predictor.inpainter.warmup = lambda b, r: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("still (simulated)"))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        predictor._warmup({})  # nothing smaller left to try
