@@ -23,7 +23,7 @@ KINDS = {
     "bad_row": "the row itself is unusable (null id, no image, no mask source, bad seed)",
     "not_found": "the object does not exist (404 / NoSuchKey / no such file)",
     "access_denied": "the object exists but cannot be read or written (403 / permission)",
-    "uri_not_allowed": "a URI whose scheme is not in the allowed list (--allowed-schemes), or a chained '::' URL",
+    "uri_not_allowed": "a URI whose scheme is not allowed (--allowed-schemes), a chained '::' URL, or one with user:password@",
     "io_error": "a storage failure that persisted after retries, or a non-retryable one",
     "empty_input": "zero bytes",
     "not_an_image": "bytes are not a known image format (text, HTML, random bytes)",
@@ -36,7 +36,7 @@ KINDS = {
     "bad_boxes": "boxes that are not four finite numbers with x0<x1, y0<y1 inside the image",
     "bad_rle": "a COCO RLE that is malformed or of the wrong size",
     "bad_result": "the model output for the row has the wrong shape or dtype",
-    "write_failed": "encoding or writing the output image failed",
+    "write_failed": "encoding the output image failed (a failed write stops the job instead, see OutputWriteError)",
     "prepare_failed": "an unexpected failure while preparing the row (the message names it)",
     "finish_failed": "an unexpected failure while pasting back the result",
 }
