@@ -23,6 +23,8 @@ import http.client
 import io
 import json
 import os
+import re
+import threading
 import time
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
@@ -620,3 +622,69 @@ def test_job_completes_exactly_once_with_a_fifth_of_s3_requests_failing(ray_loca
                                 f"targeted fault per job stage), whole job",
                        requests, f"{outcome}; {sum(counts.values())} faults in {requests} requests, "
                                  f"{elapsed:.0f} s")
+
+
+def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, proxy, tmp_path, reliability):
+    """403 from the store, as a bucket policy gives it. An image that cannot be read is that row's
+    `access_denied` error; an output prefix whose writes start being refused part way through stops the job
+    (OutputUnwritable, exit 3 on the command line) with nothing recorded that was not written, and the rerun
+    once writes are allowed again completes every id exactly once."""
+    import s3fs
+    from rayinpaint.jobs.config import JobConfig
+    from rayinpaint.jobs.demo import make_dataset
+    from rayinpaint.jobs.inpaint import OutputUnwritable, run_job
+
+    bucket, opts = s3_bucket
+    fs = s3fs.S3FileSystem(**opts.fsspec_kwargs("s3"))
+    local = tmp_path / "input"
+    make_dataset(str(local), rows=12)
+    fs.put(str(local), f"{bucket}/input", recursive=True)
+    cfg = JobConfig(manifest=(f"s3://{bucket}/input/manifest.parquet",), output=f"s3://{bucket}/run",
+                    endpoint_url=proxy.url, weights="random:tiny", **{**FAST, "batch_size": 2})
+    manifest = pq.read_table(str(local / "manifest.parquet")).to_pylist()
+    denied = next(r for r in manifest if r["id"] == "img-0001")
+    proxy.deny(None, rf"^{bucket}/input/{re.escape(denied['image'])}$")
+
+    # Output writes start being refused once the first results shard exists (a policy change mid-run).
+    def results_listing():
+        fs.invalidate_cache()
+        return sorted(p for p in fs.ls(f"{bucket}/run/results", detail=False) if p.endswith(".parquet")) \
+            if fs.exists(f"{bucket}/run/results") else []
+
+    stop = threading.Event()
+
+    def deny_when_started():
+        while not stop.is_set():
+            if len(results_listing()) >= 1:
+                proxy.deny("PUT|POST", rf"^{bucket}/run/")
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=deny_when_started, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(OutputUnwritable, match="access denied"):
+            run_job(cfg)
+    finally:
+        stop.set()
+        watcher.join()
+    recorded = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in results_listing()]).to_pylist()
+    assert 0 < len(recorded) < len(manifest)
+    for r in recorded:  # nothing marked done that was not written
+        if r["status"] in ("ok", "unchanged"):
+            assert fs.exists(r["output_uri"]), r["id"]
+
+    proxy.clear_rules()
+    proxy.deny(None, rf"^{bucket}/input/{re.escape(denied['image'])}$")  # the object stays unreadable
+    assert run_job(cfg) == 0
+    res = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in results_listing()]).to_pylist()
+    ids = [r["id"] for r in res]
+    assert len(ids) == len(set(ids)) == len(manifest)
+    got = {r["id"]: r for r in res}
+    assert (got["img-0001"]["status"], got["img-0001"]["error_kind"]) == ("error", "access_denied")
+    assert "access denied" in got["img-0001"]["error"]
+    reliability.record("bad input", "image object denied by the store (S3 403 AccessDenied)", 1,
+                       "error (access_denied), the other rows unaffected")
+    reliability.record("fault", "S3 output prefix starts refusing writes (403) mid-run", 1,
+                       f"job stopped with one line (exit 3); {len(recorded)} rows recorded before, all written; "
+                       "rerun once writable: every id once")
