@@ -168,7 +168,8 @@ def filesystem(uri: str, opts: StorageOptions | None = None) -> tuple[fsspec.Abs
     return fs, path
 
 
-def _row_error_for(exc: BaseException, uri: str, action: str, attempts: int) -> RowError:
+def row_error_for(exc: BaseException, uri: str, action: str, attempts: int) -> RowError:
+    """The RowError a storage failure becomes (kind by `classify`; URI and message redacted)."""
     verdict = classify(exc)
     where = redact_uri(uri)
     if verdict == "not_found":
@@ -195,7 +196,7 @@ def _with_retries(fn: Callable[[], Any], uri: str, action: str, opts: StorageOpt
     except RowError:
         raise
     except Exception as exc:  # noqa: BLE001 - every storage failure becomes a row error
-        raise _row_error_for(exc, uri, action, count[0]) from None
+        raise row_error_for(exc, uri, action, count[0]) from None
 
 
 def read_bytes(uri: str, opts: StorageOptions | None = None, *,

@@ -342,12 +342,9 @@ def _run_job(cfg: JobConfig) -> int:
     check_output_writable(cfg, storage)
     groups, ids, dups, no_id = scan_manifest(cfg, storage)
     log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
-             sum(len(g) for g in groups),
-             len(ids), len(dups), len(no_id))
+             sum(len(g) for g in groups), len(ids), len(dups), len(no_id))
     ledger = Ledger(cfg.output, storage)
 
-    # Reconcile first: repair duplicates from earlier crashes; drop error rows we are about to retry.
-    idx = ledger.index()
     # Rows settled by the manifest alone: duplicated ids and rows without an id. One error row each, written
     # once; never processed, never retried (no run can change them).
     fixed_rows = [{"id": i, "status": "error", "error_kind": "duplicate_id",
@@ -356,16 +353,18 @@ def _run_job(cfg: JobConfig) -> int:
     fixed_rows += [{"id": name, "status": "error", "error_kind": "missing_id",
                     "error": "the row's id is null or empty; every row needs a unique id, so it was not processed"}
                    for name in no_id]
-    dup_arr = pa.array([r["id"] for r in fixed_rows], pa.string())
+    fixed_ids = pa.array([r["id"] for r in fixed_rows], pa.string())
+
+    # Reconcile first: repair duplicates from earlier crashes; drop error rows we are about to retry.
+    idx = ledger.index()
     retry = None
     if cfg.retry_errors:
         err_ids = idx.ids_with_status(["error"])
-        # Duplicate-id errors are a property of the manifest, not of a run: retrying cannot change them.
-        retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=dup_arr))) if len(dup_arr) else err_ids
+        retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=fixed_ids))) if len(fixed_ids) else err_ids
     idx = ledger.reconcile(drop_error_ids=retry)
     done_statuses = DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",)
     done = idx.ids_with_status(done_statuses)
-    exclude = pa.concat_arrays([done.cast(pa.string()), dup_arr]) if len(dup_arr) else done.cast(pa.string())
+    exclude = pa.concat_arrays([done.cast(pa.string()), fixed_ids]) if len(fixed_ids) else done.cast(pa.string())
     todo_ids = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=exclude)))
     todo = len(todo_ids)
     if cfg.limit is not None:

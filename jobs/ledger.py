@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rayinpaint.io.errors import RowError, redact_uri
+from rayinpaint.io.errors import RowError
 from rayinpaint.io.retry import call_with_retries, classify
-from rayinpaint.io.storage import filesystem, join_uri, write_bytes
+from rayinpaint.io.storage import filesystem, join_uri, row_error_for, write_bytes
 
 log = logging.getLogger("rayinpaint.ledger")
 
@@ -134,8 +134,8 @@ class Ledger:
                 if verdict == "not_found":  # removed meanwhile (a concurrent reconcile): nothing to index
                     continue
                 if verdict != "permanent":  # storage trouble, not a bad file: never quarantine a good shard
-                    raise RowError("access_denied" if verdict == "access_denied" else "io_error",
-                                   f"results shard {redact_uri(p)}: {type(e).__name__}: {redact_uri(str(e))[:200]}") from None
+                    err = row_error_for(e, p, "read", self.storage.max_attempts)
+                    raise RowError(err.kind, f"results shard {err.message}") from None
                 self._quarantine(p, f"{type(e).__name__}: {e}")
                 continue
             parts.append(t.append_column("shard", pa.array([p] * t.num_rows, pa.string())))

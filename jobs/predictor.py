@@ -22,8 +22,6 @@ log = logging.getLogger("rayinpaint.predictor")
 
 # Test hook: ids whose batch kills the model worker (comma-separated). Lets the tests prove that a row which
 # crashes its worker every time ends as an error row while every other row completes.
-_CONTEXT = 77  # the text encoder's context: longer prompts are cut (and counted in the summary)
-
 _CRASH_IDS = {i for i in os.environ.get("RAYINPAINT_TEST_CRASH_IDS", "").split(",") if i}
 
 
@@ -79,6 +77,7 @@ class InpaintPredictor:
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         self.actor = f"{node[:12]}:{os.getpid()}"
         self._tokens = lru_cache(maxsize=4096)(prompt_token_count)
+        self._context = self.model.config.text.context_length  # longer prompts are cut (and counted)
         self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
         if self.device == "cuda":
             self._warmup(switches)
@@ -164,7 +163,7 @@ class InpaintPredictor:
             negs = [batch.column("negative_prompt")[i].as_py() or "" for i in ready]
             seeds = [int(batch.column("seed")[i].as_py()) for i in ready]
             for j, i in enumerate(ready):
-                truncated[i] = max(self._tokens(prompts[j]), self._tokens(negs[j])) > _CONTEXT
+                truncated[i] = max(self._tokens(prompts[j]), self._tokens(negs[j])) > self._context
             t0 = time.perf_counter()
             try:
                 out = self._run(images, masks, prompts, negs, seeds)

@@ -57,6 +57,16 @@ def s3_bucket(s3_server):
     yield name, opts
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster (2 CPUs) shared by the tests of one module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture
 def memfs_root():
     """A unique memory:// folder, cleaned up afterwards."""

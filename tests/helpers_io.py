@@ -109,3 +109,16 @@ def brute_distance2_bounded(mask: np.ndarray, bound: int) -> np.ndarray:
                 mask[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
             np.minimum(out, np.where(shifted, d2, far), out=out)
     return out
+
+
+def write_tiny_checkpoint(path) -> str:
+    """A tiny random model saved with the real single-file layout; returns the file's sha256."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from rayinpaint.model import load_model
+    from rayinpaint.model.sd2 import single_file_state_dict
+
+    save_file(single_file_state_dict(load_model("random:tiny:3")), str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -38,6 +38,7 @@ from botocore.config import Config
 from PIL import Image
 
 from faultproxy import RANDOM_KINDS, FaultProxy
+from helpers_io import write_tiny_checkpoint
 from rayinpaint.io.errors import RowError
 from rayinpaint.io.storage import StorageOptions, read_bytes, write_bytes
 
@@ -64,13 +65,9 @@ def proxy(s3_server):
 
 
 @pytest.fixture(scope="module")
-def ray_local(s3_server):
-    """A local Ray for this module; after s3_server so the workers inherit its AWS_* variables."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
+def ray_local(s3_server, ray_local):
+    """conftest's local Ray, started after s3_server so the workers inherit its AWS_* variables."""
+    yield ray_local
 
 
 def via(opts: StorageOptions, proxy: FaultProxy, **changes) -> StorageOptions:
@@ -527,16 +524,6 @@ FAST = dict(steps=2, resolution=128, batch_size=4, progress_interval=1.0, max_er
 BAD = {"bad-truncated": "truncated", "bad-not-an-image": "not_an_image", "bad-missing-file": "not_found",
        "bad-mask-size": "mask_size_mismatch"}
 JOB_FAULT_RATE = float(os.environ.get("FAULT_RATE", "0.2"))
-
-
-def write_tiny_checkpoint(path) -> str:
-    """A tiny random model saved with the real single-file layout; returns the file's sha256."""
-    from rayinpaint.model import load_model
-    from rayinpaint.model.sd2 import single_file_state_dict
-    from safetensors.torch import save_file
-
-    save_file(single_file_state_dict(load_model("random:tiny:3")), str(path))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_job_completes_exactly_once_with_a_fifth_of_s3_requests_failing(ray_local, s3_bucket, proxy, tmp_path,

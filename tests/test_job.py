@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFilter
 
+from helpers_io import write_tiny_checkpoint
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.jobs.demo import make_dataset
 from rayinpaint.jobs.inpaint import run_job
@@ -29,31 +30,9 @@ BAD = {"bad-truncated": "truncated", "bad-not-an-image": "not_an_image", "bad-mi
        "bad-mask-size": "mask_size_mismatch"}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
 def read_results(fs, root: str) -> pa.Table:
     paths = sorted(p for p in fs.ls(f"{root}/results", detail=False) if p.endswith(".parquet"))
     return pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in paths])
-
-
-def write_tiny_checkpoint(path) -> str:
-    """A tiny random model saved with the real single-file layout; returns the file's sha256."""
-    import hashlib
-
-    from safetensors.torch import save_file
-
-    from rayinpaint.model import load_model
-    from rayinpaint.model.sd2 import single_file_state_dict
-
-    save_file(single_file_state_dict(load_model("random:tiny:3")), str(path))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_untouched(original: np.ndarray, mask: np.ndarray, output: np.ndarray, radius: int) -> None:

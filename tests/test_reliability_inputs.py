@@ -185,15 +185,6 @@ def build_inputs(root) -> tuple[str, dict]:
     return str(root / "manifests"), expected
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
 def snapshot(root) -> dict:
     out = {}
     for dirpath, _, names in os.walk(root):
