@@ -105,11 +105,18 @@ def list_manifest_files(uris, opts: StorageOptions | None = None) -> list[str]:
             return p if proto == "file" else fs.unstrip_protocol(p)
 
         if any(c in path for c in "*?["):
-            found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            found = sorted(p for p, d in fs.glob(path, detail=True).items() if d.get("type") == "file")
             if not found:
                 raise ManifestError(f"manifest glob {uri!r} matches no files")
             out.extend(full(p) for p in found)
-        elif fs.isdir(path):
+            continue
+        # fs.info, not isfile/isdir: those answer False when the store fails, which would read as "not found".
+        # Storage errors propagate, for the caller to tell a store that fails from one that refuses.
+        try:
+            kind = fs.info(path).get("type")
+        except FileNotFoundError:
+            raise ManifestError(f"manifest {uri!r} not found") from None
+        if kind == "directory":
             found = sorted(
                 p for p in fs.find(path)
                 if p.endswith((".parquet", ".pq"))
@@ -118,10 +125,8 @@ def list_manifest_files(uris, opts: StorageOptions | None = None) -> list[str]:
             if not found:
                 raise ManifestError(f"manifest folder {uri!r} holds no .parquet files")
             out.extend(full(p) for p in found)
-        elif fs.isfile(path):
-            out.append(full(path))
         else:
-            raise ManifestError(f"manifest {uri!r} not found")
+            out.append(full(path))
     if not out:
         raise ManifestError("no manifest given")
     return out

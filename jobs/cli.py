@@ -64,12 +64,15 @@ def main(argv=None) -> int:
         print(f"rayinpaint: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from .inpaint import OutputUnwritable
+        from .inpaint import OutputUnwritable, StorageUnavailable
 
-        if not isinstance(e, OutputUnwritable):
-            raise
-        print(f"rayinpaint: error: {e}", file=sys.stderr)
-        return 3
+        if isinstance(e, OutputUnwritable):
+            print(f"rayinpaint: error: {e}", file=sys.stderr)
+            return 3
+        if isinstance(e, StorageUnavailable):
+            print(f"rayinpaint: error: {e}", file=sys.stderr)
+            return 4
+        raise
     except KeyboardInterrupt:
         print("rayinpaint: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -52,6 +52,33 @@ class OutputUnwritable(Exception):
     The command line reports it in one line with exit code 3."""
 
 
+class StorageUnavailable(Exception):
+    """Reading the manifest kept failing with transient storage errors (throttling, 5xx, timeouts, resets) after
+    the storage client's retries. Nothing was started or recorded; rerunning the same command later resumes.
+    The command line reports it in one line with exit code 4."""
+
+
+def manifest_storage_error(exc: BaseException, uri: str, action: str) -> BaseException:
+    """What a storage failure while scanning the manifest becomes: StorageUnavailable when it may pass
+    (transient), a ManifestError when it will not (not found, access denied, or another storage refusal).
+    An exception that is not a storage error at all is returned unchanged (a bug keeps its traceback)."""
+    verdict = classify(exc)
+    if verdict == "permanent" and not isinstance(exc, (OSError, pa.ArrowException)):
+        return exc
+    where = redact_uri(uri)
+    detail = f"{type(exc).__name__}: {redact_uri(str(exc).splitlines()[0] if str(exc) else '')[:200]}"
+    if verdict == "transient":
+        return StorageUnavailable(f"manifest {where}: {action} kept failing after the storage client's retries "
+                                  f"({detail}); nothing was started: rerun the same command when the store "
+                                  f"answers again")
+    if verdict == "not_found":
+        return ManifestError(f"manifest {where}: not found ({action})")
+    if verdict == "access_denied":
+        return ManifestError(f"manifest {where}: access denied ({action}); check the credentials and the "
+                             f"bucket policy")
+    return ManifestError(f"manifest {where}: {action} failed ({detail})")
+
+
 def check_output_writable(cfg: JobConfig, storage) -> None:
     """Before any work: write and remove a probe object under --output."""
     probe = join_uri(cfg.output.rstrip("/"), f"_write_probe-{uuid.uuid4().hex}")
@@ -82,11 +109,30 @@ def scan_manifest(cfg: JobConfig, storage) -> tuple[list[list[str]], pa.Array, d
     ids include those names (see `missing_id_name`): such a row is accounted for by one error row, never
     processed. The driver holds the id column, never the rows.
     """
-    files = list_manifest_files(list(cfg.manifest), storage)
+    try:
+        files = list_manifest_files(list(cfg.manifest), storage)
+    except (ManifestError, SettingsError):
+        raise
+    except Exception as e:  # noqa: BLE001 - storage failures while listing: one clear line, see below
+        err = manifest_storage_error(e, ", ".join(cfg.manifest), "finding the files")
+        if err is e:
+            raise
+        raise err from None
     colmap = cfg.column_map()
     id_col = colmap.user("id")
 
     def one(path):
+        try:
+            return read_ids(path)
+        except (ManifestError, SettingsError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a storage failure (after the client's retries), not a bad file
+            err = manifest_storage_error(e, path, "reading")
+            if err is e:
+                raise
+            raise err from None
+
+    def read_ids(path):
         fs, p = filesystem(path, storage)
         with fs.open(p, "rb") as f:
             try:
@@ -325,7 +371,8 @@ def _arrow_fs(fs):
 def run_job(cfg: JobConfig) -> int:
     """Run the job; returns the process exit code (0 = success within --max-error-rate).
 
-    Raises SettingsError/ManifestError (bad settings, manifest or weights: nothing started) and
+    Raises SettingsError/ManifestError (bad settings, manifest or weights: nothing started),
+    StorageUnavailable (the manifest could not be read for transient storage errors: nothing started) and
     OutputUnwritable (the output cannot be written: the job stopped; a rerun resumes)."""
     try:
         return _run_job(cfg)

@@ -7,6 +7,8 @@
   client's read timeout or cut off mid-body is retried, a write whose answer was lost is still written exactly
   once, and botocore's own retries (set by StorageOptions) carry the requests no other layer retries;
 - the ledger: it sees shards other processes wrote, and never quarantines a good shard on a storage error;
+- the manifest unreadable before any work (a store answering 503 to every try, or refusing with 403): one line,
+  exit code 4 (rerun later) or 2 (fix the access), nothing written;
 - the whole job with a fifth of its S3 requests failing (every kind): exit 0, every id exactly once, the same
   statuses as without faults, every output written.
 
@@ -24,6 +26,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -675,3 +679,51 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
     reliability.record("fault", "S3 output prefix starts refusing writes (403) mid-run", 1,
                        f"job stopped with one line (exit 3); {len(recorded)} rows recorded before, all written; "
                        "rerun once writable: every id once")
+
+
+@pytest.mark.parametrize("case", ["file_503", "folder_listing_503", "file_403"])
+def test_manifest_unreadable_is_one_line_and_nothing_is_started(s3_bucket, proxy, tmp_path, case, reliability):
+    """The store keeps failing the manifest's requests (every try, past the client's retries) or refuses them:
+    the command line prints one line naming the manifest and what failed, no traceback and no credentials,
+    exits 4 for a transient failure (rerun later) or 2 for access denied (fix the access), and writes nothing."""
+    import s3fs
+    from rayinpaint.jobs.demo import make_dataset
+
+    bucket, opts = s3_bucket
+    fs = s3fs.S3FileSystem(**opts.fsspec_kwargs("s3"))
+    local = tmp_path / "input"
+    make_dataset(str(local), rows=4)
+    fs.put(str(local), f"{bucket}/input", recursive=True)
+    if case == "folder_listing_503":
+        manifest = f"s3://{bucket}/input/"
+        proxy.force("service_unavailable", 10_000, "GET", rf"^{bucket}$")  # every ListObjectsV2
+    elif case == "file_503":
+        manifest = f"s3://{bucket}/input/manifest.parquet"
+        proxy.force("service_unavailable", 10_000, "GET|HEAD", rf"^{bucket}/input/manifest\.parquet$")
+    else:
+        manifest = f"s3://{bucket}/input/manifest.parquet"
+        proxy.deny("GET|HEAD", rf"^{bucket}/input/manifest\.parquet$")
+    cmd = [sys.executable, "-m", "rayinpaint.jobs", "run", "--manifest", manifest, "--output", f"s3://{bucket}/run",
+           "--endpoint-url", proxy.url, "--weights", "random:tiny"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"})
+    elapsed = time.perf_counter() - t0
+    want_rc, want = (2, "access denied") if case == "file_403" else (4, "kept failing after the storage client's retries")
+    assert r.returncode == want_rc, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("rayinpaint: error: manifest s3://"), r.stderr[-3000:]
+    assert want in last and bucket in last, last
+    print(last)
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in r.stderr + r.stdout
+    fs.invalidate_cache()
+    assert fs.ls(f"{bucket}/run", detail=False) == [] if fs.exists(f"{bucket}/run") else True  # nothing written
+    if want_rc == 4:
+        faults = proxy.counts["service_unavailable"]
+        assert faults >= 3, faults  # the client really retried before giving up
+    what = {"file_503": "manifest file answering 503 to every request",
+            "folder_listing_503": "manifest folder whose listing answers 503 to every request",
+            "file_403": "manifest file denied by the store (403)"}[case]
+    reliability.record("fault", what, 1, f"one line naming the manifest, exit {want_rc}, nothing written "
+                                         f"({elapsed:.0f} s)")
