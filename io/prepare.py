@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -36,12 +35,8 @@ from .geometry import crop_window, model_inputs
 from .images import decode_image
 from .masks import bbox, boxes_to_mask, decode_mask_values, dilate, threshold_mask
 from .rle import rle_to_mask
+from .schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
 from .storage import StorageOptions, protocol_of, read_bytes
-
-# Schemes a manifest may point at by default: local files and the object stores. Not http(s), ftp, memory,
-# data or chained "a::b" URLs: a manifest from elsewhere must not make workers fetch arbitrary endpoints
-# (instance metadata, internal services). --allowed-schemes changes the list.
-DEFAULT_ALLOWED_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss")
 
 _PIL_BOMB_LIMIT = (2 * Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else None
 
@@ -87,8 +82,7 @@ class PrepareSettings:
         for name in ("default_prompt", "default_negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 bad(f"{name} must be a string")
-        if (not isinstance(self.allowed_schemes, tuple) or not self.allowed_schemes
-                or not all(isinstance(x, str) and re.fullmatch(r"[a-z][a-z0-9+.-]*", x) for x in self.allowed_schemes)):
+        if not valid_scheme_list(self.allowed_schemes):
             bad(f"allowed_schemes must be a non-empty tuple of lower-case URI schemes, got {self.allowed_schemes!r}")
         self.storage.validate()
         return self

@@ -66,13 +66,11 @@ def main(argv=None) -> int:
     except Exception as e:
         from .inpaint import OutputUnwritable, StorageUnavailable
 
-        if isinstance(e, OutputUnwritable):
-            print(f"rayinpaint: error: {e}", file=sys.stderr)
-            return 3
-        if isinstance(e, StorageUnavailable):
-            print(f"rayinpaint: error: {e}", file=sys.stderr)
-            return 4
-        raise
+        code = 3 if isinstance(e, OutputUnwritable) else 4 if isinstance(e, StorageUnavailable) else None
+        if code is None:
+            raise
+        print(f"rayinpaint: error: {e}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("rayinpaint: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

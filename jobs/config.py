@@ -11,11 +11,11 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from rayinpaint.io.errors import SettingsError
+from rayinpaint.io.schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
 
 DEFAULT_WEIGHTS = "hf://stabilityai/stable-diffusion-2-inpainting/512-inpainting-ema.safetensors"
 SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m")
@@ -53,7 +53,7 @@ class JobConfig:
     max_pixels: int = 50_000_000
     resize_mask: bool = False
     columns: str = ""
-    allowed_schemes: str = "file,s3,gs,gcs,az,abfs,abfss"
+    allowed_schemes: str = ",".join(DEFAULT_ALLOWED_SCHEMES)
     batch_size: int = 16
     num_gpus_per_actor: float = 1.0
     num_actors: int | None = None
@@ -381,7 +381,7 @@ def validate(c: JobConfig) -> None:
         except ValueError as e:
             raise SettingsError(str(e)) from None
     schemes = c.allowed_scheme_tuple()
-    _check(bool(schemes) and all(re.fullmatch(r"[a-z][a-z0-9+.-]*", x) for x in schemes),
+    _check(valid_scheme_list(schemes),
            f"--allowed-schemes must be a comma-separated list of URI schemes, got {c.allowed_schemes!r}")
     try:
         c.column_map()

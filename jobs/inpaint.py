@@ -22,6 +22,7 @@ import time
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,7 +32,7 @@ from rayinpaint.io.errors import ManifestError, RowError, SettingsError, redact_
 from rayinpaint.io.manifest import check_schema, list_manifest_files
 from rayinpaint.io.results import results_table
 from rayinpaint.io.retry import classify
-from rayinpaint.io.storage import filesystem, join_uri, protocol_of, write_bytes
+from rayinpaint.io.storage import filesystem, join_uri, protocol_of, row_error_for, write_bytes
 
 from .config import DEFAULT_WEIGHTS, JobConfig
 from .ledger import DONE_STATUSES, Ledger
@@ -58,25 +59,28 @@ class StorageUnavailable(Exception):
     The command line reports it in one line with exit code 4."""
 
 
-def manifest_storage_error(exc: BaseException, uri: str, action: str) -> BaseException:
-    """What a storage failure while scanning the manifest becomes: StorageUnavailable when it may pass
-    (transient), a ManifestError when it will not (not found, access denied, or another storage refusal).
-    An exception that is not a storage error at all is returned unchanged (a bug keeps its traceback)."""
-    verdict = classify(exc)
-    if verdict == "permanent" and not isinstance(exc, (OSError, pa.ArrowException)):
-        return exc
-    where = redact_uri(uri)
-    detail = f"{type(exc).__name__}: {redact_uri(str(exc).splitlines()[0] if str(exc) else '')[:200]}"
-    if verdict == "transient":
-        return StorageUnavailable(f"manifest {where}: {action} kept failing after the storage client's retries "
-                                  f"({detail}); nothing was started: rerun the same command when the store "
-                                  f"answers again")
-    if verdict == "not_found":
-        return ManifestError(f"manifest {where}: not found ({action})")
-    if verdict == "access_denied":
-        return ManifestError(f"manifest {where}: access denied ({action}); check the credentials and the "
-                             f"bucket policy")
-    return ManifestError(f"manifest {where}: {action} failed ({detail})")
+@contextmanager
+def manifest_storage_errors(uri: str, action: str):
+    """Storage failures while scanning the manifest become one clear line: StorageUnavailable when they may
+    pass (transient, after the client's retries), a ManifestError when they will not (not found, access
+    denied, another storage refusal). Anything that is not a storage error keeps its traceback."""
+    try:
+        yield
+    except (ManifestError, SettingsError):
+        raise
+    except Exception as e:  # noqa: BLE001 - sorted below
+        verdict = classify(e)
+        if verdict == "permanent" and not isinstance(e, (OSError, pa.ArrowException)):
+            raise
+        detail = f"{type(e).__name__}: {redact_uri(str(e).splitlines()[0] if str(e) else '')[:200]}"
+        if verdict == "transient":
+            raise StorageUnavailable(f"manifest {redact_uri(uri)}: {action} kept failing after the storage "
+                                     f"client's retries ({detail}); nothing was started: rerun the same command "
+                                     f"when the store answers again") from None
+        if verdict == "permanent":  # an OSError or Arrow error that is no store's verdict (one line, not a traceback)
+            raise ManifestError(f"manifest {redact_uri(uri)}: {action} failed ({detail})") from None
+        hint = "; check the credentials and the bucket policy" if verdict == "access_denied" else ""
+        raise ManifestError(f"manifest {row_error_for(e, uri, action, 1).message}{hint}") from None
 
 
 def check_output_writable(cfg: JobConfig, storage) -> None:
@@ -109,28 +113,14 @@ def scan_manifest(cfg: JobConfig, storage) -> tuple[list[list[str]], pa.Array, d
     ids include those names (see `missing_id_name`): such a row is accounted for by one error row, never
     processed. The driver holds the id column, never the rows.
     """
-    try:
+    with manifest_storage_errors(", ".join(cfg.manifest), "finding the files"):
         files = list_manifest_files(list(cfg.manifest), storage)
-    except (ManifestError, SettingsError):
-        raise
-    except Exception as e:  # noqa: BLE001 - storage failures while listing: one clear line, see below
-        err = manifest_storage_error(e, ", ".join(cfg.manifest), "finding the files")
-        if err is e:
-            raise
-        raise err from None
     colmap = cfg.column_map()
     id_col = colmap.user("id")
 
     def one(path):
-        try:
+        with manifest_storage_errors(path, "reading"):
             return read_ids(path)
-        except (ManifestError, SettingsError):
-            raise
-        except Exception as e:  # noqa: BLE001 - a storage failure (after the client's retries), not a bad file
-            err = manifest_storage_error(e, path, "reading")
-            if err is e:
-                raise
-            raise err from None
 
     def read_ids(path):
         fs, p = filesystem(path, storage)
@@ -408,7 +398,7 @@ def _run_job(cfg: JobConfig) -> int:
     if cfg.retry_errors:
         err_ids = idx.ids_with_status(["error"])
         retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=fixed_ids))) if len(fixed_ids) else err_ids
-    idx = ledger.reconcile(drop_error_ids=retry)
+    idx = ledger.reconcile(drop_error_ids=retry, index=idx)
     done_statuses = DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",)
     done = idx.ids_with_status(done_statuses)
     exclude = pa.concat_arrays([done.cast(pa.string()), fixed_ids]) if len(fixed_ids) else done.cast(pa.string())

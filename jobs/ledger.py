@@ -145,9 +145,10 @@ class Ledger:
             return LedgerIndex(schema.empty_table())
         return LedgerIndex(pa.concat_tables(parts, promote_options="permissive"))
 
-    def reconcile(self, drop_error_ids: pa.Array | None = None) -> LedgerIndex:
-        """Resolve duplicates and drop retried error rows; returns the repaired index."""
-        idx = self.index()
+    def reconcile(self, drop_error_ids: pa.Array | None = None, *, index: LedgerIndex | None = None) -> LedgerIndex:
+        """Resolve duplicates and drop retried error rows; returns the repaired index. `index`: the ledger's
+        index just read by the caller (saves reading every shard again), else it is read here."""
+        idx = self.index() if index is None else index
         t = idx.table
         if t.num_rows == 0:
             return idx

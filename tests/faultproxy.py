@@ -103,7 +103,23 @@ class _Rule:
         return (self.methods is None or method.upper() in self.methods) and self.pattern.search(key) is not None
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class AnyMethodHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler whose every method (GET, PUT, DELETE, ... whatever the client sends) goes to
+    `handle_any`, with no access log. BaseHTTPRequestHandler dispatches to do_<METHOD>."""
+
+    def log_message(self, format, *args):
+        pass
+
+    def __getattr__(self, name):
+        if name.startswith("do_"):
+            return self.handle_any
+        raise AttributeError(name)
+
+    def handle_any(self):
+        raise NotImplementedError
+
+
+class _Handler(AnyMethodHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, and Expect: 100-continue answered by parse_request
     server_version = "FaultProxy"
     timeout = 120  # an idle client connection is dropped after this long
@@ -118,16 +134,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             self.server.proxy._track(self.connection, False)
 
-    def log_message(self, format, *args):
-        pass
-
-    def __getattr__(self, name):
-        # BaseHTTPRequestHandler dispatches to do_<METHOD>; every method goes to the same place.
-        if name.startswith("do_"):
-            return self._do
-        raise AttributeError(name)
-
-    def _do(self):
+    def handle_any(self):
         self.server.proxy._handle(self)
 
 

@@ -41,7 +41,7 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from faultproxy import RANDOM_KINDS, FaultProxy
+from faultproxy import RANDOM_KINDS, AnyMethodHandler, FaultProxy
 from helpers_io import write_tiny_checkpoint
 from rayinpaint.io.errors import RowError
 from rayinpaint.io.storage import StorageOptions, read_bytes, write_bytes
@@ -149,18 +149,10 @@ def echo_server():
 
     seen = []
 
-    class Echo(http.server.BaseHTTPRequestHandler):
+    class Echo(AnyMethodHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, *a):
-            pass
-
-        def __getattr__(self, name):
-            if name.startswith("do_"):
-                return self._record
-            raise AttributeError(name)
-
-        def _record(self):
+        def handle_any(self):
             n = int(self.headers.get("Content-Length") or 0)
             seen.append({"method": self.command, "path": self.path, "headers": list(self.headers.items()),
                          "body": self.rfile.read(n)})

@@ -9,7 +9,6 @@ aborts on a row: every row ends as exactly one results row, `ok` / `unchanged` o
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 
