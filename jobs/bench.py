@@ -406,18 +406,13 @@ def time_e2e(args, rows: int, dtype, speed) -> dict:
 
 
 def versions(device) -> dict:
-    import importlib.metadata as md
-
     import torch
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None}
-    for pkg in ("ray-inpaint", "ray", "diffusers", "triton"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    from .report import package_versions
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+            **package_versions(("ray-inpaint", "ray", "diffusers", "triton"))}
 
 
 def device_name(device) -> str:

@@ -9,16 +9,23 @@ import platform
 import time
 
 
-def versions() -> dict:
+def package_versions(packages) -> dict:
+    """{distribution name: installed version, or None when it is not installed}."""
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("ray-inpaint", "ray", "torch", "open_clip_torch", "pyarrow", "fsspec", "s3fs", "pillow", "numpy"):
+    out = {}
+    for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(),
+            **package_versions(("ray-inpaint", "ray", "torch", "open_clip_torch", "pyarrow", "fsspec", "s3fs",
+                                "pillow", "numpy"))}
 
 
 def build_summary(*, cfg, by_status: dict, by_kind: dict, total_ids: int, this_run: dict, elapsed: float,
