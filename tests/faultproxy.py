@@ -28,7 +28,8 @@ is never half-applied:
   the default mix.
 
 Rules that are not random: ``deny(method, key_regex)`` answers ``403 AccessDenied`` to every matching request
-(checked first), and ``force(kind, times, method, key_regex)`` gives the next ``times`` matching requests the
+(checked first; with ``after=(method, key_regex)`` only from the first forwarded request matching that trigger on),
+and ``force(kind, times, method, key_regex)`` gives the next ``times`` matching requests the
 fault ``kind`` (checked next; for one fault at one exact place; ``pending()`` lists those not used yet).
 ``configure(methods=..., key_regex=...)`` limits the random faults the same way. The key a rule sees is the URL
 path without its leading "/", percent-decoded: with path-style addressing (what botocore uses for an IP endpoint)
@@ -95,9 +96,11 @@ def _xml_escape(s: str) -> str:
 
 
 class _Rule:
-    def __init__(self, method: str | None, key_regex: str):
+    def __init__(self, method: str | None, key_regex: str, after: _Rule | None = None):
         self.methods = None if method in (None, "*") else {m.strip().upper() for m in method.split("|")}
         self.pattern = re.compile(key_regex)
+        self.after = after  # a deny rule with a trigger holds from the request after the trigger's first match
+        self.active = after is None
 
     def matches(self, method: str, key: str) -> bool:
         return (self.methods is None or method.upper() in self.methods) and self.pattern.search(key) is not None
@@ -204,10 +207,14 @@ class FaultProxy:
                 self._rng.seed(seed)
             self._scope = None if methods is None and key_regex is None else _Rule(methods, key_regex or "")
 
-    def deny(self, method: str | None, key_regex: str) -> None:
-        """Answer 403 AccessDenied to every request with a matching method and key (see the module docstring)."""
+    def deny(self, method: str | None, key_regex: str, *, after: tuple[str | None, str] | None = None) -> None:
+        """Answer 403 AccessDenied to every request with a matching method and key (see the module docstring).
+
+        With ``after=(method, key_regex)`` the rule starts holding only once a request matching that trigger
+        has been forwarded: the trigger itself goes through, every matching request decided after it is denied
+        (a policy change at an exact point of a run, whatever the timing)."""
         with self._lock:
-            self._rules.append(_Rule(method, key_regex))
+            self._rules.append(_Rule(method, key_regex, None if after is None else _Rule(*after)))
 
     def force(self, kind: str, times: int = 1, method: str | None = None, key_regex: str = "") -> None:
         """Give the next ``times`` requests matching ``method`` / ``key_regex`` the fault ``kind``."""
@@ -291,7 +298,7 @@ class FaultProxy:
             roll = self._rng.random()  # drawn for every request: the sequence depends on the request count only
             kind = None
             forced = next((f for f in self._forced if f[2] > 0 and f[0].matches(method, key)), None)
-            if any(r.matches(method, key) for r in self._rules):
+            if any(r.active and r.matches(method, key) for r in self._rules):
                 kind = "access_denied"
             elif forced is not None:
                 forced[2] -= 1
@@ -301,6 +308,10 @@ class FaultProxy:
                     self._deck = [k for k, w in self.mix.items() for _ in range(w)]
                     self._rng.shuffle(self._deck)
                 kind = self._deck.pop()
+            if kind is None:
+                for r in self._rules:
+                    if not r.active and r.after.matches(method, key):
+                        r.active = True
             self.history.append((method, key, kind))
             if kind is not None:
                 self.counts[kind] += 1

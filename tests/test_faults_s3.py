@@ -374,6 +374,16 @@ def test_deny_rules_are_access_denied_and_never_retried(proxy, s3_bucket, reliab
     assert "Contents" not in fs_direct.list_objects_v2(Bucket=bucket, Prefix="readonly/")
     write_bytes(f"s3://{bucket}/public/b.png", b"ok", popts, **no_sleep)  # other prefixes stay writable
     assert fs_direct.get_object(Bucket=bucket, Key="public/b.png")["Body"].read() == b"ok"
+
+    # A rule with a trigger holds only from the request after the trigger's first forwarded match.
+    proxy.deny("PUT", rf"^{bucket}/later/", after=("PUT", rf"^{bucket}/later/trigger$"))
+    write_bytes(f"s3://{bucket}/later/before.png", b"1", popts, **no_sleep)
+    write_bytes(f"s3://{bucket}/later/trigger", b"2", popts, **no_sleep)
+    with pytest.raises(RowError) as ei:
+        write_bytes(f"s3://{bucket}/later/after.png", b"3", popts, **no_sleep)
+    assert ei.value.kind == "access_denied"
+    listed = fs_direct.list_objects_v2(Bucket=bucket, Prefix="later/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == ["later/before.png", "later/trigger"]
     reliability.record("fault", "S3 403 AccessDenied on read and on write (deny rule)", 2,
                        "row error access_denied after one request, never retried; other keys unaffected")
 
@@ -628,29 +638,18 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
     denied = next(r for r in manifest if r["id"] == "img-0001")
     proxy.deny(None, rf"^{bucket}/input/{re.escape(denied['image'])}$")
 
-    # Output writes start being refused once the first results shard exists (a policy change mid-run).
+    # Output writes start being refused right after the first results shard is written (a policy change
+    # mid-run). The proxy switches the rule on at that request, so the point does not depend on timing.
+    proxy.deny("PUT|POST", rf"^{bucket}/run/", after=("PUT", rf"^{bucket}/run/results/part-[^/]*\.parquet$"))
+
     def results_listing():
         fs.invalidate_cache()
         return sorted(p for p in fs.ls(f"{bucket}/run/results", detail=False) if p.endswith(".parquet")) \
             if fs.exists(f"{bucket}/run/results") else []
 
-    stop = threading.Event()
-
-    def deny_when_started():
-        while not stop.is_set():
-            if len(results_listing()) >= 1:
-                proxy.deny("PUT|POST", rf"^{bucket}/run/")
-                return
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=deny_when_started, daemon=True)
-    watcher.start()
-    try:
-        with pytest.raises(OutputUnwritable, match="access denied"):
-            run_job(cfg)
-    finally:
-        stop.set()
-        watcher.join()
+    with pytest.raises(OutputUnwritable, match="access denied"):
+        run_job(cfg)
+    assert proxy.counts["access_denied"] >= 2, proxy.faults  # the image row, and at least one refused write
     recorded = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in results_listing()]).to_pylist()
     assert 0 < len(recorded) < len(manifest)
     for r in recorded:  # nothing marked done that was not written
