@@ -31,10 +31,11 @@ import pytest
 import torch
 
 from rayinpaint.model import Inpainter, Speed, load_model
-from rayinpaint.model.denoiser import GuidedStep, InpaintDenoiser
+from rayinpaint.model.denoiser import GuidedStep
 from rayinpaint.model.flops import unet_flops
-from rayinpaint.model.schedule import Schedule
 from rayinpaint.model.speed import compile_module, set_memory_format
+
+from helpers_model import guided_eps, step_inputs
 
 pytestmark = pytest.mark.gpu
 
@@ -162,29 +163,6 @@ def test_inpainter_runs_in_half_precision_on_gpu(sd2):
 FAST_OFF = dict(channels_last=False, compile=False, cuda_graph=False, pinned=False, cudnn_benchmark=False)
 
 
-def step_inputs_gpu(batch: int = 2, latent: int = 32, guidance: float = 7.5, seed: int = 0):
-    g = torch.Generator("cuda").manual_seed(seed)
-    cond = torch.randn(batch, 5, latent, latent, device="cuda", generator=g)
-    cond[:, 0] = (cond[:, 0] > 0).float()
-    ctx = torch.randn(2, batch, 77, 1024, device="cuda", generator=g)
-    x = torch.randn(batch, 4, latent, latent, device="cuda", generator=g) * 14.6
-    return cond, ctx[0], ctx[1], torch.full((batch,), guidance, device="cuda"), x
-
-
-def guided_eps(unet, inputs, dtype, steps: int = 3, **step_kw) -> torch.Tensor:
-    """Guided eps at the first `steps` sigmas of a 10-step DDIM grid through one GuidedStep, so a captured graph
-    is replayed with new step inputs. [steps, B, 4, h, w] fp32."""
-    cond, ctx_u, ctx_c, g, x = inputs
-    B, _, h, w = cond.shape
-    step = GuidedStep(unet, B, (h, w), (77, 1024), dtype, "cuda", **step_kw)
-    step.load(cond, ctx_u, ctx_c, g)
-    sched = Schedule()
-    sigmas = sched.sigmas_for("ddim", 10)
-    den = InpaintDenoiser(step, sched, sigmas, pinned=True)
-    with torch.inference_mode():
-        return torch.stack([den.eps(x, sigmas[i]).clone() for i in range(steps)])
-
-
 @pytest.fixture(scope="module")
 def sd2_bf16(sd2):
     m = copy.deepcopy(sd2).to(torch.bfloat16)
@@ -208,12 +186,12 @@ FP32_SWITCHES = {
 def test_switch_matches_plain_step_fp32(sd2, name):
     kw = dict(FP32_SWITCHES[name])
     compiled = kw.pop("compile", False)
-    inputs = step_inputs_gpu()
-    ref = guided_eps(sd2.unet, inputs, torch.float32)
+    inputs = step_inputs(0, latent=32, width=1024, device="cuda", guidance=7.5)
+    ref = guided_eps(sd2.unet, inputs, torch.float32, steps=3)
     set_memory_format(sd2.unet, kw.get("channels_last", False))
     try:
         unet = compile_module(sd2.unet, Speed(compile=True)) if compiled else sd2.unet
-        got = guided_eps(unet, inputs, torch.float32, **kw)
+        got = guided_eps(unet, inputs, torch.float32, steps=3, **kw)
     finally:
         set_memory_format(sd2.unet, False)
         torch._dynamo.reset()
@@ -227,7 +205,7 @@ def test_switch_matches_plain_step_fp32(sd2, name):
 def test_fused_attention_kernels_in_bf16_against_fp32(sd2, sd2_bf16, sdpa):
     """Flash and cuDNN attention exist only in half precision: the bf16 step (CUDA graph, channels_last) against
     the plain fp32 one, within the bf16 UNet tolerance calibrated above (guidance 1 so eps is the UNet's)."""
-    inputs = step_inputs_gpu(guidance=1.0)
+    inputs = step_inputs(0, latent=32, width=1024, device="cuda", guidance=1.0)
     ref = guided_eps(sd2.unet, inputs, torch.float32, steps=1)
     set_memory_format(sd2_bf16.unet, True)
     try:
@@ -307,7 +285,7 @@ def test_host_sync_check_catches_pageable_copies(sd2_bf16):
 def test_guided_step_timing_batch16(sd2_bf16, fast):
     """One guided step for 16 images (32 UNet rows at 64x64) in bf16, eager against every switch on. Printed for
     the lead (pytest -s); BENCHMARKS.md has the full benchmark."""
-    inputs = step_inputs_gpu(batch=16, latent=64)
+    inputs = step_inputs(0, batch=16, latent=64, width=1024, device="cuda", guidance=7.5)
     set_memory_format(sd2_bf16.unet, fast)
     try:
         unet = compile_module(sd2_bf16.unet, Speed(compile=True)) if fast else sd2_bf16.unet

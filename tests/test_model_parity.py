@@ -23,6 +23,8 @@ from rayinpaint.model.sd2 import build_meta, random_init_
 from rayinpaint.model.unet import UNet
 from rayinpaint.model.vae import VAE
 
+from helpers_model import guided_eps, step_inputs
+
 diffusers = pytest.importorskip("diffusers")
 
 TOL = 1e-4
@@ -206,29 +208,6 @@ def test_half_precision_on_gpu_matches_fp32(dtype):
 OFF = dict(channels_last=False, compile=False, cuda_graph=False, pinned=False, cudnn_benchmark=False)
 
 
-def step_inputs(seed: int, batch: int = 2, latent: int = 8, width: int = 32, device="cpu"):
-    """cond [B,5,h,w] (binary mask + latent), both contexts, per-row guidance, x at a high noise level."""
-    g = torch.Generator().manual_seed(seed)
-    cond = torch.randn(batch, 5, latent, latent, generator=g)
-    cond[:, 0] = (cond[:, 0] > 0).float()
-    ctx_u, ctx_c = torch.randn(2, batch, 77, width, generator=g)
-    guidance = torch.linspace(1.0, 7.5, batch)
-    x = torch.randn(batch, 4, latent, latent, generator=g) * 14.6
-    return [t.to(device) for t in (cond, ctx_u, ctx_c, guidance, x)]
-
-
-def step_eps(unet, inputs, *, index: int = 0, **step_kw) -> torch.Tensor:
-    """Guided eps of one step at sigmas[index] of a 10-step DDIM grid."""
-    cond, ctx_u, ctx_c, guidance, x = inputs
-    B, _, h, w = cond.shape
-    step = GuidedStep(unet, B, (h, w), tuple(ctx_c.shape[1:]), torch.float32, x.device, **step_kw)
-    step.load(cond, ctx_u, ctx_c, guidance)
-    sched = Schedule()
-    sigmas = sched.sigmas_for("ddim", 10)
-    with torch.inference_mode():
-        return InpaintDenoiser(step, sched, sigmas).eps(x, sigmas[index]).clone()
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return load_model("random:tiny:3")
@@ -246,13 +225,13 @@ def test_guided_step_is_classifier_free_guidance_of_two_unet_calls(tiny):
         eps_u, eps_c = tiny.unet(inp, t, ctx_u), tiny.unet(inp, t, ctx_c)
     ref = eps_u + g.view(-1, 1, 1, 1) * (eps_c - eps_u)
     for kw in ({}, {"graph": True}, {"fused_cfg": False}):
-        assert rel_err(step_eps(tiny.unet, inputs, **kw), ref) <= 1e-5, kw
+        assert rel_err(guided_eps(tiny.unet, inputs, **kw)[0], ref) <= 1e-5, kw
 
 
 def test_split_cfg_halves_match_one_doubled_call(tiny):
     inputs = step_inputs(0)
-    one = step_eps(tiny.unet, inputs, fused_cfg=True)
-    two = step_eps(tiny.unet, inputs, fused_cfg=False)
+    one = guided_eps(tiny.unet, inputs, fused_cfg=True)[0]
+    two = guided_eps(tiny.unet, inputs, fused_cfg=False)[0]
     assert one.abs().max() > 1e-2
     assert rel_err(two, one) <= 1e-5
 
@@ -262,9 +241,9 @@ def test_sdpa_math_backend_matches_default_and_is_used(tiny):
 
     inputs = step_inputs(1)
     with FlopCounterMode(display=False) as fc:
-        default = step_eps(tiny.unet, inputs, sdpa="auto")
+        default = guided_eps(tiny.unet, inputs, sdpa="auto")[0]
     with FlopCounterMode(display=False) as fm:
-        math_ = step_eps(tiny.unet, inputs, sdpa="math")
+        math_ = guided_eps(tiny.unet, inputs, sdpa="math")[0]
     def ops(counter):
         return {str(op) for op in counter.get_flop_counts()["Global"]}
 
@@ -276,27 +255,27 @@ def test_sdpa_math_backend_matches_default_and_is_used(tiny):
 def test_channels_last_step_matches_and_converts_the_layout():
     m = load_model("random:tiny:3")
     inputs = step_inputs(2)
-    ref = step_eps(m.unet, inputs)
+    ref = guided_eps(m.unet, inputs)[0]
     set_memory_format(m.unet, True)
     assert m.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     step = GuidedStep(m.unet, 2, (8, 8), (77, 32), torch.float32, "cpu", channels_last=True)
     assert step.input.is_contiguous(memory_format=torch.channels_last)
-    assert rel_err(step_eps(m.unet, inputs, channels_last=True), ref) <= 1e-5
+    assert rel_err(guided_eps(m.unet, inputs, channels_last=True)[0], ref) <= 1e-5
 
 
 def test_compiled_unet_is_one_graph_and_matches_eager(tiny):
     """torch.compile with fullgraph=True (a graph break would raise). On CPU the aot_eager backend traces exactly
     what inductor would receive, in seconds; inductor's generated kernels are checked on the GPU."""
     inputs = step_inputs(3)
-    ref = step_eps(tiny.unet, inputs)
+    ref = guided_eps(tiny.unet, inputs)[0]
     try:
         compiled = compile_module(tiny.unet, Speed(compile=True, compile_backend="aot_eager"))
-        got = step_eps(compiled, inputs)
-        got2 = step_eps(compiled, step_inputs(4))  # same shapes: no recompilation, new values
+        got = guided_eps(compiled, inputs)[0]
+        got2 = guided_eps(compiled, step_inputs(4))[0]  # same shapes: no recompilation, new values
     finally:
         torch._dynamo.reset()
     assert rel_err(got, ref) <= 1e-5
-    assert rel_err(got2, step_eps(tiny.unet, step_inputs(4))) <= 1e-5
+    assert rel_err(got2, guided_eps(tiny.unet, step_inputs(4))[0]) <= 1e-5
 
 
 def test_static_buffers_serve_batch_after_batch_bitwise(tiny):
