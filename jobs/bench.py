@@ -251,20 +251,28 @@ def run_ablation(args, model, base, base_rate: float) -> list[dict]:
 # ---- diffusers -------------------------------------------------------------------------------------------
 
 
-def diffusers_scheduler(sampler: str):
-    """The diffusers scheduler our sampler reproduces (SD2-inpainting's scheduler config, each class's own
-    default timestep spacing), as in tests/diffusers_ref.py."""
+def diffusers_scheduler(sampler: str, spacing: str | None = None, karras: bool = False):
+    """The diffusers scheduler our sampler reproduces: SD2-inpainting's scheduler config, with `spacing` (None:
+    each class's own default timestep spacing) and Karras sigmas where the class has them. The tests use it as
+    the oracle for our samplers."""
     import diffusers
 
     kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
               steps_offset=1, prediction_type="epsilon")
+    if spacing is not None:
+        kw["timestep_spacing"] = spacing
     if sampler == "ddim":
         return diffusers.DDIMScheduler(**kw, set_alpha_to_one=False, clip_sample=False)
     if sampler == "euler":
-        return diffusers.EulerDiscreteScheduler(**kw)
+        return diffusers.EulerDiscreteScheduler(**kw, use_karras_sigmas=karras)
     if sampler == "euler_a":
+        if karras:
+            raise ValueError("EulerAncestralDiscreteScheduler has no Karras option")
         return diffusers.EulerAncestralDiscreteScheduler(**kw)
-    return diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2)
+    if sampler == "dpmpp_2m":
+        return diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
+                                                     use_karras_sigmas=karras)
+    raise ValueError(f"no diffusers scheduler for sampler {sampler!r}")
 
 
 def diffusers_pipeline(model, args, device, dtype):
@@ -434,10 +442,11 @@ def run_bench(args) -> int:
 
     from rayinpaint.model import load_model
     from rayinpaint.model.flops import inpaint_flops
-    from rayinpaint.model.speed import auto_dtype
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = auto_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    from .predictor import pick_device_and_dtype
+
+    device, dtype = pick_device_and_dtype(args.dtype)
+    device = torch.device(device)
     speed = speed_from_args(args)
     out = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": device_name(device),
            "versions": versions(device), "dtype": str(dtype).replace("torch.", ""),

@@ -157,10 +157,6 @@ class InpaintDenoiser:
         self._index = {float(s): i for i, s in enumerate(evals)}
         self.calls = 0  # UNet evaluations so far (each on the doubled batch)
 
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """[2B] int64 device timesteps for a sigma of the grid (the nearest table index, schedule.py)."""
-        return self._timesteps[self._lookup(sigma)]
-
     def _lookup(self, sigma: torch.Tensor) -> int:
         try:
             return self._index[float(sigma)]  # sigma is a host (CPU) scalar: no device read

@@ -8,6 +8,7 @@ against real-tensor counting, and the full SD2 count against the issue's indepen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rayinpaint.jobs.bench import ablation_variants, speed_from_args, steady_rate
+from rayinpaint.jobs.bench import SWITCHES, ablation_variants, speed_from_args, steady_rate
 from rayinpaint.jobs.cli import build_parser
 from rayinpaint.model import PRESETS, load_model
 from rayinpaint.model.flops import count_flops, inpaint_flops, unet_flops, vae_flops
@@ -115,6 +116,9 @@ def test_bench_arguments_switches_and_old_aliases():
     bench_help = p._subparsers._group_actions[0].choices["bench"].format_help()
     assert "--against" in bench_help and "--e2e" in bench_help
     assert "--job-rows" not in bench_help and "--diffusers " not in bench_help
+    # The bench's own list of on/off switches (kept free of torch for the command line) is Speed's.
+    flags = {f.name for f in dataclasses.fields(Speed) if f.type == "bool | None"}
+    assert set(SWITCHES) == flags and len(SWITCHES) == len(flags)
 
 
 def test_explicit_switches_travel_to_the_actors_through_the_environment():

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from rayinpaint.jobs.bench import diffusers_scheduler
 from rayinpaint.model import Inpainter, ldm_to_diffusers_unet, ldm_to_diffusers_vae, load_model
 from rayinpaint.model.config import UNetConfig, VAEConfig
 from rayinpaint.model.weights import diffusers_unet_config, diffusers_vae_config
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers_ref import make_scheduler  # noqa: E402
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint_module  # noqa: E402
 
 H = W = 64
@@ -101,7 +101,7 @@ def run_pipeline(model, pipe_parts, monkeypatch, imgs, masks, prompts, seeds, *,
         return dist.mean + dist.std * queue.pop(0)
 
     monkeypatch.setattr(inpaint_module, "retrieve_latents", retrieve_latents)
-    sched = make_scheduler(sampler, spacing, karras)
+    sched = diffusers_scheduler(sampler, spacing, karras)
     pipe = diffusers.StableDiffusionInpaintPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)

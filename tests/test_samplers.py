@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from rayinpaint.jobs.bench import diffusers_scheduler
 from rayinpaint.model import samplers as S
 from rayinpaint.model.schedule import DEFAULT_SPACING, Schedule, ScheduleConfig, truncate_for_strength
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers_ref import make_scheduler  # noqa: E402
 
 
 SCHED = Schedule()
@@ -28,7 +28,7 @@ SCHED = Schedule()
 
 
 def test_alphas_cumprod_match_diffusers_bitwise_and_ldm_float64():
-    ref = make_scheduler("ddim").alphas_cumprod
+    ref = diffusers_scheduler("ddim").alphas_cumprod
     assert torch.equal(SCHED.alphas_cumprod, ref)
     # LDM's float64 computation (sd2-inpainting.md §5), done here with numpy.
     betas = np.linspace(math.sqrt(0.00085), math.sqrt(0.012), 1000, dtype=np.float64) ** 2
@@ -49,7 +49,7 @@ def test_alphas_cumprod_match_diffusers_bitwise_and_ldm_float64():
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 @pytest.mark.parametrize("steps", [1, 10, 25, 30, 50])
 def test_timesteps_match_diffusers(sampler, spacing, steps):
-    ref = make_scheduler(sampler, spacing)
+    ref = diffusers_scheduler(sampler, spacing)
     ref.set_timesteps(steps)
     ours = SCHED.timesteps(steps, spacing, sampler)
     np.testing.assert_array_equal(ours, ref.timesteps.double().numpy())
@@ -68,7 +68,7 @@ def test_leading_50_is_981_to_1():
     ("dpmpp_2m", "linspace", False), ("dpmpp_2m", "leading", False), ("dpmpp_2m", "linspace", True),
 ])
 def test_sigma_grid_matches_diffusers(sampler, spacing, karras):
-    ref = make_scheduler(sampler, spacing, karras)
+    ref = diffusers_scheduler(sampler, spacing, karras)
     ref.set_timesteps(25)
     ours = SCHED.sigmas_for(sampler, 25, spacing, karras)
     assert torch.equal(ours, ref.sigmas.float())
@@ -169,7 +169,7 @@ CASES = [
 def run_diffusers(name, spacing, karras, steps, eta, z, step_noise, dtype=torch.float32, eps_log=None):
     """Run the diffusers scheduler; record (and, if given, replay) the model outputs.
     Returns (eps_log, samples after every step)."""
-    ref = make_scheduler(name, spacing, karras)
+    ref = diffusers_scheduler(name, spacing, karras)
     ref.set_timesteps(steps)
     if dtype == torch.float64:  # only DDIM keeps the sample dtype; the others upcast to float32
         ref.alphas_cumprod = ref.alphas_cumprod.double()
