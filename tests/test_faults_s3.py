@@ -83,6 +83,16 @@ def boto(endpoint: str, **config):
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(**config))
 
 
+def s3_results(fs, prefix: str) -> list[dict]:
+    """Every row of the results shards under `prefix` (s3fs path, no scheme), listed afresh: the job wrote them
+    from other processes, so no cached listing."""
+    fs.invalidate_cache()
+    if not fs.exists(f"{prefix}/results"):
+        return []
+    paths = sorted(p for p in fs.ls(f"{prefix}/results", detail=False) if p.endswith(".parquet"))
+    return pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in paths]).to_pylist() if paths else []
+
+
 def xml_code(body: bytes) -> str | None:
     return ET.fromstring(body).findtext("Code") if body else None
 
@@ -579,9 +589,7 @@ def test_job_completes_exactly_once_with_a_fifth_of_s3_requests_failing(ray_loca
     assert proxy.pending() == []  # every targeted fault was injected
 
     manifest = pq.read_table(str(local / "manifest.parquet")).to_pylist()
-    fs.invalidate_cache()  # the job wrote from other processes: no cached listing here
-    paths = sorted(p for p in fs.ls(f"{bucket}/run/results", detail=False) if p.endswith(".parquet"))
-    res = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in paths]).to_pylist()
+    res = s3_results(fs, f"{bucket}/run")
     ids = [r["id"] for r in res]
     assert len(ids) == len(set(ids))  # no duplicates
     assert sorted(ids) == sorted(r["id"] for r in manifest)  # every id
@@ -642,15 +650,10 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
     # mid-run). The proxy switches the rule on at that request, so the point does not depend on timing.
     proxy.deny("PUT|POST", rf"^{bucket}/run/", after=("PUT", rf"^{bucket}/run/results/part-[^/]*\.parquet$"))
 
-    def results_listing():
-        fs.invalidate_cache()
-        return sorted(p for p in fs.ls(f"{bucket}/run/results", detail=False) if p.endswith(".parquet")) \
-            if fs.exists(f"{bucket}/run/results") else []
-
     with pytest.raises(OutputUnwritable, match="access denied"):
         run_job(cfg)
     assert proxy.counts["access_denied"] >= 2, proxy.faults  # the image row, and at least one refused write
-    recorded = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in results_listing()]).to_pylist()
+    recorded = s3_results(fs, f"{bucket}/run")
     assert 0 < len(recorded) < len(manifest)
     for r in recorded:  # nothing marked done that was not written
         if r["status"] in ("ok", "unchanged"):
@@ -659,7 +662,7 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
     proxy.clear_rules()
     proxy.deny(None, rf"^{bucket}/input/{re.escape(denied['image'])}$")  # the object stays unreadable
     assert run_job(cfg) == 0
-    res = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in results_listing()]).to_pylist()
+    res = s3_results(fs, f"{bucket}/run")
     ids = [r["id"] for r in res]
     assert len(ids) == len(set(ids)) == len(manifest)
     got = {r["id"]: r for r in res}
