@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,37 +116,157 @@ def test_model_actor_killed_mid_batch(tmp_path, reliability):
                        "actor restarted, its batch retried; exit 0, every id once, all good rows ok")
 
 
-@pytest.mark.parametrize("trial", range(3))
-def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, reliability):
-    rng = random.Random(1000 + trial)
-    manifest = make_dataset(str(tmp_path / "in"), rows=24)
-    out = tmp_path / "out"
-    kills = []
-    # Up to three kills at random moments of successive runs (start-up, mid-run, near the end), then a full run.
-    for k in range(rng.randint(1, 3)):
-        proc = start(job(manifest, out))
-        try:
-            delay = rng.uniform(0.5, 25.0)
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (st := _stat(int(d))) is not None:
+            children.setdefault(st[1], []).append(int(d))
+    found, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all((st := _stat(p)) is None or st[0] == "Z" for p in pids):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes still alive {timeout}s after SIGKILL: {pids}")
+
+
+class Watched:
+    """The job in a subprocess, its stderr lines collected as they come (the kill points watch them)."""
+
+    def __init__(self, cmd):
+        self.proc = start(cmd)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def kill_when(self, cond, jitter: float, timeout: float = 300) -> bool:
+        """SIGKILL the driver once `cond()` holds, `jitter` seconds later; False if the run ended first."""
+        deadline = time.time() + timeout
+        while not cond():
+            if self.proc.poll() is not None or time.time() > deadline:
+                break
+            time.sleep(0.02)
+        else:
             t0 = time.time()
-            while time.time() - t0 < delay and proc.poll() is None:
-                time.sleep(0.05)
-            finished = proc.poll() is not None
-            before = shard_count(out)
-            os.kill(proc.pid, signal.SIGKILL) if not finished else None
-        finally:
-            kill_group(proc)
-        kills.append((round(delay, 1), before, finished))
-        assert not finished or proc.returncode == 0
+            while time.time() - t0 < jitter and self.proc.poll() is None:
+                time.sleep(0.02)
+        killed = self.proc.poll() is None
+        if killed:
+            # The driver and, right after it, every process it started (Ray's GCS, raylet and workers, some in
+            # process groups of their own): left alone, a worker could still write a shard after the kill.
+            tree = descendants(self.proc.pid)
+            os.kill(self.proc.pid, signal.SIGKILL)
+            for pid in tree:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            wait_gone(tree)
+        kill_group(self.proc)
+        self._reader.join(timeout=10)
+        return killed
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One run of the 24-row demo dataset that nothing interrupts: what every killed-and-rerun run must equal."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    manifest = make_dataset(str(root / "in"), rows=24)
+    out = root / "out"
     r = subprocess.run(job(manifest, out), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = check_exactly_once(out, 24 + DEMO_BAD)
-    assert all(x["status"] in ("ok", "unchanged") for rid, x in got.items() if rid.startswith(("img-", "empty-")))
+    return manifest, got, shard_count(out)
+
+
+def output_bytes(row: dict) -> bytes | None:
+    return Path(row["output_uri"]).read_bytes() if row["status"] in ("ok", "unchanged") else None
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupted, reliability):
+    """Two or three successive runs, each SIGKILLed at a random point of its own (a stage the run goes through,
+    then a random delay), then the same command once more: every id exactly once, no done row
+    redone, and every output byte-identical to the uninterrupted run's."""
+    manifest, reference, ref_shards = uninterrupted
+    total = 24 + DEMO_BAD
+    rng = random.Random(1000 + trial)
+    out = tmp_path / "out"
+    points = []  # (what, killed)
+    # The first run is killed mid-run (after some shards); the next one or two at other random points.
+    stages = ["shards written"] + rng.sample(["start-up", "manifest scanned", "model actors starting",
+                                              "shards written", "every row recorded"], rng.randint(1, 2))
+    for stage in stages:
+        run = Watched(job(manifest, out))
+        before = shard_count(out)
+        jitter = round(rng.uniform(0.0, 1.0), 2)
+        if stage == "start-up":  # interpreter, imports, Ray starting
+            jitter = round(rng.uniform(0.3, 4.0), 2)
+            what, cond = f"{jitter}s after start", lambda: True
+        elif stage == "manifest scanned":
+            what, cond = f"{jitter}s after the manifest scan", lambda: run.saw("ledger:")
+        elif stage == "model actors starting":
+            what, cond = f"{jitter}s after Ray came up", lambda: run.saw("model actor(s)")
+        elif stage == "shards written":
+            k = rng.randint(1, max(1, ref_shards - 1))
+            what = f"{jitter}s after {k} new results shard(s)"
+            cond = lambda k=k, before=before: shard_count(out) >= before + k  # noqa: E731
+        else:  # all rows are in the ledger; the summary, report and _SUCCESS are not written yet
+            what, cond = f"{jitter}s after the last row was recorded", lambda: run.saw("(100.0%)")
+        killed = run.kill_when(cond, jitter)
+        points.append((what, killed))
+        if not killed:
+            assert run.proc.returncode == 0, "".join(run.lines)[-3000:]
+            break  # the run finished before its kill point: the job is complete
+    kills = sum(k for _, k in points)
+    assert kills >= 1, points  # a trial that killed nothing tested nothing
+
+    recorded_before = {x["id"] for x in results(out)}
+    shards_before = {p.name: p.read_bytes() for p in (out / "results").glob("*.parquet")} \
+        if (out / "results").exists() else {}
+    r = subprocess.run(job(manifest, out), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = check_exactly_once(out, total)
     s = json.loads((out / "_SUMMARY.json").read_text())
-    assert s["complete"] and s["accounted"] == 24 + DEMO_BAD
-    n = sum(1 for _, _, f in kills if not f)
-    reliability.record("fault", f"driver SIGKILLed at random points (trial {trial}: after "
-                       + ", ".join(f"{d}s/{b} shards" for d, b, _ in kills) + ")", n,
-                       "rerun: exit 0, every id exactly once, done rows not redone")
+    assert s["complete"] and s["accounted"] == total
+    # Done rows are not redone: the rerun processed only what no earlier run had recorded, and left the
+    # earlier shards as they were.
+    assert s["this_run"]["processed"] == total - len(recorded_before), (s["this_run"], len(recorded_before), points, r.stderr[-3000:])
+    for name, data in shards_before.items():
+        assert (out / "results" / name).read_bytes() == data, name
+    # Identical output whatever the interruptions: the same status, kind and bytes for every id.
+    assert set(got) == set(reference)
+    for rid, ref in reference.items():
+        assert (got[rid]["status"], got[rid]["error_kind"]) == (ref["status"], ref["error_kind"]), rid
+        assert output_bytes(got[rid]) == output_bytes(ref), rid
+    reliability.record("fault", f"driver SIGKILLed at random points (trial {trial}: "
+                       + "; ".join(w if k else f"{w}: the run finished first" for w, k in points) + ")", kills,
+                       f"rerun: exit 0, every id exactly once; the {len(recorded_before)} rows recorded before it not "
+                       "redone; every output byte-identical to an uninterrupted run's")
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EACCES"])
