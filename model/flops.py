@@ -16,16 +16,32 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
 
 from .config import SD2Config, get_config
 
 COUNTER = "torch.utils.flop_counter.FlopCounterMode on the meta device"
 
 
+def _missing_formulas() -> dict:
+    """Attention kernels the installed torch's counter has no formula for, given the one it uses for the CUDA
+    kernels (torch 2.14 has none for the CPU flash kernel a real CPU forward calls: its attention went uncounted,
+    while the meta device, which decomposes attention into matmuls, counted it)."""
+    aten = torch.ops.aten
+    cpu_flash = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_flash is None or cpu_flash in flop_registry:
+        return {}
+    return {cpu_flash: _sdpa_flops}
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """The counter's own attention formula (QK^T and AV), on the shapes the counter passes in."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def count_flops(fn: Callable, *args, **kwargs) -> tuple[int, dict[str, int]]:
     """(total FLOPs, FLOPs per module path such as "UNet.input_blocks.0.0") of one call fn(*args, **kwargs)."""
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_missing_formulas()) as counter:
         fn(*args, **kwargs)
     by_module = {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
     return int(counter.get_total_flops()), by_module

@@ -236,19 +236,36 @@ def test_split_cfg_halves_match_one_doubled_call(tiny):
     assert rel_err(two, one) <= 1e-5
 
 
+def aten_ops(fn) -> tuple[object, set[str]]:
+    """fn()'s result and the names of the aten operators it ran, composite ones (scaled_dot_product_attention)
+    with the operators they are made of: the kernel that attention picked shows among them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.name())
+            with self:  # a composite operator runs as the operators it is made of, recorded too
+                out = func.decompose(*args, **(kwargs or {}))
+            return func(*args, **(kwargs or {})) if out is NotImplemented else out
+
+    with Recorder() as rec:
+        out = fn()
+    return out, rec.names
+
+
 def test_sdpa_math_backend_matches_default_and_is_used(tiny):
-    from torch.utils.flop_counter import FlopCounterMode
-
     inputs = step_inputs(1)
-    with FlopCounterMode(display=False) as fc:
-        default = guided_eps(tiny.unet, inputs, sdpa="auto")[0]
-    with FlopCounterMode(display=False) as fm:
-        math_ = guided_eps(tiny.unet, inputs, sdpa="math")[0]
-    def ops(counter):
-        return {str(op) for op in counter.get_flop_counts()["Global"]}
-
-    assert any("scaled_dot_product" in op for op in ops(fc))  # the fused CPU kernel by default
-    assert not any("scaled_dot_product" in op for op in ops(fm))  # plain matmuls under "math"
+    default, fused = aten_ops(lambda: guided_eps(tiny.unet, inputs, sdpa="auto")[0])
+    math_, plain = aten_ops(lambda: guided_eps(tiny.unet, inputs, sdpa="math")[0])
+    kernels = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+               "_scaled_dot_product_cudnn_attention")
+    assert any(k in op for op in fused for k in kernels), sorted(fused)  # a fused kernel by default
+    assert not any(k in op for op in plain for k in kernels), sorted(plain)  # none under "math":
+    assert "aten::_scaled_dot_product_attention_math" in plain, sorted(plain)  # its matmuls and softmax
     assert rel_err(math_, default) <= 1e-5
 
 

@@ -256,6 +256,9 @@ def test_every_kind_of_bad_input_through_the_job(ray_local, tmp_path, reliabilit
                        "written under {output}/images/ with hashed names; no file created anywhere else")
     reliability.record("security", "URIs outside the allowed schemes (http metadata endpoint, ftp, chained '::')", 3,
                        "uri_not_allowed error row, no request made")
+    reliability.record("bad input", "manifest: a second file of another schema (inline image and mask bytes, "
+                       "int32 seeds, extra struct, list and dictionary columns)", 1,
+                       "extra columns ignored, types accepted; its rows ok")
     reliability.record("bad input", "whole corpus in one job", manifest_rows,
                        f"exit 0; {len(expected)} results rows, every id once; summary adds up")
 
