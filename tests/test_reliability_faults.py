@@ -251,11 +251,13 @@ def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupt
     r = subprocess.run(job(manifest, out), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = check_exactly_once(out, total)
+    assert all(x["status"] in ("ok", "unchanged") for rid, x in got.items() if rid.startswith(("img-", "empty-")))
     s = json.loads((out / "_SUMMARY.json").read_text())
     assert s["complete"] and s["accounted"] == total
     # Done rows are not redone: the rerun processed only what no earlier run had recorded, and left the
     # earlier shards as they were.
-    assert s["this_run"]["processed"] == total - len(recorded_before), (s["this_run"], len(recorded_before), points, r.stderr[-3000:])
+    assert s["this_run"]["processed"] == total - len(recorded_before), \
+        (s["this_run"], len(recorded_before), points, r.stderr[-3000:])
     for name, data in shards_before.items():
         assert (out / "results" / name).read_bytes() == data, name
     # Identical output whatever the interruptions: the same status, kind and bytes for every id.
