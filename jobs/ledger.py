@@ -195,6 +195,15 @@ class Ledger:
         write_bytes(uri, table_to_parquet_bytes(table), self.storage)
         return uri
 
+    def read_all(self) -> pa.Table:
+        """Every row of every shard, one table (columns a shard lacks read as null)."""
+        parts = [self._read(p) for p in self.shard_paths()]
+        if not parts:
+            from rayinpaint.io.results import RESULTS_SCHEMA
+
+            return RESULTS_SCHEMA.empty_table()
+        return pa.concat_tables(parts, promote_options="permissive")
+
     def first_value(self, column: str):
         """The first non-null value of `column` in the newest shard that has one (or None)."""
         for p in reversed(self.shard_paths()):
@@ -202,3 +211,12 @@ class Ledger:
             if len(values):
                 return values[0].as_py()
         return None
+
+
+def read_results(output: str, storage=None) -> pa.Table:
+    """The results of the job whose --output is `output`: one row per recorded id (read the shards afresh)."""
+    if storage is None:
+        from rayinpaint.io.storage import StorageOptions
+
+        storage = StorageOptions.from_env()
+    return Ledger(output, storage).read_all()
