@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-# Stable machine codes for RowError.kind; the jobs layer and users filter on these.
+# Stable machine codes for results' error_kind (and RowError.kind); users filter on these.
 KINDS = {
     "bad_row": "the row itself is unusable (null id, no image, no mask source, bad seed)",
     "not_found": "the object does not exist (404 / NoSuchKey / no such file)",
@@ -39,6 +39,11 @@ KINDS = {
     "write_failed": "encoding the output image failed (a failed write stops the job instead, see OutputWriteError)",
     "prepare_failed": "an unexpected failure while preparing the row (the message names it)",
     "finish_failed": "an unexpected failure while pasting back the result",
+    # Written by the job (jobs/) rather than by a row stage:
+    "missing_id": "the manifest row's id is null or empty (recorded under a name built from its file and row)",
+    "duplicate_id": "the id appears more than once in the manifest; none of its rows is processed",
+    "model_error": "the model failed on this row (the batch was retried row by row; the message names the error)",
+    "worker_crash": "the model worker died each time it processed this row (after --max-crash-retries passes)",
 }
 
 

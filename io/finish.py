@@ -7,7 +7,7 @@ here (bad model output, encode) turns the row into an error row, except a failed
 (after retries): that is the output's problem, not the row's, so ``OutputWriteError`` is raised and the
 caller records nothing for the row.
 
-The key promise (DESIGN.md "Invariants"): in the written image, every pixel farther than
+The key promise (README "What it promises"): in the written image, every pixel farther than
 ``feather`` px from the dilated repaint mask carries the decoded input's exact bytes (for PNG
 and lossless WebP outputs; JPEG and lossy WebP re-encode the whole image).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -26,11 +25,8 @@ from .geometry import paste_back, window_inside
 from .images import decode_image, encode_image
 from .masks import bbox, feather_alpha
 from .naming import output_name
-from .results import OutputSettings
+from .settings import OutputSettings, PrepareSettings
 from .storage import join_uri, write_bytes
-
-if TYPE_CHECKING:  # finish_row is re-exported by prepare.py, so no runtime import back
-    from .prepare import PrepareSettings
 
 PREVIEW_HEIGHT = 192
 
@@ -101,45 +97,19 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
     """Prepared row + model output (uint8 [R, R, 3] or None) -> one results row (RESULTS_SCHEMA)."""
     t0 = time.perf_counter()
     run_info = run_info or {}
-    row_id = prepared.get("id")
-    row = {
-        "id": row_id, "status": prepared.get("status"), "error_kind": prepared.get("error_kind"),
-        "error": prepared.get("error"), "output_uri": None, "output_name_hashed": None,
-        "image_uri": prepared.get("image_uri"), "width": prepared.get("width"),
-        "height": prepared.get("height"), "seed": prepared.get("seed"),
-        "prompt": prepared.get("prompt"), "negative_prompt": prepared.get("negative_prompt"),
-        "prompt_truncated": prepared.get("prompt_truncated"),
-        "sampler": run_info.get("sampler"), "steps": run_info.get("steps"),
-        "guidance": run_info.get("guidance"), "strength": run_info.get("strength"),
-        "resolution": prepared.get("resolution") or settings.resolution,
-        "window": prepared.get("window") if prepared.get("status") == "ready" else None,
-        "mask_pixels": prepared.get("mask_pixels"), "model_sha256": run_info.get("model_sha256"),
-    }
+    row = _results_row(prepared, settings, run_info)
     t_write = 0.0
     final = original = repaint = None
     try:
         status = prepared.get("status")
-        if status == "error":
-            pass
-        elif status in ("ready", "unchanged"):
+        if status in ("ready", "unchanged"):
             final, original = composite(prepared, result, settings)
             if status == "ready" and preview:
                 repaint = _decode_repaint(prepared["repaint_mask"], original.shape[1], original.shape[0])
-            try:
-                data = encode_image(final, out.format, out.quality, out.lossless)
-            except Exception as e:  # noqa: BLE001
-                raise RowError("write_failed", f"encoding {out.format} failed: {type(e).__name__}: {e}") from None
-            stem, hashed = output_name(row_id)
-            uri = join_uri(out.root, "images", f"{stem}.{out.extension}")
-            t1 = time.perf_counter()
-            try:
-                write_bytes(uri, data, out.storage)
-            except RowError as e:
-                raise OutputWriteError(f"cannot write the output image {e.message}") from None
-            t_write = time.perf_counter() - t1
+            uri, hashed, t_write = _write_image(final, row["id"], out)
             row.update(status="ok" if status == "ready" else "unchanged", output_uri=redact_uri(uri),
                        output_name_hashed=hashed)
-        else:
+        elif status != "error":
             raise RowError("finish_failed", f"unknown prepared status {status!r}")
     except OutputWriteError:
         raise
@@ -158,3 +128,37 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
     if preview:
         row["preview_jpeg"] = preview_jpeg(original, final, repaint) if final is not None else None
     return row
+
+
+def _results_row(prepared: dict, settings: PrepareSettings, run_info: dict) -> dict:
+    """The results row as prepare left it (no output yet)."""
+    return {
+        "id": prepared.get("id"), "status": prepared.get("status"), "error_kind": prepared.get("error_kind"),
+        "error": prepared.get("error"), "output_uri": None, "output_name_hashed": None,
+        "image_uri": prepared.get("image_uri"), "width": prepared.get("width"),
+        "height": prepared.get("height"), "seed": prepared.get("seed"),
+        "prompt": prepared.get("prompt"), "negative_prompt": prepared.get("negative_prompt"),
+        "prompt_truncated": prepared.get("prompt_truncated"),
+        "sampler": run_info.get("sampler"), "steps": run_info.get("steps"),
+        "guidance": run_info.get("guidance"), "strength": run_info.get("strength"),
+        "resolution": prepared.get("resolution") or settings.resolution,
+        "window": prepared.get("window") if prepared.get("status") == "ready" else None,
+        "mask_pixels": prepared.get("mask_pixels"), "model_sha256": run_info.get("model_sha256"),
+    }
+
+
+def _write_image(final: np.ndarray, row_id: str, out: OutputSettings) -> tuple[str, bool, float]:
+    """Encode and write the output image: (its URI, whether its name is hashed, seconds writing). An encoding
+    failure is the row's (RowError); a write failure is the output's (OutputWriteError)."""
+    try:
+        data = encode_image(final, out.format, out.quality, out.lossless)
+    except Exception as e:  # noqa: BLE001
+        raise RowError("write_failed", f"encoding {out.format} failed: {type(e).__name__}: {e}") from None
+    stem, hashed = output_name(row_id)
+    uri = join_uri(out.root, "images", f"{stem}.{out.extension}")
+    t1 = time.perf_counter()
+    try:
+        write_bytes(uri, data, out.storage)
+    except RowError as e:
+        raise OutputWriteError(f"cannot write the output image {e.message}") from None
+    return uri, hashed, time.perf_counter() - t1

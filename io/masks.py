@@ -1,6 +1,6 @@
 """Repaint masks: from mask images, boxes or RLE; threshold, invert, dilate; feather distances.
 
-Convention (see sd2-inpainting.md §6.1): **white / 1 = repaint**, black / 0 = keep.
+Convention (docs/model.md §6.1): **white / 1 = repaint**, black / 0 = keep.
 
 Mask images are reduced to one 8-bit channel, then thresholded:
 

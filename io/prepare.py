@@ -1,20 +1,7 @@
 """Prepare one canonical row for the model: fetch, decode, build the mask, crop, resize.
 
-``prepare_row`` never raises for a row's own problem; it returns a dict of Arrow-friendly values:
-
-    id, status ("ready" | "unchanged" | "error"), error_kind, error,
-    seed, prompt, negative_prompt, image_uri (redacted),
-    model_image  bytes: uint8 [R, R, 3] C-order (b"" unless ready)
-    model_mask   bytes: uint8 [R, R] in {0, 255}, 255 = repaint (b"" unless ready)
-    window       [x0, y0, x1, y1] crop window in original pixels; may extend past the image where
-                 the crop was reflect-padded (see geometry.py); None unless ready
-    width, height  decoded (EXIF-oriented) image size; None if the image did not decode
-    resolution   R
-    source       the original encoded image bytes (finish decodes them again; deterministic)
-    repaint_mask PNG bytes (mode "1"), full resolution, of the dilated repaint mask (b"" unless ready)
-    mask_pixels  number of repaint pixels after dilation
-    t_fetch, t_decode, t_prepare  seconds
-
+``prepare_row`` never raises for a row's own problem; it returns a dict with the fields of
+``PREPARED_SCHEMA`` (below), which is what travels from prepare to the model actor and on to finish.
 Status "unchanged" means the mask is empty after threshold/invert: the row passes through and
 finish writes the original. Seeds: the row's own ``seed`` when given (must be >= 0), else
 ``row_seed(job_seed, id)``.
@@ -25,67 +12,42 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from dataclasses import dataclass, field
-
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
-from .errors import RowError, SettingsError, redact_uri
+from .errors import RowError, redact_uri
 from .geometry import crop_window, model_inputs
 from .images import decode_image
 from .masks import bbox, boxes_to_mask, decode_mask_values, dilate, threshold_mask
 from .rle import rle_to_mask
-from .schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
-from .storage import StorageOptions, protocol_of, read_bytes
+from .settings import PrepareSettings
+from .storage import protocol_of, read_bytes
 
-_PIL_BOMB_LIMIT = (2 * Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else None
-
-
-@dataclass(frozen=True)
-class PrepareSettings:
-    resolution: int = 512          # model side R; multiple of 64 (sd2-inpainting.md §6.3)
-    mask_threshold: float = 0.5    # fraction of full scale; value/255 >= t marks a pixel (§6.1)
-    mask_invert: bool = False
-    mask_dilate: int = 8           # px, Euclidean disc
-    feather: int = 8               # px, outward from the dilated mask
-    context: float = 0.25          # margin as a fraction of the mask box
-    min_context: int = 32          # px, minimum margin
-    max_pixels: int = 50_000_000   # refuse larger images before decoding
-    resize_mask: bool = False      # resize a mask of another size instead of failing the row
-    default_prompt: str = ""
-    default_negative_prompt: str = ""
-    job_seed: int = 0
-    allowed_schemes: tuple = DEFAULT_ALLOWED_SCHEMES
-    storage: StorageOptions = field(default_factory=StorageOptions)
-
-    def validate(self) -> "PrepareSettings":
-        def bad(msg):
-            raise SettingsError(msg)
-
-        if not isinstance(self.resolution, int) or self.resolution < 64 or self.resolution % 64:
-            bad(f"resolution must be a positive multiple of 64 (sd2-inpainting.md §6.3), got {self.resolution!r}")
-        if not (0.0 < float(self.mask_threshold) <= 1.0):
-            bad(f"mask_threshold must be in (0, 1], got {self.mask_threshold!r}")
-        for name, hi in (("mask_dilate", 512), ("feather", 512), ("min_context", 100_000)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
-                bad(f"{name} must be an integer in 0..{hi} pixels, got {v!r}")
-        if not (0.0 <= float(self.context) <= 100.0):
-            bad(f"context must be a fraction >= 0, got {self.context!r}")
-        if not isinstance(self.max_pixels, int) or self.max_pixels <= 0:
-            bad(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
-        if _PIL_BOMB_LIMIT is not None and self.max_pixels > _PIL_BOMB_LIMIT:
-            bad(f"max_pixels {self.max_pixels} is above PIL's own decompression-bomb limit "
-                f"({_PIL_BOMB_LIMIT}); raise PIL.Image.MAX_IMAGE_PIXELS first")
-        if not isinstance(self.job_seed, int) or not 0 <= self.job_seed < 2 ** 63:
-            bad(f"job_seed must be an integer in [0, 2**63), got {self.job_seed!r}")
-        for name in ("default_prompt", "default_negative_prompt"):
-            if not isinstance(getattr(self, name), str):
-                bad(f"{name} must be a string")
-        if not valid_scheme_list(self.allowed_schemes):
-            bad(f"allowed_schemes must be a non-empty tuple of lower-case URI schemes, got {self.allowed_schemes!r}")
-        self.storage.validate()
-        return self
+# One prepared row. R is the model resolution; bytes are C-order uint8 arrays.
+PREPARED_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("status", pa.string()),            # "ready" | "unchanged" | "error"
+    ("error_kind", pa.string()),        # io.errors.KINDS, null unless error
+    ("error", pa.string()),
+    ("seed", pa.int64()),
+    ("prompt", pa.string()),
+    ("negative_prompt", pa.string()),
+    ("image_uri", pa.string()),         # redacted
+    ("model_image", pa.binary()),       # [R, R, 3] (b"" unless ready)
+    ("model_mask", pa.binary()),        # [R, R] in {0, 255}, 255 = repaint (b"" unless ready)
+    ("window", pa.list_(pa.int64())),   # [x0, y0, x1, y1] crop window in original pixels; may extend past
+                                        # the image where the crop was reflect-padded (geometry.py); null unless ready
+    ("width", pa.int64()),              # decoded (EXIF-oriented) size; null if the image did not decode
+    ("height", pa.int64()),
+    ("resolution", pa.int64()),         # R
+    ("mask_pixels", pa.int64()),        # repaint pixels after dilation
+    ("source", pa.binary()),            # the original encoded image (finish decodes it again; deterministic)
+    ("repaint_mask", pa.binary()),      # PNG (mode "1") of the dilated repaint mask, full size (b"" unless ready)
+    ("t_fetch", pa.float64()),          # seconds
+    ("t_decode", pa.float64()),
+    ("t_prepare", pa.float64()),
+])
 
 
 def row_seed(job_seed: int, row_id: str) -> int:
@@ -151,6 +113,24 @@ def _build_mask(row: dict, width: int, height: int, settings: PrepareSettings) -
     return mask, t_fetch, time.perf_counter() - t1
 
 
+def _fill_row_fields(row: dict, settings: PrepareSettings, out: dict) -> None:
+    """Set id, prompt, negative_prompt and seed of `out` from the row (the job's defaults filled in), in that
+    order, so that an error row keeps whatever was valid before the bad field."""
+    row_id = row.get("id")
+    if not isinstance(row_id, str) or row_id == "":
+        raise RowError("bad_row", f"id is {'empty' if row_id == '' else 'null' if row_id is None else repr(row_id)}")
+    out["id"] = row_id
+    prompt, negative = row.get("prompt"), row.get("negative_prompt")
+    out["prompt"] = settings.default_prompt if prompt is None else str(prompt)
+    out["negative_prompt"] = settings.default_negative_prompt if negative is None else str(negative)
+    seed = row.get("seed")
+    if seed is None:
+        seed = row_seed(settings.job_seed, row_id)
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 63:
+        raise RowError("bad_row", f"seed must be an integer in [0, 2**63), got {seed!r}")
+    out["seed"] = int(seed)
+
+
 _EMPTY = {"model_image": b"", "model_mask": b"", "window": None, "repaint_mask": b"", "source": b""}
 
 
@@ -166,20 +146,7 @@ def prepare_row(row: dict, settings: PrepareSettings) -> dict:
         "t_fetch": 0.0, "t_decode": 0.0, "t_prepare": 0.0,
     }
     try:
-        row_id = row.get("id")
-        if not isinstance(row_id, str) or row_id == "":
-            raise RowError("bad_row", f"id is {'empty' if row_id == '' else 'null' if row_id is None else repr(row_id)}")
-        out["id"] = row_id
-        prompt, negative = row.get("prompt"), row.get("negative_prompt")
-        out["prompt"] = settings.default_prompt if prompt is None else str(prompt)
-        out["negative_prompt"] = settings.default_negative_prompt if negative is None else str(negative)
-        seed = row.get("seed")
-        if seed is None:
-            seed = row_seed(settings.job_seed, row_id)
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 63:
-            raise RowError("bad_row", f"seed must be an integer in [0, 2**63), got {seed!r}")
-        out["seed"] = int(seed)
-
+        _fill_row_fields(row, settings, out)
         t0 = time.perf_counter()
         source, uri = _fetch(row, "image", settings)
         out["t_fetch"] = time.perf_counter() - t0
@@ -217,7 +184,3 @@ def prepare_row(row: dict, settings: PrepareSettings) -> dict:
                    error=f"unexpected {type(e).__name__} while preparing: {redact_uri(str(e))[:300]}", **_EMPTY)
     out["t_prepare"] = time.perf_counter() - t_start
     return out
-
-
-# The jobs layer imports finish_row from here (the API groups it with prepare_row).
-from .finish import finish_row  # noqa: E402,F401

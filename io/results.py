@@ -1,6 +1,6 @@
-"""Output settings, the results schema and the results table.
+"""The results schema and the results table.
 
-One results row per input row (see DESIGN.md "Invariants"): ``status`` is ``"ok"`` (inpainted
+One results row per input row, whatever happened to it: ``status`` is ``"ok"`` (inpainted
 and written), ``"unchanged"`` (empty mask: the decoded original was written) or ``"error"``
 (``error_kind`` + ``error``; no image written). ``window`` is the crop window in original pixels
 [x0, y0, x1, y1] (may extend past the image where it was padded; null unless inpainted).
@@ -9,45 +9,7 @@ and written), ``"unchanged"`` (empty mask: the decoded original was written) or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pyarrow as pa
-
-from .errors import SettingsError
-from .images import EXTENSIONS
-from .naming import output_name  # noqa: F401  (public here: rayinpaint.io.results.output_name)
-from .storage import StorageOptions
-
-FORMATS = ("png", "jpeg", "webp")
-
-
-@dataclass(frozen=True)
-class OutputSettings:
-    root: str                     # output URI; images go to {root}/images/{stem}.{ext}
-    format: str = "png"           # "png" | "jpeg" | "webp"
-    quality: int = 95             # JPEG / lossy WebP quality, 1..100
-    lossless: bool = False        # WebP only
-    storage: StorageOptions = field(default_factory=StorageOptions)
-
-    def validate(self) -> None:
-        if not self.root or not isinstance(self.root, str):
-            raise SettingsError("output root must be a non-empty URI or path")
-        fmt = self.format.lower()
-        if fmt == "jpg":
-            fmt = "jpeg"
-        if fmt not in FORMATS:
-            raise SettingsError(f"output format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
-            raise SettingsError(f"output quality must be an integer in 1..100, got {self.quality!r}")
-        if self.lossless and fmt != "webp":
-            raise SettingsError(f"lossless applies to webp only, not {self.format!r}")
-
-    def __post_init__(self):
-        self.validate()
-
-    @property
-    def extension(self) -> str:
-        return EXTENSIONS[self.format.lower()]
 
 
 TIMINGS_TYPE = pa.struct([

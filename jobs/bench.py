@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
-import glob
 import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 
-SWITCHES = ("channels_last", "compile", "cuda_graph", "fused_cfg", "batch_vae", "pinned", "cudnn_benchmark")
+from rayinpaint.model.choices import DTYPES, SAMPLERS, SDPA_CHOICES, SWITCHES
+
+from .bench_timing import matmul_ceiling, release_memory, steady_rate, time_calls
+
 ABLATABLE = SWITCHES + ("sdpa", "prompt_cache")
 
 
@@ -39,11 +39,10 @@ def add_bench_arguments(p) -> None:
     g.add_argument("--weights", default="random:sd2", help="weights (default: random:sd2, full size, random)")
     g.add_argument("--batch-size", type=int, default=16, help="images per call (default: 16)")
     g.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
-    g.add_argument("--sampler", default="ddim", choices=("ddim", "euler", "euler_a", "dpmpp_2m"),
-                   help="sampler (default: ddim)")
+    g.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="sampler (default: ddim)")
     g.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default: 7.5)")
     g.add_argument("--resolution", type=int, default=512, help="pixels (default: 512)")
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+    g.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="model dtype; auto = bfloat16 on a GPU that has it, else float16; float32 on CPU")
     g.add_argument("--warmup", type=int, default=1, help="untimed batches after the warm-up call (default: 1)")
     g.add_argument("--iters", type=int, default=3, help="timed batches; the median is reported (default: 3)")
@@ -52,7 +51,7 @@ def add_bench_arguments(p) -> None:
     for name in SWITCHES:
         s.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
                        default=None, help=f"{name} on/off")
-    s.add_argument("--sdpa", default="auto", choices=("auto", "flash", "efficient", "cudnn", "math"),
+    s.add_argument("--sdpa", default="auto", choices=SDPA_CHOICES,
                    help="attention backend of the UNet (default: auto, PyTorch's choice)")
     s.add_argument("--compile-mode", default=None,
                    help="torch.compile mode (default: default; e.g. max-autotune-no-cudagraphs)")
@@ -74,72 +73,7 @@ def add_bench_arguments(p) -> None:
     c.add_argument("--job-rows", dest="e2e", type=int, help=argparse.SUPPRESS)
 
 
-# ---- measuring -----------------------------------------------------------------------------------------
-
-
-def _sync(device) -> None:
-    from rayinpaint.model.speed import synchronize
-
-    synchronize(device)
-
-
-def time_calls(call, device, warmup: int, iters: int) -> dict:
-    """Run `call` warmup times untimed, then iters times each between synchronisations. Seconds per call,
-    their median, and the peak memory over the timed calls."""
-    import torch
-
-    for _ in range(warmup):
-        call()
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(max(1, iters)):
-        _sync(device)
-        t0 = time.perf_counter()
-        call()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"s_per_batch_median": statistics.median(times), "s_per_batch": times, **peak_memory(device)}
-
-
-def peak_memory(device) -> dict:
-    """CUDA: the most bytes the caching allocator held since the last reset (reserved: it includes the memory
-    pools of CUDA graphs, whose replays allocate nothing), and the most in live tensors (allocated).
-    CPU: the process's peak resident set (over its lifetime)."""
-    import torch
-
-    if device.type == "cuda":
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_reserved()), "peak_memory_kind": "cuda_max_reserved",
-                "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
-    import resource
-
-    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-            "peak_memory_kind": "cpu_max_rss"}
-
-
-def matmul_ceiling(device, n: int | None = None, samples: int = 5) -> dict:
-    """TFLOP/s of a large square matmul timed here: bf16 on CUDA (the tensor-core ceiling), fp32 on CPU."""
-    import torch
-
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    n = n or (8192 if cuda else 1024)
-    inner = 20 if cuda else 3
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    per = []
-    for _ in range(samples):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            a @ b
-        _sync(device)
-        per.append((time.perf_counter() - t0) / inner)
-    s = statistics.median(per)
-    return {"tflops": 2 * n**3 / s / 1e12, "dtype": str(dtype).replace("torch.", ""), "n": n, "s_per_matmul": s}
+# ---- synthetic inputs ------------------------------------------------------------------------------------
 
 
 def _inputs(b: int, r: int):
@@ -202,16 +136,6 @@ def bench_model(args, model, speed, prompt_cache_size: int | None = None, check_
     return res
 
 
-def release_memory() -> None:
-    """Drop compiled code, CUDA graphs and cached blocks, so the next measurement starts clean."""
-    import torch
-
-    torch._dynamo.reset()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def ablation_variants(base, names: list[str], prompt_cache_size: int) -> list[tuple[str, object, object, int]]:
     """(switch, value, Speed, prompt cache size) for each switch flipped from the resolved default `base`."""
     import dataclasses
@@ -251,57 +175,6 @@ def run_ablation(args, model, base, base_rate: float) -> list[dict]:
 # ---- diffusers -------------------------------------------------------------------------------------------
 
 
-def diffusers_scheduler(sampler: str, spacing: str | None = None, karras: bool = False):
-    """The diffusers scheduler our sampler reproduces: SD2-inpainting's scheduler config, with `spacing` (None:
-    each class's own default timestep spacing) and Karras sigmas where the class has them. The tests use it as
-    the oracle for our samplers."""
-    import diffusers
-
-    kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-              steps_offset=1, prediction_type="epsilon")
-    if spacing is not None:
-        kw["timestep_spacing"] = spacing
-    if sampler == "ddim":
-        return diffusers.DDIMScheduler(**kw, set_alpha_to_one=False, clip_sample=False)
-    if sampler == "euler":
-        return diffusers.EulerDiscreteScheduler(**kw, use_karras_sigmas=karras)
-    if sampler == "euler_a":
-        if karras:
-            raise ValueError("EulerAncestralDiscreteScheduler has no Karras option")
-        return diffusers.EulerAncestralDiscreteScheduler(**kw)
-    if sampler == "dpmpp_2m":
-        return diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
-                                                     use_karras_sigmas=karras)
-    raise ValueError(f"no diffusers scheduler for sampler {sampler!r}")
-
-
-def diffusers_pipeline(model, args, device, dtype):
-    """StableDiffusionInpaintPipeline holding our model's UNet and VAE weights, moved by our key mapping."""
-    import diffusers
-    import torch
-
-    from rayinpaint.model import weights as W
-
-    cfg = model.config
-
-    def build(cls, kwargs, sd):
-        with torch.device("meta"):
-            net = cls(**kwargs)
-        sd = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in sd.items()}
-        net.load_state_dict(sd, strict=True, assign=True)
-        return net.eval()
-
-    unet = build(diffusers.UNet2DConditionModel, W.diffusers_unet_config(cfg.unet, sample_size=args.resolution // 8),
-                 W.ldm_to_diffusers_unet(model.unet.state_dict(), cfg.unet))
-    vae = build(diffusers.AutoencoderKL, W.diffusers_vae_config(cfg.vae),
-                W.ldm_to_diffusers_vae(model.vae.state_dict(), cfg.vae))
-    pipe = diffusers.StableDiffusionInpaintPipeline(
-        vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=diffusers_scheduler(args.sampler),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def time_diffusers(args, model, device) -> dict:
     """diffusers' pipeline on our model's weights, timed like ours. Moves our model to the CPU once the pipeline
     holds its own copy (the caller is done with it), so the peak memory reported is diffusers' own."""
@@ -311,8 +184,10 @@ def time_diffusers(args, model, device) -> dict:
         return {"name": "diffusers", "error": "diffusers is not installed (pip install diffusers transformers)"}
     import torch
 
+    from rayinpaint.model.reference import diffusers_pipeline
+
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipe = diffusers_pipeline(model, args, device, dtype)
+    pipe = diffusers_pipeline(model, args.sampler, args.resolution, device, dtype)
     if args.diffusers_compile:
         pipe.unet = torch.compile(pipe.unet, mode=args.compile_mode or "default")
     B, r = args.batch_size, args.resolution
@@ -354,22 +229,6 @@ def _environ(values: dict):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def steady_rate(results_dir: str) -> float | None:
-    """ok rows per second between the first and the last results shard written (each shard is written as its
-    batch finishes): the job's rate after start-up, model loading and the first batch's warm-up."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    shards = []
-    for path in glob.glob(os.path.join(results_dir, "*.parquet")):
-        status = pq.read_table(path, columns=["status"]).column("status")
-        shards.append((os.path.getmtime(path), int(pc.sum(pc.equal(status, "ok")).as_py() or 0)))
-    shards.sort()
-    span = shards[-1][0] - shards[0][0] if len(shards) > 1 else 0.0
-    rows = sum(n for _, n in shards[1:])
-    return rows / span if span > 0 and rows else None
 
 
 def time_e2e(args, rows: int, dtype, speed) -> dict:

@@ -1,12 +1,20 @@
-"""`rayinpaint` command line: `run` (the job), `demo` (a synthetic offline run), `bench` (model throughput)."""
+"""`rayinpaint` command line: `run` (the job), `demo` (a synthetic offline run), `bench` (model throughput).
+
+The only argv parser: every command turns its options into a JobConfig (jobs/config.py) and calls run_job.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
 from rayinpaint.io.errors import ManifestError, SettingsError
+from rayinpaint.io.settings import FORMATS
+from rayinpaint.model.choices import DTYPES, SAMPLERS
+
+from .config import FIELDS, MODEL_CONFIGS, build_config
 
 
 def _setup_logging(level: str) -> None:
@@ -15,8 +23,6 @@ def _setup_logging(level: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import add_run_arguments
-
     p = argparse.ArgumentParser(
         prog="rayinpaint",
         description="Stable Diffusion 2 inpainting over Parquet manifests of image/mask/prompt rows, on Ray.")
@@ -42,16 +48,130 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# ---- `run` options ----------------------------------------------------------------------------------
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option defaults to None here so that a config file can fill it; real defaults live in JobConfig."""
+    for title, add in (("input and output", _io_options), ("model and sampling", _model_options),
+                       ("masks and paste-back", _mask_options), ("output images", _image_options),
+                       ("cluster and throughput", _cluster_options), ("storage", _storage_options),
+                       ("outcome", _outcome_options)):
+        add(_option_adder(p.add_argument_group(title)))
+
+
+def _option_adder(group):
+    """opt(*names, help, **kw): add an option to `group`, with JobConfig's default in its help."""
+    defaults = {name: f.default for name, f in FIELDS.items() if f.default is not dataclasses.MISSING}
+
+    def opt(*names, help, **kw):
+        dest = names[0].lstrip("-").replace("-", "_")
+        default = defaults.get(dest)
+        if kw.get("action") == argparse.BooleanOptionalAction:
+            help = f"{help} (default: {'on' if default else 'off'})"
+        elif default not in (None, "", ()):
+            help = f"{help} (default: {default})"
+        group.add_argument(*names, dest=dest, default=None, help=help, **kw)
+
+    return opt
+
+
+def _io_options(opt) -> None:
+    opt("--manifest", nargs="+", metavar="URI",
+        help="Parquet manifest(s): a file, a folder, a glob or several; local path or fsspec URI (s3://...). Required")
+    opt("--output", metavar="URI", help="output root: results/, images/, _SUMMARY.json, _REPORT.html go here. Required")
+    opt("--config", metavar="FILE", help="YAML or JSON file whose keys mirror these options; the command line wins")
+    opt("--columns", metavar="MAP",
+        help="map manifest columns onto id,image,mask,boxes,mask_rle,prompt,negative_prompt,seed, "
+             "e.g. 'image=img_uri,mask=mask_uri' (default: the canonical names)")
+    opt("--allowed-schemes", metavar="LIST",
+        help="comma-separated URI schemes the manifest's image and mask URIs may use; rows with any other "
+             "scheme (http, ftp, chained '::' URLs...) become 'uri_not_allowed' errors without a request")
+    opt("--limit", type=int, metavar="N", help="process at most N not-yet-done rows, then stop (dry runs)")
+    opt("--retry-errors", action=argparse.BooleanOptionalAction,
+        help="reprocess rows whose earlier result is an error (rows already ok are always skipped)")
+
+
+def _model_options(opt) -> None:
+    opt("--weights", metavar="URI",
+        help="checkpoint: local path or URI of a .safetensors single file or a diffusers folder; "
+             "'random:tiny' runs the whole job with a tiny random model (noise in the mask: demos, dry runs)")
+    opt("--model-config", choices=MODEL_CONFIGS,
+        help="architecture the weights file must match exactly (tiny: small test models)")
+    opt("--weights-sha256", metavar="HEX", help="expected sha256 of the weights file (checked after download)")
+    opt("--weights-cache", metavar="DIR",
+        help="per-node cache for downloaded weights (default: $RAYINPAINT_CACHE or ~/.cache/rayinpaint/weights)")
+    opt("--prompt", help="prompt for rows without one")
+    opt("--negative-prompt", help="negative prompt for rows without one")
+    opt("--sampler", choices=SAMPLERS, help="sampler")
+    opt("--karras", action=argparse.BooleanOptionalAction,
+        help="Karras sigma spacing for euler, euler_a and dpmpp_2m (ignored by ddim)")
+    opt("--eta", type=float, help="DDIM eta (0 = deterministic DDIM)")
+    opt("--steps", type=int, help="sampling steps")
+    opt("--guidance", type=float, help="classifier-free guidance scale (1 = no guidance)")
+    opt("--strength", type=float, help="0 < strength <= 1; below 1 starts from the noised input image")
+    opt("--seed", type=int, help="job seed; a row without a seed uses a hash of (job seed, id)")
+    opt("--resolution", type=int, help="model resolution in pixels, a multiple of 64")
+    opt("--dtype", choices=DTYPES, help="model dtype; auto = bfloat16 on GPU (float16 where bfloat16 is "
+                                        "unsupported), float32 on CPU")
+    opt("--speed", metavar="SWITCHES",
+        help="speed switches, e.g. 'compile=0,cuda_graph=0,sdpa=flash' (channels_last, sdpa, compile, cuda_graph, "
+             "fused_cfg, batch_vae, pinned, cudnn_benchmark; default: all on for CUDA; see BENCHMARKS.md)")
+
+
+def _mask_options(opt) -> None:
+    opt("--mask-threshold", type=float, help="mask values >= threshold (fraction of full scale) are repainted")
+    opt("--mask-invert", action=argparse.BooleanOptionalAction, help="invert masks (black = repaint)")
+    opt("--mask-dilate", type=int, help="grow the mask by this many pixels before inpainting")
+    opt("--feather", type=int, help="blend width in pixels outward from the dilated mask; pixels beyond are untouched")
+    opt("--context", type=float, help="crop margin around the mask box, as a fraction of the box size")
+    opt("--min-context", type=int, help="minimum crop margin in pixels")
+    opt("--max-pixels", type=int, help="images with more pixels are refused (decompression bombs)")
+    opt("--resize-mask", action=argparse.BooleanOptionalAction,
+        help="resize masks whose size differs from the image instead of failing the row")
+
+
+def _image_options(opt) -> None:
+    opt("--format", choices=FORMATS, help="output image format")
+    opt("--quality", type=int, help="JPEG/WebP quality 1-100")
+    opt("--lossless", action=argparse.BooleanOptionalAction, help="lossless WebP")
+
+
+def _cluster_options(opt) -> None:
+    opt("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started in-process)")
+    opt("--batch-size", type=int, help="rows per model call")
+    opt("--num-gpus-per-actor", type=float, help="GPUs per model actor (fractions share a GPU)")
+    opt("--num-actors", type=int,
+        help="model actors (default: every GPU in the cluster / GPUs per actor; 1 CPU actor when there is no GPU)")
+    opt("--max-crash-retries", type=int,
+        help="times a row is retried alone after its worker died before it becomes an error row")
+
+
+def _storage_options(opt) -> None:
+    opt("--endpoint-url", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
+    opt("--region", help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")
+    opt("--profile", help="AWS profile (default: $AWS_PROFILE)")
+    opt("--anon", action=argparse.BooleanOptionalAction, help="anonymous S3 access")
+    opt("--requester-pays", action=argparse.BooleanOptionalAction, help="S3 requester-pays buckets")
+    opt("--storage-option", action="append", metavar="KEY=VALUE",
+        help="extra fsspec storage option, repeatable (e.g. --storage-option use_ssl=false)")
+
+
+def _outcome_options(opt) -> None:
+    opt("--max-error-rate", type=float,
+        help="largest error fraction for which _SUCCESS is written and the exit code is 0")
+    opt("--preview-count", type=int, help="sample rows shown in _REPORT.html")
+    opt("--progress-interval", type=float, help="seconds between progress lines")
+
+
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     _setup_logging(args.log_level)
     try:
         if args.cmd == "run":
-            from .config import build_config
             from .inpaint import run_job
 
-            return run_job(build_config(args))
+            return run_job(build_config(vars(args), args.config))
         if args.cmd == "demo":
             from .demo import run_demo
 
@@ -64,7 +184,7 @@ def main(argv=None) -> int:
         print(f"rayinpaint: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from .inpaint import OutputUnwritable, StorageUnavailable
+        from .preflight import OutputUnwritable, StorageUnavailable
 
         code = 3 if isinstance(e, OutputUnwritable) else 4 if isinstance(e, StorageUnavailable) else None
         if code is None:

@@ -1,4 +1,4 @@
-"""Job settings: one frozen `JobConfig` built from the command line, a config file and defaults.
+"""Job settings: one frozen `JobConfig` built from option values (jobs/cli.py), a config file and defaults.
 
 Precedence: command line > config file (YAML or JSON, keys mirror the long option names, with `-` or `_`)
 > defaults. Every value is validated here, before any work starts; a bad value raises `SettingsError` with
@@ -7,7 +7,6 @@ one line that names the option.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -16,11 +15,12 @@ from typing import Any
 
 from rayinpaint.io.errors import SettingsError
 from rayinpaint.io.schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
+from rayinpaint.io.settings import (FORMATS, MAX_GROW_PX, MAX_MIN_CONTEXT_PX, MAX_RESOLUTION, RESOLUTION_STEP,
+                                    OutputSettings, PrepareSettings)
+from rayinpaint.model.choices import DTYPES, SAMPLERS
 
 DEFAULT_WEIGHTS = "hf://stabilityai/stable-diffusion-2-inpainting/512-inpainting-ema.safetensors"
-SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m")
-FORMATS = ("png", "jpeg", "webp")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+MODEL_CONFIGS = ("sd2-inpainting", "tiny")
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,8 @@ class JobConfig:
             over["extra"] = {**(base.extra or {}), **kv}
         return dataclasses.replace(base, **over)
 
-    def prepare_settings(self):
-        from rayinpaint.io.prepare import PrepareSettings
-
+    def prepare_settings(self, storage) -> PrepareSettings:
+        """The row stages' settings (prepare and finish); `storage`: this run's StorageOptions."""
         return PrepareSettings(
             resolution=self.resolution,
             mask_threshold=self.mask_threshold,
@@ -114,19 +113,25 @@ class JobConfig:
             default_negative_prompt=self.negative_prompt,
             job_seed=self.seed,
             allowed_schemes=self.allowed_scheme_tuple(),
-            storage=self.storage(),
+            storage=storage,
         )
 
-    def output_settings(self):
-        from rayinpaint.io.results import OutputSettings
+    def output_settings(self, storage) -> OutputSettings:
+        return OutputSettings(root=self.output.rstrip("/"), format=self.format, quality=self.quality,
+                              lossless=self.lossless, storage=storage)
 
-        return OutputSettings(
-            root=self.output.rstrip("/"),
-            format=self.format,
-            quality=self.quality,
-            lossless=self.lossless,
-            storage=self.storage(),
-        )
+    def model_settings(self, storage):
+        """What each model actor is built from; `storage`: this run's StorageOptions (for the weights)."""
+        from rayinpaint.io.storage import protocol_of
+
+        from .predictor import ModelSettings
+
+        return ModelSettings(weights=self.weights, dtype=self.dtype, sampler=self.sampler, steps=self.steps,
+                             guidance=self.guidance, strength=self.strength, eta=self.eta, karras=self.karras,
+                             resolution=self.resolution, pad_to=self.batch_size, cache_dir=self.weights_cache,
+                             weights_sha256=self.weights_sha256,
+                             storage_options=storage.fsspec_kwargs(protocol_of(self.weights)),
+                             model_config=self.model_config, speed=self.speed)
 
     def allowed_scheme_tuple(self) -> tuple:
         return tuple(x.strip().lower() for x in self.allowed_schemes.split(",") if x.strip())
@@ -163,104 +168,7 @@ def _coerce(v: str) -> Any:
         return v
 
 
-# ---- argparse -------------------------------------------------------------------------------------
-
-_FIELDS = {f.name: f for f in dataclasses.fields(JobConfig)}
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """Every option defaults to None here so that a config file can fill it; real defaults live in JobConfig."""
-    D = {name: f.default for name, f in _FIELDS.items() if f.default is not dataclasses.MISSING}
-
-    def opt(*names, help, **kw):
-        dest = names[0].lstrip("-").replace("-", "_")
-        default = D.get(dest)
-        if "action" in kw and kw["action"] == argparse.BooleanOptionalAction:
-            help = f"{help} (default: {'on' if default else 'off'})"
-        elif default not in (None, "", ()):
-            help = f"{help} (default: {default})"
-        g.add_argument(*names, dest=dest, default=None, help=help, **kw)  # g: the current group below
-
-    g = p.add_argument_group("input and output")
-    opt("--manifest", nargs="+", metavar="URI",
-        help="Parquet manifest(s): a file, a folder, a glob or several; local path or fsspec URI (s3://...). Required")
-    opt("--output", metavar="URI", help="output root: results/, images/, _SUMMARY.json, _REPORT.html go here. Required")
-    opt("--config", metavar="FILE", help="YAML or JSON file whose keys mirror these options; the command line wins")
-    opt("--columns", metavar="MAP",
-        help="map manifest columns onto id,image,mask,boxes,mask_rle,prompt,negative_prompt,seed, "
-             "e.g. 'image=img_uri,mask=mask_uri' (default: the canonical names)")
-    opt("--allowed-schemes", metavar="LIST",
-        help="comma-separated URI schemes the manifest's image and mask URIs may use; rows with any other "
-             "scheme (http, ftp, chained '::' URLs...) become 'uri_not_allowed' errors without a request")
-    opt("--limit", type=int, metavar="N", help="process at most N not-yet-done rows, then stop (dry runs)")
-    opt("--retry-errors", action=argparse.BooleanOptionalAction,
-        help="reprocess rows whose earlier result is an error (rows already ok are always skipped)")
-
-    g = p.add_argument_group("model and sampling")
-    opt("--weights", metavar="URI",
-        help="checkpoint: local path or URI of a .safetensors single file or a diffusers folder; "
-             "'random:tiny' runs the whole job with a tiny random model (noise in the mask: demos, dry runs)")
-    opt("--model-config", choices=("sd2-inpainting", "tiny"),
-        help="architecture the weights file must match exactly (tiny: small test models)")
-    opt("--weights-sha256", metavar="HEX", help="expected sha256 of the weights file (checked after download)")
-    opt("--weights-cache", metavar="DIR",
-        help="per-node cache for downloaded weights (default: $RAYINPAINT_CACHE or ~/.cache/rayinpaint/weights)")
-    opt("--prompt", help="prompt for rows without one")
-    opt("--negative-prompt", help="negative prompt for rows without one")
-    opt("--sampler", choices=SAMPLERS, help="sampler")
-    opt("--karras", action=argparse.BooleanOptionalAction,
-        help="Karras sigma spacing for euler, euler_a and dpmpp_2m (ignored by ddim)")
-    opt("--eta", type=float, help="DDIM eta (0 = deterministic DDIM)")
-    opt("--steps", type=int, help="sampling steps")
-    opt("--guidance", type=float, help="classifier-free guidance scale (1 = no guidance)")
-    opt("--strength", type=float, help="0 < strength <= 1; below 1 starts from the noised input image")
-    opt("--seed", type=int, help="job seed; a row without a seed uses a hash of (job seed, id)")
-    opt("--resolution", type=int, help="model resolution in pixels, a multiple of 64")
-    opt("--dtype", choices=DTYPES, help="model dtype; auto = bfloat16 on GPU (float16 where bfloat16 is "
-                                        "unsupported), float32 on CPU")
-    opt("--speed", metavar="SWITCHES",
-        help="speed switches, e.g. 'compile=0,cuda_graph=0,sdpa=flash' (channels_last, sdpa, compile, cuda_graph, "
-             "fused_cfg, batch_vae, pinned, cudnn_benchmark; default: all on for CUDA; see BENCHMARKS.md)")
-
-    g = p.add_argument_group("masks and paste-back")
-    opt("--mask-threshold", type=float, help="mask values >= threshold (fraction of full scale) are repainted")
-    opt("--mask-invert", action=argparse.BooleanOptionalAction, help="invert masks (black = repaint)")
-    opt("--mask-dilate", type=int, help="grow the mask by this many pixels before inpainting")
-    opt("--feather", type=int, help="blend width in pixels outward from the dilated mask; pixels beyond are untouched")
-    opt("--context", type=float, help="crop margin around the mask box, as a fraction of the box size")
-    opt("--min-context", type=int, help="minimum crop margin in pixels")
-    opt("--max-pixels", type=int, help="images with more pixels are refused (decompression bombs)")
-    opt("--resize-mask", action=argparse.BooleanOptionalAction,
-        help="resize masks whose size differs from the image instead of failing the row")
-
-    g = p.add_argument_group("output images")
-    opt("--format", choices=FORMATS, help="output image format")
-    opt("--quality", type=int, help="JPEG/WebP quality 1-100")
-    opt("--lossless", action=argparse.BooleanOptionalAction, help="lossless WebP")
-
-    g = p.add_argument_group("cluster and throughput")
-    opt("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started in-process)")
-    opt("--batch-size", type=int, help="rows per model call")
-    opt("--num-gpus-per-actor", type=float, help="GPUs per model actor (fractions share a GPU)")
-    opt("--num-actors", type=int,
-        help="model actors (default: every GPU in the cluster / GPUs per actor; 1 CPU actor when there is no GPU)")
-    opt("--max-crash-retries", type=int,
-        help="times a row is retried alone after its worker died before it becomes an error row")
-
-    g = p.add_argument_group("storage")
-    opt("--endpoint-url", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
-    opt("--region", help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")
-    opt("--profile", help="AWS profile (default: $AWS_PROFILE)")
-    opt("--anon", action=argparse.BooleanOptionalAction, help="anonymous S3 access")
-    opt("--requester-pays", action=argparse.BooleanOptionalAction, help="S3 requester-pays buckets")
-    opt("--storage-option", action="append", metavar="KEY=VALUE",
-        help="extra fsspec storage option, repeatable (e.g. --storage-option use_ssl=false)")
-
-    g = p.add_argument_group("outcome")
-    opt("--max-error-rate", type=float,
-        help="largest error fraction for which _SUCCESS is written and the exit code is 0")
-    opt("--preview-count", type=int, help="sample rows shown in _REPORT.html")
-    opt("--progress-interval", type=float, help="seconds between progress lines")
+FIELDS = {f.name: f for f in dataclasses.fields(JobConfig)}
 
 
 def load_config_file(path: str) -> dict:
@@ -285,21 +193,16 @@ def load_config_file(path: str) -> dict:
     out = {}
     for k, v in data.items():
         key = str(k).replace("-", "_")
-        if key not in _FIELDS or key == "extra":
+        if key not in FIELDS or key == "extra":
             raise SettingsError(f"--config: unknown option '{k}' in {path}")
         out[key] = v
     return out
 
 
-def build_config(ns: argparse.Namespace) -> JobConfig:
-    values: dict[str, Any] = {}
-    cfg_path = getattr(ns, "config", None)
-    if cfg_path:
-        values.update(load_config_file(cfg_path))
-    for name in _FIELDS:
-        v = getattr(ns, name, None)
-        if v is not None:
-            values[name] = v
+def build_config(options: dict, config_file: str | None = None) -> JobConfig:
+    """A validated JobConfig from option values (None = not given) over a config file's values over defaults."""
+    values: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    values.update({k: v for k, v in options.items() if v is not None and k in FIELDS})
     for name in ("manifest", "storage_option"):
         if name in values:
             v = values[name]
@@ -322,39 +225,70 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def validate(c: JobConfig) -> None:
-    """Types and ranges of every option; one clear line per problem."""
-    for name, f in _FIELDS.items():
+    """Types and ranges of every option; one clear line per problem, naming the option."""
+    _check_types(c)
+    _check_model(c)
+    _check_rows(c)
+    _check_run(c)
+    _check_strings(c)
+
+
+def _check_types(c: JobConfig) -> None:
+    for name, f in FIELDS.items():
         v = getattr(c, name)
         t = f.type if isinstance(f.type, str) else ""
+        opt = f"--{name.replace('_', '-')}"
         if v is None:
             continue
         if t.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
-            raise SettingsError(f"--{name.replace('_', '-')} must be an integer, got {v!r}")
+            raise SettingsError(f"{opt} must be an integer, got {v!r}")
         if t.startswith("float") and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise SettingsError(f"--{name.replace('_', '-')} must be a number, got {v!r}")
+            raise SettingsError(f"{opt} must be a number, got {v!r}")
         if t == "bool" and not isinstance(v, bool):
-            raise SettingsError(f"--{name.replace('_', '-')} must be true or false, got {v!r}")
+            raise SettingsError(f"{opt} must be true or false, got {v!r}")
         if t == "str" and not isinstance(v, str):
-            raise SettingsError(f"--{name.replace('_', '-')} must be a string, got {v!r}")
-    _check(all(isinstance(m, str) and m for m in c.manifest), "--manifest: every entry must be a non-empty URI")
+            raise SettingsError(f"{opt} must be a string, got {v!r}")
+
+
+def _check_model(c: JobConfig) -> None:
     _check(c.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {c.sampler!r}")
-    _check(c.format in FORMATS, f"--format must be one of {', '.join(FORMATS)}, got {c.format!r}")
     _check(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
+    _check(c.model_config in MODEL_CONFIGS,
+           f"--model-config must be one of {', '.join(MODEL_CONFIGS)}, got {c.model_config!r}")
     _check(1 <= c.steps <= 1000, f"--steps must be between 1 and 1000, got {c.steps}")
     _check(0.0 <= c.guidance <= 100.0, f"--guidance must be between 0 and 100, got {c.guidance}")
     _check(0.0 < c.strength <= 1.0, f"--strength must be in (0, 1], got {c.strength}")
     _check(c.eta >= 0.0, f"--eta must be >= 0, got {c.eta}")
     _check(c.eta == 0.0 or c.sampler == "ddim", f"--eta applies to --sampler ddim only, not {c.sampler}")
     _check(0 <= c.seed < 2**63, f"--seed must be in [0, 2**63), got {c.seed}")
-    _check(c.resolution >= 64 and c.resolution % 64 == 0 and c.resolution <= 2048,
-           f"--resolution must be a multiple of 64 between 64 and 2048, got {c.resolution}")
-    _check(1 <= c.quality <= 100, f"--quality must be between 1 and 100, got {c.quality}")
+    _check(RESOLUTION_STEP <= c.resolution <= MAX_RESOLUTION and c.resolution % RESOLUTION_STEP == 0,
+           f"--resolution must be a multiple of {RESOLUTION_STEP} between {RESOLUTION_STEP} and {MAX_RESOLUTION}, "
+           f"got {c.resolution}")
+    if c.speed:
+        from rayinpaint.model.choices import parse_switches
+
+        try:
+            parse_switches(c.speed, "--speed")
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+
+
+def _check_rows(c: JobConfig) -> None:
+    """Masks, paste-back and output images: the bounds are io/settings.py's, so io never refuses later."""
     _check(0.0 < c.mask_threshold <= 1.0, f"--mask-threshold must be in (0, 1], got {c.mask_threshold}")
-    _check(c.mask_dilate >= 0, f"--mask-dilate must be >= 0, got {c.mask_dilate}")
-    _check(c.feather >= 0, f"--feather must be >= 0, got {c.feather}")
+    _check(0 <= c.mask_dilate <= MAX_GROW_PX, f"--mask-dilate must be between 0 and {MAX_GROW_PX}, got {c.mask_dilate}")
+    _check(0 <= c.feather <= MAX_GROW_PX, f"--feather must be between 0 and {MAX_GROW_PX}, got {c.feather}")
     _check(c.context >= 0.0, f"--context must be >= 0, got {c.context}")
-    _check(c.min_context >= 0, f"--min-context must be >= 0, got {c.min_context}")
+    _check(0 <= c.min_context <= MAX_MIN_CONTEXT_PX,
+           f"--min-context must be between 0 and {MAX_MIN_CONTEXT_PX}, got {c.min_context}")
     _check(c.max_pixels >= 1, f"--max-pixels must be >= 1, got {c.max_pixels}")
+    _check(c.format in FORMATS, f"--format must be one of {', '.join(FORMATS)}, got {c.format!r}")
+    _check(1 <= c.quality <= 100, f"--quality must be between 1 and 100, got {c.quality}")
+    _check(not c.lossless or c.format == "webp", f"--lossless applies to --format webp only, not {c.format}")
+
+
+def _check_run(c: JobConfig) -> None:
+    _check(all(isinstance(m, str) and m for m in c.manifest), "--manifest: every entry must be a non-empty URI")
     _check(1 <= c.batch_size <= 1024, f"--batch-size must be between 1 and 1024, got {c.batch_size}")
     _check(c.num_gpus_per_actor >= 0, f"--num-gpus-per-actor must be >= 0, got {c.num_gpus_per_actor}")
     _check(c.num_actors is None or c.num_actors >= 1, f"--num-actors must be >= 1, got {c.num_actors}")
@@ -363,6 +297,12 @@ def validate(c: JobConfig) -> None:
     _check(c.preview_count >= 0, f"--preview-count must be >= 0, got {c.preview_count}")
     _check(c.max_crash_retries >= 0, f"--max-crash-retries must be >= 0, got {c.max_crash_retries}")
     _check(c.progress_interval > 0, f"--progress-interval must be > 0, got {c.progress_interval}")
+    if c.weights_cache:
+        _check(not os.path.isfile(c.weights_cache), f"--weights-cache {c.weights_cache} is a file, not a folder")
+
+
+def _check_strings(c: JobConfig) -> None:
+    """Options that are small languages of their own: storage options, hashes, scheme lists, column maps."""
     for item in c.storage_option:
         _check("=" in item and item.partition("=")[0].strip(),
                f"--storage-option must look like KEY=VALUE, got {item!r}")
@@ -373,19 +313,9 @@ def validate(c: JobConfig) -> None:
     if c.weights.startswith("random:"):
         _check(c.weights.split(":")[1] in ("tiny", "sd2"),
                f"--weights: unknown random model {c.weights!r} (use random:tiny or random:sd2)")
-    if c.speed:
-        from rayinpaint.model.speed import parse_switches
-
-        try:
-            parse_switches(c.speed, "--speed")
-        except ValueError as e:
-            raise SettingsError(str(e)) from None
-    schemes = c.allowed_scheme_tuple()
-    _check(valid_scheme_list(schemes),
+    _check(valid_scheme_list(c.allowed_scheme_tuple()),
            f"--allowed-schemes must be a comma-separated list of URI schemes, got {c.allowed_schemes!r}")
     try:
         c.column_map()
     except ValueError as e:
         raise SettingsError(f"--columns: {e}") from None
-    if c.weights_cache:
-        _check(not os.path.isfile(c.weights_cache), f"--weights-cache {c.weights_cache} is a file, not a folder")

@@ -97,14 +97,16 @@ def make_dataset(folder: str, rows: int = 24, seed: int = 0) -> str:
 
 
 def run_demo(output: str, rows: int = 24, weights: str = "random:tiny") -> int:
-    from .cli import main as cli_main
+    from .config import build_config
+    from .inpaint import run_job
 
     output = os.path.abspath(output)
     manifest = make_dataset(os.path.join(output, "input"), rows=rows)
     print(f"demo: wrote {rows + 5} rows (5 of them deliberately bad) to {manifest}", file=sys.stderr)
-    rc = cli_main(["run", "--manifest", manifest, "--output", os.path.join(output, "run"), "--weights", weights,
-                   "--steps", "8", "--resolution", "256", "--batch-size", "4", "--max-error-rate", "0.5",
-                   "--prompt", "clean background", "--progress-interval", "2"])
+    cfg = build_config({"manifest": (manifest,), "output": os.path.join(output, "run"), "weights": weights,
+                        "steps": 8, "resolution": 256, "batch_size": 4, "max_error_rate": 0.5,
+                        "prompt": "clean background", "progress_interval": 2.0})
+    rc = run_job(cfg)
     run = os.path.join(output, "run")
     summary = os.path.join(run, "_SUMMARY.json")
     if os.path.exists(summary):

@@ -41,10 +41,14 @@ def new_shard_name() -> str:
     return f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def table_to_parquet_bytes(table: pa.Table) -> bytes:
+def write_shard(results_uri: str, table: pa.Table, storage) -> str:
+    """Write `table` as one new, complete results shard under `results_uri`; returns its URI. The one way any
+    process (driver or finish task) adds rows to the ledger."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+    uri = join_uri(results_uri, new_shard_name())
+    write_bytes(uri, buf.getvalue(), storage)
+    return uri
 
 
 @dataclass
@@ -184,16 +188,14 @@ class Ledger:
             full = self._read(shard)
             keep = full.filter(pc.invert(pc.is_in(full.column("id"), value_set=pa.array(sorted(drop), pa.string()))))
             if keep.num_rows:
-                write_bytes(join_uri(self.uri, new_shard_name()), table_to_parquet_bytes(keep), self.storage)
+                write_shard(self.uri, keep, self.storage)
             self.fs.rm(shard)
             n += full.num_rows - keep.num_rows
         log.info("ledger: removed %d superseded row(s) from %d shard(s)", n, len(per_shard))
         return self.index()
 
     def write_rows(self, table: pa.Table) -> str:
-        uri = join_uri(self.uri, new_shard_name())
-        write_bytes(uri, table_to_parquet_bytes(table), self.storage)
-        return uri
+        return write_shard(self.uri, table, self.storage)
 
     def read_all(self) -> pa.Table:
         """Every row of every shard, one table (columns a shard lacks read as null)."""

@@ -3,8 +3,9 @@
 Rows arrive prepared (`model_image`/`model_mask` bytes at the model resolution); rows whose status is not
 `ready` pass through untouched. Every model call has the same batch shape (`pad_to` rows; short batches are
 padded with copies of their last row): kernels pick their reduction order by shape, so a fixed shape is what
-makes a row's output bitwise independent of which rows share its batch (checked in tests/test_job.py). A CUDA out-of-memory error splits the batch in halves and retries; any other
-exception in a batch retries its rows one at a time, so one bad row becomes one error row, not a failed job.
+makes a row's output bitwise independent of which rows share its batch (checked in tests/test_job.py). A CUDA
+out-of-memory error splits the batch in halves and retries; any other exception in a batch retries its rows one
+at a time, so one bad row becomes one error row, not a failed job.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -20,9 +22,25 @@ from rayinpaint.io.errors import redact_uri
 
 log = logging.getLogger("rayinpaint.predictor")
 
-# Test hook: ids whose batch kills the model worker (comma-separated). Lets the tests prove that a row which
-# crashes its worker every time ends as an error row while every other row completes.
-_CRASH_IDS = {i for i in os.environ.get("RAYINPAINT_TEST_CRASH_IDS", "").split(",") if i}
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Everything a model actor is built from (JobConfig.model_settings builds it once, on the driver)."""
+    weights: str
+    dtype: str = "auto"
+    sampler: str = "dpmpp_2m"
+    steps: int = 25
+    guidance: float = 7.5
+    strength: float = 1.0
+    eta: float = 0.0
+    karras: bool = True
+    resolution: int = 512
+    pad_to: int = 1                       # the fixed batch shape (--batch-size)
+    cache_dir: str | None = None
+    weights_sha256: str | None = None
+    storage_options: dict | None = None   # fsspec options for the weights' filesystem
+    model_config: str = "sd2-inpainting"
+    speed: str = ""
 
 
 def pick_device_and_dtype(dtype: str):
@@ -39,49 +57,33 @@ def pick_device_and_dtype(dtype: str):
 
 
 class InpaintPredictor:
-    def __init__(self, weights: str, dtype: str, sampler: str, steps: int, guidance: float, strength: float,
-                 eta: float, karras: bool, resolution: int, pad_to: int = 1, cache_dir: str | None = None,
-                 weights_sha256: str | None = None, storage_options: dict | None = None,
-                 model_config: str = "sd2-inpainting", speed: str = ""):
+    def __init__(self, settings: ModelSettings):
         import torch
 
-        from functools import lru_cache
-
-        from rayinpaint.model import Inpainter, load_model
-        from rayinpaint.model.speed import parse_switches
-        from rayinpaint.model.text import prompt_token_count
+        from rayinpaint.model import Inpainter
+        from rayinpaint.model.choices import parse_switches
 
         t0 = time.perf_counter()
-        self.device, self.dtype = pick_device_and_dtype(dtype)
-        kwargs = {}
-        if cache_dir:
-            kwargs["cache_dir"] = cache_dir
-        if weights_sha256:
-            kwargs["sha256"] = weights_sha256
-        if storage_options:
-            kwargs["storage_options"] = storage_options
+        self.device, self.dtype = pick_device_and_dtype(settings.dtype)
         if self.device == "cpu":
             # Leave the other CPU stages room; one intra-op pool per actor.
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-        if not weights.startswith("random:"):
-            kwargs["config"] = model_config
-        self.model = load_model(weights, device=self.device, dtype=self.dtype, **kwargs)
-        switches = parse_switches(speed, "--speed") if speed else {}
-        self.inpainter = Inpainter(self.model, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
-                                   karras=karras and sampler != "ddim", strength=strength, speed=switches)
-        self.res = resolution
-        self.pad_to = max(1, pad_to)
+        self.model = _load(settings, self.device, self.dtype)
+        switches = parse_switches(settings.speed, "--speed") if settings.speed else {}
+        self.inpainter = Inpainter(self.model, sampler=settings.sampler, steps=settings.steps,
+                                   guidance=settings.guidance, eta=settings.eta, strength=settings.strength,
+                                   karras=settings.karras and settings.sampler != "ddim", speed=switches)
+        self.res = settings.resolution
+        self.pad_to = max(1, settings.pad_to)
         self.sha = self.model.sha256
-        import ray
-
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        self.actor = f"{node[:12]}:{os.getpid()}"
-        self._tokens = lru_cache(maxsize=4096)(prompt_token_count)
+        self.actor = _actor_name()
+        self._tokens = _token_counter()
         self._context = self.model.config.text.context_length  # longer prompts are cut (and counted)
         self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
         if self.device == "cuda":
             self._warmup(switches)
-        log.info("model %s loaded on %s/%s in %.1fs", weights, self.device, self.dtype, time.perf_counter() - t0)
+        log.info("model %s loaded on %s/%s in %.1fs", settings.weights, self.device, self.dtype,
+                 time.perf_counter() - t0)
 
     def _warmup(self, switches: dict) -> None:
         """Compile, autotune and capture the CUDA graph for the fixed batch shape now, before streaming starts.
@@ -146,56 +148,106 @@ class InpaintPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         status = batch.column("status").to_pylist()
-        if _CRASH_IDS and _CRASH_IDS & set(batch.column("id").to_pylist()):
-            os._exit(17)  # fault injection for tests: this process dies as a segfaulting kernel would
         ready = [i for i in range(n) if status[i] == "ready"]
         results: list[bytes | None] = [None] * n
         errors: dict[int, tuple[str, str]] = {}
         t_inpaint = [0.0] * n
         truncated: list[bool | None] = [None] * n
         if ready:
-            R = self.res
-            img_col = batch.column("model_image")
-            msk_col = batch.column("model_mask")
-            images = np.stack([np.frombuffer(img_col[i].as_py(), np.uint8).reshape(R, R, 3) for i in ready])
-            masks = np.stack([np.frombuffer(msk_col[i].as_py(), np.uint8).reshape(R, R) for i in ready])
-            prompts = [batch.column("prompt")[i].as_py() or "" for i in ready]
-            negs = [batch.column("negative_prompt")[i].as_py() or "" for i in ready]
-            seeds = [int(batch.column("seed")[i].as_py()) for i in ready]
+            inputs = self._inputs(batch, ready)
+            prompts, negs = inputs[2], inputs[3]
             for j, i in enumerate(ready):
                 truncated[i] = max(self._tokens(prompts[j]), self._tokens(negs[j])) > self._context
-            t0 = time.perf_counter()
-            try:
-                out = self._run(images, masks, prompts, negs, seeds)
-                dt = (time.perf_counter() - t0) / len(ready)
-                for j, i in enumerate(ready):
-                    results[i] = np.ascontiguousarray(out[j]).tobytes()
-                    t_inpaint[i] = dt
-            except Exception as e:  # noqa: BLE001 - isolate the bad row(s) below
-                log.warning("model call on %d rows failed (%s); retrying rows one by one", len(ready), e)
-                for j, i in enumerate(ready):
-                    t1 = time.perf_counter()
-                    try:
-                        o = self._run(images[j:j + 1], masks[j:j + 1], prompts[j:j + 1], negs[j:j + 1], seeds[j:j + 1])
-                        results[i] = np.ascontiguousarray(o[0]).tobytes()
-                    except Exception as e1:  # noqa: BLE001
-                        errors[i] = ("model_error", redact_uri(f"the model failed on this row: {type(e1).__name__}: {e1}"))
-                    t_inpaint[i] = time.perf_counter() - t1
-        batch = batch.drop_columns(["model_image", "model_mask"])
-        if errors:
-            st = list(status)
-            kinds = batch.column("error_kind").to_pylist()
-            msgs = batch.column("error").to_pylist()
-            for i, (k, m) in errors.items():
-                st[i], kinds[i], msgs[i] = "error", k, m
-            batch = _replace(batch, "status", pa.array(st, pa.string()))
-            batch = _replace(batch, "error_kind", pa.array(kinds, pa.string()))
-            batch = _replace(batch, "error", pa.array(msgs, pa.string()))
+            outs, errs, times = self._run_rows(inputs)
+            for j, i in enumerate(ready):
+                results[i], t_inpaint[i] = outs[j], times[j]
+                if errs[j]:
+                    errors[i] = ("model_error", errs[j])
+        batch = _with_errors(batch.drop_columns(["model_image", "model_mask"]), errors)
         batch = batch.append_column("result", pa.array(results, pa.binary()))
         batch = batch.append_column("t_inpaint", pa.array(t_inpaint, pa.float64()))
         batch = batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
         batch = batch.append_column("actor", pa.array([self.actor] * n, pa.string()))
         return batch.append_column("model_sha256", pa.array([self.sha] * n, pa.string()))
+
+    def _inputs(self, batch: pa.Table, ready: list[int]) -> tuple:
+        """(images [n,R,R,3], masks [n,R,R], prompts, negative prompts, seeds) of the ready rows."""
+        R = self.res
+        img_col, msk_col = batch.column("model_image"), batch.column("model_mask")
+        images = np.stack([np.frombuffer(img_col[i].as_py(), np.uint8).reshape(R, R, 3) for i in ready])
+        masks = np.stack([np.frombuffer(msk_col[i].as_py(), np.uint8).reshape(R, R) for i in ready])
+        prompts = [batch.column("prompt")[i].as_py() or "" for i in ready]
+        negs = [batch.column("negative_prompt")[i].as_py() or "" for i in ready]
+        seeds = [int(batch.column("seed")[i].as_py()) for i in ready]
+        return images, masks, prompts, negs, seeds
+
+    def _run_rows(self, inputs: tuple) -> tuple[list, list, list]:
+        """(output bytes or None, error message or None, seconds) per row: the whole batch in one call, or
+        when that fails, row by row so that only the rows that fail alone become errors."""
+        n = len(inputs[4])
+        t0 = time.perf_counter()
+        try:
+            out = self._run(*inputs)
+            dt = (time.perf_counter() - t0) / n
+            return [np.ascontiguousarray(o).tobytes() for o in out], [None] * n, [dt] * n
+        except Exception as e:  # noqa: BLE001 - isolate the bad row(s) below
+            log.warning("model call on %d rows failed (%s); retrying rows one by one", n, e)
+        outs, errs, times = [], [], []
+        for j in range(n):
+            t1 = time.perf_counter()
+            try:
+                o = self._run(*(x[j:j + 1] for x in inputs))
+                outs.append(np.ascontiguousarray(o[0]).tobytes())
+                errs.append(None)
+            except Exception as e1:  # noqa: BLE001
+                outs.append(None)
+                errs.append(redact_uri(f"the model failed on this row: {type(e1).__name__}: {e1}"))
+            times.append(time.perf_counter() - t1)
+        return outs, errs, times
+
+
+def _load(settings: ModelSettings, device: str, dtype):
+    from rayinpaint.model import load_model
+
+    kwargs = {}
+    if settings.cache_dir:
+        kwargs["cache_dir"] = settings.cache_dir
+    if settings.weights_sha256:
+        kwargs["sha256"] = settings.weights_sha256
+    if settings.storage_options:
+        kwargs["storage_options"] = settings.storage_options
+    if not settings.weights.startswith("random:"):
+        kwargs["config"] = settings.model_config
+    return load_model(settings.weights, device=device, dtype=dtype, **kwargs)
+
+
+def _actor_name() -> str:
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    return f"{node[:12]}:{os.getpid()}"
+
+
+def _token_counter():
+    from functools import lru_cache
+
+    from rayinpaint.model.text import prompt_token_count
+
+    return lru_cache(maxsize=4096)(prompt_token_count)
+
+
+def _with_errors(batch: pa.Table, errors: dict[int, tuple[str, str]]) -> pa.Table:
+    """The batch with rows {index: (kind, message)} turned into error rows."""
+    if not errors:
+        return batch
+    st = batch.column("status").to_pylist()
+    kinds = batch.column("error_kind").to_pylist()
+    msgs = batch.column("error").to_pylist()
+    for i, (k, m) in errors.items():
+        st[i], kinds[i], msgs[i] = "error", k, m
+    batch = _replace(batch, "status", pa.array(st, pa.string()))
+    batch = _replace(batch, "error_kind", pa.array(kinds, pa.string()))
+    return _replace(batch, "error", pa.array(msgs, pa.string()))
 
 
 def _replace(t: pa.Table, name: str, arr: pa.Array) -> pa.Table:

@@ -28,31 +28,42 @@ def versions() -> dict:
                                 "pillow", "numpy"))}
 
 
-def build_summary(*, cfg, by_status: dict, by_kind: dict, total_ids: int, this_run: dict, elapsed: float,
-                  images_written: int, model_sha256: str | None, duplicates: dict, complete: bool,
-                  error_rate: float, success: bool, examples: dict, started: float,
-                  prompts_truncated: int = 0) -> dict:
-    accounted = sum(by_status.values())
-    merged = sum(n - 1 for n in duplicates.values())
+def error_examples(outcome, tally) -> dict:
+    """{error kind: {"ids": a few ids, "message": one message}} for every kind in the output: ids and messages
+    from this run's rows, duplicated ids from the manifest, other kinds named with no example."""
+    examples = {k: dict(v) for k, v in tally.examples.items()}
+    for k in outcome.by_kind:
+        examples.setdefault(k, {"ids": [], "message": None})
+    if not examples.get("duplicate_id", {}).get("ids") and outcome.duplicates:
+        examples["duplicate_id"] = {"ids": sorted(outcome.duplicates)[:5],
+                                    "message": "id appears more than once in the manifest"}
+    return examples
+
+
+def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_sha256: str | None) -> dict:
+    """`outcome`: accounting.Outcome (the output as a whole); `tally`: accounting.RunTally (this run)."""
+    merged = sum(n - 1 for n in outcome.duplicates.values())
+    written = tally.by_status.get("ok", 0) + tally.by_status.get("unchanged", 0)
     return {
-        "success": success,
-        "complete": complete,
+        "success": outcome.success,
+        "complete": outcome.complete,
         # manifest_rows == accounted + duplicate_rows_merged once complete: each duplicated id is one error row.
-        "manifest_rows": total_ids + merged,
-        "unique_ids": total_ids,
-        "accounted": accounted,
+        "manifest_rows": outcome.unique_ids + merged,
+        "unique_ids": outcome.unique_ids,
+        "accounted": sum(outcome.by_status.values()),
         "duplicate_rows_merged": merged,
-        "prompts_truncated": prompts_truncated,
-        "counts_by_status": dict(sorted(by_status.items())),
-        "errors_by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
-        "error_examples": examples,
-        "error_rate": error_rate,
+        "prompts_truncated": outcome.prompts_truncated,
+        "counts_by_status": dict(sorted(outcome.by_status.items())),
+        "errors_by_kind": dict(sorted(outcome.by_kind.items(), key=lambda kv: -kv[1])),
+        "error_examples": error_examples(outcome, tally),
+        "error_rate": outcome.error_rate,
         "max_error_rate": cfg.max_error_rate,
-        "duplicate_ids": {"count": len(duplicates), "examples": dict(list(sorted(duplicates.items()))[:20])},
-        "this_run": this_run,
+        "duplicate_ids": {"count": len(outcome.duplicates),
+                          "examples": dict(list(sorted(outcome.duplicates.items()))[:20])},
+        "this_run": tally.this_run(),
         "elapsed_s": round(elapsed, 3),
-        "rows_per_s": round(this_run.get("processed", 0) / elapsed, 4) if elapsed > 0 else None,
-        "images_per_s": round(images_written / elapsed, 4) if elapsed > 0 else None,
+        "rows_per_s": round(tally.processed / elapsed, 4) if elapsed > 0 else None,
+        "images_per_s": round(written / elapsed, 4) if elapsed > 0 else None,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_sha256": model_sha256,

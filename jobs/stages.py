@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -16,35 +17,11 @@ import pyarrow.compute as pc
 from rayinpaint.io.errors import OutputWriteError, RowError
 from rayinpaint.io.manifest import canonicalize
 from rayinpaint.io.finish import finish_row
-from rayinpaint.io.prepare import prepare_row
+from rayinpaint.io.prepare import PREPARED_SCHEMA, prepare_row
 from rayinpaint.io.results import results_table
-from rayinpaint.io.storage import join_uri, write_bytes
+from rayinpaint.io.settings import OutputSettings, PrepareSettings
 
-from .ledger import new_shard_name, table_to_parquet_bytes
-
-# What travels from prepare to the model and on to finish (one row per manifest row).
-PREPARED_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("status", pa.string()),
-    ("error_kind", pa.string()),
-    ("error", pa.string()),
-    ("seed", pa.int64()),
-    ("prompt", pa.string()),
-    ("negative_prompt", pa.string()),
-    ("image_uri", pa.string()),
-    ("model_image", pa.binary()),
-    ("model_mask", pa.binary()),
-    ("window", pa.list_(pa.int64())),
-    ("width", pa.int64()),
-    ("height", pa.int64()),
-    ("resolution", pa.int64()),
-    ("mask_pixels", pa.int64()),
-    ("source", pa.binary()),
-    ("repaint_mask", pa.binary()),
-    ("t_fetch", pa.float64()),
-    ("t_decode", pa.float64()),
-    ("t_prepare", pa.float64()),
-])
+from .ledger import write_shard
 
 # What each finish task sends back to the driver: small, for progress, summary and report.
 DRIVER_SCHEMA = pa.schema([
@@ -80,7 +57,7 @@ def select_rows(batch: pa.Table, colmap, exclude: pa.Array | None, include: pa.A
     return t
 
 
-def prepare_batch(batch: pa.Table, settings) -> pa.Table:
+def prepare_batch(batch: pa.Table, settings: PrepareSettings) -> pa.Table:
     rows = batch.to_pylist()
 
     def one(row):
@@ -101,51 +78,49 @@ def preview_wanted(row_id: str, probability: float) -> bool:
     return h / 2**64 < probability
 
 
-def finish_and_write(batch: pa.Table, settings, out, run: dict, preview_probability: float,
-                     results_uri: str) -> pa.Table:
+@dataclass(frozen=True)
+class FinishContext:
+    """What every finish task needs, built once per run on the driver."""
+    rows: PrepareSettings
+    out: OutputSettings
+    run: dict                     # sampler settings recorded in every results row
+    results_uri: str              # the ledger's folder, {output}/results
+    preview_probability: float = 0.0
+
+
+def finish_and_write(batch: pa.Table, ctx: FinishContext) -> pa.Table:
     """Paste back, encode and write each image; write this batch's rows as one results shard.
 
     A row whose image, or whose shard, could not be written to the output comes back to the driver with
     status UNWRITTEN (never a ledger status): it is not recorded, so it is redone by the next run, and the
     driver stops the job with the message."""
-    R = settings.resolution
     rows = batch.to_pylist()
-
-    def one(row):
-        res = row.pop("result", None)
-        arr = np.frombuffer(res, np.uint8).reshape(R, R, 3) if res else None
-        info = dict(run)
-        info["model_sha256"] = row.pop("model_sha256", None)
-        info["t_inpaint"] = row.pop("t_inpaint", None) or 0.0
-        actor = row.pop("actor", None)
-        want = row["status"] != "error" and preview_wanted(row["id"], preview_probability)
-        r = finish_row(row, arr, settings, out, info, preview=want)
-        return r, actor
-
-    def guarded(row):
-        rid = row["id"]
-        try:
-            return one(row)
-        except OutputWriteError as e:
-            return {"id": rid, "status": UNWRITTEN, "error": str(e)}, None
-
     with ThreadPoolExecutor(min(_THREADS, max(1, len(rows)))) as ex:
-        pairs = list(ex.map(guarded, rows))
-    done = [r for r, _ in pairs if r["status"] != UNWRITTEN]
-    previews = {r["id"]: r.pop("preview_jpeg", None) for r in done}
-    if done:
+        done = list(ex.map(lambda row: _finish_one(row, ctx), rows))
+    recorded = [r for r in done if r["status"] != UNWRITTEN]
+    if recorded:
         try:
-            write_bytes(join_uri(results_uri, new_shard_name()), table_to_parquet_bytes(results_table(done)),
-                        out.storage)
+            write_shard(ctx.results_uri, results_table(recorded), ctx.out.storage)
         except RowError as e:  # the ledger cannot be written: none of these rows is recorded
             msg = f"cannot write the results ledger {e.message}"
-            pairs = [({"id": r["id"], "status": UNWRITTEN, "error": msg}, None) for r, _ in pairs]
-    return pa.Table.from_pydict({
-        "id": [r["id"] for r, _ in pairs],
-        "status": [r["status"] for r, _ in pairs],
-        "error_kind": [r.get("error_kind") for r, _ in pairs],
-        "error": [r.get("error") for r, _ in pairs],
-        "model_sha256": [r.get("model_sha256") for r, _ in pairs],
-        "actor": [a for _, a in pairs],
-        "preview_jpeg": [previews.get(r["id"]) if r["status"] != UNWRITTEN else None for r, _ in pairs],
-    }, schema=DRIVER_SCHEMA)
+            done = [{"id": r["id"], "status": UNWRITTEN, "error": msg, "actor": r.get("actor")} for r in done]
+    return pa.Table.from_pydict({name: [r.get(name) for r in done] for name in DRIVER_SCHEMA.names},
+                                schema=DRIVER_SCHEMA)
+
+
+def _finish_one(row: dict, ctx: FinishContext) -> dict:
+    """One row's results row, plus the driver's `actor` and `preview_jpeg` keys (not ledger columns)."""
+    R = ctx.rows.resolution
+    res = row.pop("result", None)
+    arr = np.frombuffer(res, np.uint8).reshape(R, R, 3) if res else None
+    info = dict(ctx.run)
+    info["model_sha256"] = row.pop("model_sha256", None)
+    info["t_inpaint"] = row.pop("t_inpaint", None) or 0.0
+    actor = row.pop("actor", None)
+    want = row["status"] != "error" and preview_wanted(row["id"], ctx.preview_probability)
+    try:
+        r = finish_row(row, arr, ctx.rows, ctx.out, info, preview=want)
+    except OutputWriteError as e:
+        r = {"id": row["id"], "status": UNWRITTEN, "error": str(e)}
+    r["actor"] = actor
+    return r

@@ -7,38 +7,58 @@
     m.tokenize(list[str]) -> int64[B,77];  m.text_encoder(tokens) -> [B,77,C_ctx]
     m.config, m.scale_factor, m.device, m.dtype, m.sha256, m.source
     Inpainter(m, ..., speed=Speed(...) or dict)   speed switches, model/speed.py; FLOPs counted in model/flops.py
-"""
-from .config import PRESETS, SD2Config, TextConfig, UNetConfig, VAEConfig, get_config
-from .sd2 import SD2Inpaint, load_model
-from .inpainter import Inpainter
-from .speed import Speed, auto_dtype
-from .weights import (
-    WeightsError,
-    diffusers_to_ldm_unet,
-    diffusers_to_ldm_vae,
-    hf_to_openclip_text,
-    ldm_to_diffusers_unet,
-    ldm_to_diffusers_vae,
-    openclip_to_hf_text,
-)
 
-__all__ = [
-    "load_model",
-    "Inpainter",
-    "Speed",
-    "auto_dtype",
-    "SD2Inpaint",
-    "SD2Config",
-    "UNetConfig",
-    "VAEConfig",
-    "TextConfig",
-    "PRESETS",
-    "get_config",
-    "WeightsError",
-    "ldm_to_diffusers_unet",
-    "diffusers_to_ldm_unet",
-    "ldm_to_diffusers_vae",
-    "diffusers_to_ldm_vae",
-    "openclip_to_hf_text",
-    "hf_to_openclip_text",
-]
+The model facts the code relies on are in docs/model.md. Importing this package loads nothing: each public
+name imports its module (and torch) on first use, so the option parser can use model/choices.py cheaply.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_WHERE = {  # public name -> the module that defines it
+    "load_model": "sd2",
+    "Inpainter": "inpainter",
+    "Speed": "speed",
+    "auto_dtype": "speed",
+    "SD2Inpaint": "sd2",
+    "SD2Config": "config",
+    "UNetConfig": "config",
+    "VAEConfig": "config",
+    "TextConfig": "config",
+    "PRESETS": "config",
+    "get_config": "config",
+    "WeightsError": "checkpoint",
+    "ldm_to_diffusers_unet": "convert",
+    "diffusers_to_ldm_unet": "convert",
+    "ldm_to_diffusers_vae": "convert",
+    "diffusers_to_ldm_vae": "convert",
+    "openclip_to_hf_text": "convert",
+    "hf_to_openclip_text": "convert",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    """Import the defining module on first use (PEP 562) and keep the value, so later lookups are plain."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and editors only; never run
+    from .checkpoint import WeightsError
+    from .config import PRESETS, SD2Config, TextConfig, UNetConfig, VAEConfig, get_config
+    from .convert import (diffusers_to_ldm_unet, diffusers_to_ldm_vae, hf_to_openclip_text, ldm_to_diffusers_unet,
+                          ldm_to_diffusers_vae, openclip_to_hf_text)
+    from .inpainter import Inpainter
+    from .sd2 import SD2Inpaint, load_model
+    from .speed import Speed, auto_dtype

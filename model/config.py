@@ -2,7 +2,7 @@
 
 Only the fields that differ between the real checkpoint and the tiny test model are here; every
 other structural fact (block order, norms, padding, GEGLU, ...) is fixed in the module code and
-follows reference/sd2-inpainting.md §2-§4.
+follows docs/model.md §2-§4.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """LDM `UNetModel` as configured by v2-inpainting-inference.yaml (sd2-inpainting.md §2.1)."""
+    """LDM `UNetModel` as configured by v2-inpainting-inference.yaml (docs/model.md §2.1)."""
 
     in_channels: int = 9  # 4 noisy latent + 1 mask + 4 masked-image latent
     out_channels: int = 4  # epsilon
@@ -22,14 +22,14 @@ class UNetConfig:
     # attention_resolutions=[4, 2, 1] (downsample factors), i.e. levels 0, 1, 2. The middle block
     # always has one.
     attention_levels: tuple[int, ...] = (0, 1, 2)
-    head_dim: int = 64  # num_head_channels; heads = C / head_dim (5, 10, 20) (§2.1, §9.8)
+    head_dim: int = 64  # num_head_channels; heads = C / head_dim (5, 10, 20) (docs/model.md §2.1)
     context_dim: int = 1024  # text width fed to cross-attention
     transformer_depth: int = 1
     norm_groups: int = 32
 
     @property
     def time_embed_dim(self) -> int:
-        return 4 * self.model_channels  # 1280 for SD2 (§2.3)
+        return 4 * self.model_channels  # 1280 for SD2 (docs/model.md §2.3)
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -38,7 +38,7 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """LDM `AutoencoderKL` first stage (sd2-inpainting.md §3.1). Downsampling factor 2**(levels-1)."""
+    """LDM `AutoencoderKL` first stage (docs/model.md §3.1). Downsampling factor 2**(levels-1)."""
 
     in_channels: int = 3
     ch: int = 128
@@ -54,7 +54,7 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    """OpenCLIP ViT-H-14 text tower (sd2-inpainting.md §4).
+    """OpenCLIP ViT-H-14 text tower (docs/model.md §4.1).
 
     `layers` counts the blocks stored in the checkpoint (24); SD2 runs the penultimate output, so
     only blocks 0..layers-2 are built and the last one is ignored when loading.
@@ -77,7 +77,7 @@ class SD2Config:
     unet: UNetConfig = field(default_factory=UNetConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    scale_factor: float = 0.18215  # latent scaling (§3.1)
+    scale_factor: float = 0.18215  # latent scaling (docs/model.md §3.1)
 
     def __post_init__(self) -> None:
         if self.text.width != self.unet.context_dim:

@@ -1,13 +1,13 @@
 """The inpainting UNet as a denoiser D(x, sigma) -> x0, with classifier-free guidance.
 
-This is the only place that knows the model's parameterization (epsilon, sd2-inpainting.md §5,
-§9.1) and the 9-channel inpainting input (§6.1, §6.2, §9.11); the samplers see a plain denoiser.
+This is the only place that knows the model's parameterization (epsilon, docs/model.md §5.1) and
+the 9-channel inpainting input (docs/model.md §6.2); the samplers see a plain denoiser.
 
 Per step (B rows, latent h x w):
-    x_vp = x / sqrt(sigma^2 + 1)                 only the 4 noisy channels are scaled (§6.2)
+    x_vp = x / sqrt(sigma^2 + 1)                 only the 4 noisy channels are scaled (docs/model.md §6.2)
     in   = [x_vp, mask, masked-image latent]     [2B, 9, h, w], rows [uncond..., cond...]
     eps  = unet(in, t(sigma), [ctx_uncond; ctx_cond])   ONE UNet call on the doubled batch (fused_cfg)
-    eps  = eps_u + g * (eps_c - eps_u)           g per row [B] (§5 CFG: only the context differs)
+    eps  = eps_u + g * (eps_c - eps_u)           g per row [B] (docs/model.md §5.2: only the context differs)
     x0   = x - sigma * eps
 
 Two pieces:
@@ -52,7 +52,8 @@ class GuidedStep:
         self.unet, self.batch, self.dtype, self.device = unet, B, dtype, dev
         self.fused_cfg, self.sdpa, self.graph, self.warm = fused_cfg, sdpa, graph, warm
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        # UNet input: channels 4..8 hold the conditioning (the same in both halves, §5), 0..3 are per step.
+        # UNet input: channels 4..8 hold the conditioning (the same in both halves, docs/model.md §5.2), 0..3 are
+        # per step.
         self.input = torch.zeros(2 * B, 9, h, w, dtype=dtype, device=dev).contiguous(memory_format=fmt)
         self.context = torch.zeros(2 * B, L, C, dtype=dtype, device=dev)
         self.guidance = torch.zeros(B, 1, 1, 1, dtype=torch.float32, device=dev)

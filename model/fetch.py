@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from .weights import WeightsError
+from .checkpoint import WeightsError
 
 CHUNK = 8 << 20  # 8 MiB
 

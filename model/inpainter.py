@@ -1,11 +1,11 @@
 """Inpainter: images + masks + prompts + seeds -> inpainted images, for one batch of rows.
 
-Conditioning follows diffusers' StableDiffusionInpaintPipeline (sd2-inpainting.md §6.1, §6.2):
+Conditioning follows diffusers' StableDiffusionInpaintPipeline (docs/model.md §6):
     image   uint8 -> [-1, 1];  mask binarised at 0.5 (uint8 >= 128, or bool True = repaint)
-    masked  = image * (mask < 0.5)          repainted pixels become 0 (mid grey, §9.12)
+    masked  = image * (mask < 0.5)          repainted pixels become 0 (mid grey, docs/model.md §6.1)
     c_mask  = nearest-resize(mask) to H/8 x W/8
-    c_lat   = VAE posterior SAMPLE of masked * 0.18215   (§9.13; one encoder call with the full image when
-              strength < 1, batch_vae)
+    c_lat   = VAE posterior SAMPLE of masked * 0.18215   (docs/model.md §6.2; one encoder call with the full
+              image when strength < 1, batch_vae)
     start   = noise * init scale, or (strength < 1) the VAE sample of the full image noised to the
               first sigma of the truncated grid (diffusers get_timesteps / add_noise)
     sample with one of samplers.py over InpaintDenoiser (CFG, one UNet call per step; speed switches
@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from . import samplers
+from .choices import SAMPLERS
 from .denoiser import GuidedStep, InpaintDenoiser
 from .schedule import DEFAULT_SPACING, SPACINGS, Schedule, truncate_for_strength
 from .speed import Speed, compile_module, forbid_host_sync, set_memory_format, to_device
-
-SAMPLERS = samplers.SAMPLERS
 
 
 class PromptCache:
@@ -175,8 +174,8 @@ class Inpainter:
         return step
 
     def _encode(self, images: list[torch.Tensor], noises: list[torch.Tensor]) -> list[torch.Tensor]:
-        """VAE posterior samples mean + std * noise (§3.2, §9.13), fp32 [B, 4, h, w] per image batch: one encoder
-        call for all of them (batch_vae), else one call per row."""
+        """VAE posterior samples mean + std * noise (docs/model.md §3.3), fp32 [B, 4, h, w] per image batch: one
+        encoder call for all of them (batch_vae), else one call per row."""
         vae, dt = self.model.vae, self.model.dtype
         x = torch.cat(images).to(dt)
         if self.speed.batch_vae:
@@ -233,7 +232,7 @@ class Inpainter:
             return self._to_device(torch.cat([torch.randn(1, 4, h, w, generator=gi, dtype=torch.float32)
                                               for gi in gens]))
 
-        # Conditioning (§6): [-1, 1] image, binary mask, masked image with repaint pixels at 0.
+        # Conditioning (docs/model.md §6.1): [-1, 1] image, binary mask, masked image with repaint pixels at 0.
         img = self._to_device(img).float() / 127.5 - 1.0  # [B, 3, H, W] fp32 (uint8 crosses to the device)
         mask = self._to_device(mask).float()  # [B, 1, H, W] in {0, 1}
         masked = img * (mask < 0.5)
@@ -241,7 +240,7 @@ class Inpainter:
         noise = [draw()] + ([draw()] if strength < 1.0 else [])  # 1. masked image, 2. full image (strength < 1)
         latents = self._encode([masked, img][:len(noise)], noise)
         c_lat = latents[0] * scale  # [B, 4, h, w] fp32
-        c_mask = F.interpolate(mask, size=(h, w))  # default "nearest", as LDM and diffusers (§6.1)
+        c_mask = F.interpolate(mask, size=(h, w))  # default "nearest", as LDM and diffusers (docs/model.md §6.1)
         cond = torch.cat([c_mask, c_lat], dim=1)
 
         sigmas = self.schedule.sigmas_for(self.sampler, steps, self.spacing, self.karras)
@@ -300,7 +299,7 @@ def _check_images_masks(images, masks) -> tuple[torch.Tensor, torch.Tensor]:
     if mask.dtype == torch.bool:
         rep = mask
     elif mask.dtype == torch.uint8:
-        rep = mask >= 128  # /255 then binarise at 0.5 (§6.1): 127 -> 0.498 keeps, 128 -> 0.502 repaints
+        rep = mask >= 128  # x/255 binarised at 0.5 (docs/model.md §6.1): 127 -> 0.498 keeps, 128 -> 0.502 repaints
     else:
         raise ValueError(f"masks must be uint8 or bool, got {mask.dtype}")
     return img.permute(0, 3, 1, 2), rep[:, None]

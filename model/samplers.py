@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from .choices import SAMPLERS
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Noise = Callable[[torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor], None] | None
@@ -137,20 +139,34 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
     return x
 
 
+def _ddim(denoise, x, sigmas, noise, eta, callback):
+    return sample_ddim(denoise, x, sigmas, noise, eta=eta, callback=callback)
+
+
+def _euler(denoise, x, sigmas, noise, eta, callback):
+    return sample_euler(denoise, x, sigmas, callback=callback)
+
+
+def _euler_a(denoise, x, sigmas, noise, eta, callback):
+    if noise is None:
+        raise ValueError("euler_a needs a noise function")
+    return sample_euler_ancestral(denoise, x, sigmas, noise, callback=callback)
+
+
+def _dpmpp_2m(denoise, x, sigmas, noise, eta, callback):
+    return sample_dpmpp_2m(denoise, x, sigmas, callback=callback)
+
+
+# One entry per name in model/choices.py SAMPLERS, in its order (checked below).
+_BY_NAME = {"ddim": _ddim, "euler": _euler, "euler_a": _euler_a, "dpmpp_2m": _dpmpp_2m}
+if tuple(_BY_NAME) != SAMPLERS:
+    raise ImportError(f"samplers {tuple(_BY_NAME)} differ from SAMPLERS {SAMPLERS} in model/choices.py")
+
+
 def sample(name: str, denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None,
            eta: float = 0.0, callback: Callback = None) -> torch.Tensor:
-    """Dispatch by name: "ddim", "euler", "euler_a", "dpmpp_2m"."""
-    if name == "ddim":
-        return sample_ddim(denoise, x, sigmas, noise, eta=eta, callback=callback)
-    if name == "euler":
-        return sample_euler(denoise, x, sigmas, callback=callback)
-    if name == "euler_a":
-        if noise is None:
-            raise ValueError("euler_a needs a noise function")
-        return sample_euler_ancestral(denoise, x, sigmas, noise, callback=callback)
-    if name == "dpmpp_2m":
-        return sample_dpmpp_2m(denoise, x, sigmas, callback=callback)
-    raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
-
-
-SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m")
+    """Run the sampler called `name` (one of SAMPLERS); eta is DDIM's, noise is needed by euler_a (and DDIM eta > 0)."""
+    run = _BY_NAME.get(name)
+    if run is None:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+    return run(denoise, x, sigmas, noise, eta, callback)

@@ -2,7 +2,7 @@
 
 Samplers work in the sigma ("variance exploding") parameterization: x = x0 + sigma * eps, with
 sigma_t = sqrt((1 - acp_t) / acp_t). The UNet was trained on the variance-preserving
-x_vp = sqrt(acp_t) * x0 + sqrt(1 - acp_t) * eps = x / sqrt(sigma_t^2 + 1) (see sd2-inpainting.md §5).
+x_vp = sqrt(acp_t) * x0 + sqrt(1 - acp_t) * eps = x / sqrt(sigma_t^2 + 1) (docs/model.md §5.1).
 
 Which sigmas a sampler visits is decided here, so that each of our samplers walks exactly the
 grid of its diffusers counterpart (DDIMScheduler, EulerDiscreteScheduler,
@@ -18,11 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .choices import SAMPLERS
+
 SPACINGS = ("leading", "trailing", "linspace")
 
-# Each diffusers scheduler class's default timestep_spacing. The SD2-inpainting scheduler config
-# (written by diffusers 0.8) has no timestep_spacing key, so each class falls back to its own default.
-DEFAULT_SPACING = {"ddim": "leading", "euler": "linspace", "euler_a": "linspace", "dpmpp_2m": "linspace"}
+# Each diffusers scheduler class's default timestep_spacing: "leading" for DDIM, "linspace" for the others. The
+# SD2-inpainting scheduler config (written by diffusers 0.8) has no timestep_spacing key, so each class falls
+# back to its own default (docs/model.md §5.3).
+DEFAULT_SPACING = {name: "leading" if name == "ddim" else "linspace" for name in SAMPLERS}
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class Schedule:
         self.config = config
         n = config.num_train_timesteps
         dt = torch.float32 if config.precision == "float32" else torch.float64
-        # "scaled_linear" in diffusers == "linear" in LDM: linear in sqrt(beta) (sd2-inpainting.md §5).
+        # "scaled_linear" in diffusers == "linear" in LDM: linear in sqrt(beta) (docs/model.md §5.1).
         betas = torch.linspace(config.beta_start**0.5, config.beta_end**0.5, n, dtype=dt) ** 2
         acp = torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
         self.alphas_cumprod = acp  # [T]
@@ -140,9 +143,9 @@ class Schedule:
                    karras: bool = False) -> torch.Tensor:
         """The sigma grid [n+1] (float32, CPU, descending) that `sampler` walks, its last entry the
         final noise level: 0 for the k-samplers, sigma(t=0) for DDIM, whose set_alpha_to_one=False
-        ends at alpha = acp[0] (sd2-inpainting.md §5), not at the clean sample."""
-        if sampler not in DEFAULT_SPACING:
-            raise ValueError(f"unknown sampler {sampler!r}; expected one of {tuple(DEFAULT_SPACING)}")
+        ends at alpha = acp[0] (docs/model.md §5.3), not at the clean sample."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
         spacing = spacing or DEFAULT_SPACING[sampler]
         t = self.timesteps(steps, spacing, sampler)
         if sampler == "ddim":

@@ -12,24 +12,23 @@ import os
 import torch
 from torch import nn
 
+from .checkpoint import (
+    COMPONENTS,
+    PREFIXES,
+    WeightsError,
+    check_names_and_shapes,
+    component_shapes,
+    diffusers_component_file,
+    open_weights_file,
+    split_single_file,
+)
 from .config import PRESETS, SD2Config, get_config
+from .convert import diffusers_to_ldm
 from .fetch import fetch, is_local, local_path, remote_isdir
 from .speed import auto_dtype
 from .text import TextEncoder, tokenize
 from .unet import UNet
 from .vae import VAE
-from .weights import (
-    DIFFUSERS_FILES,
-    PREFIXES,
-    WeightsError,
-    check_names_and_shapes,
-    diffusers_component_file,
-    open_weights_file,
-    read_diffusers_component,
-    split_single_file,
-)
-
-COMPONENTS = ("unet", "vae", "text_encoder")
 
 
 class SD2Inpaint(nn.Module):
@@ -59,7 +58,7 @@ class SD2Inpaint(nn.Module):
 
     def expected_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
         """Per component, the persistent state-dict names (without the LDM prefix) and shapes."""
-        return {c: {k: tuple(v.shape) for k, v in getattr(self, c).state_dict().items()} for c in COMPONENTS}
+        return component_shapes({c: getattr(self, c) for c in COMPONENTS})
 
     def reset_buffers(self, device: torch.device | str) -> None:
         self.unet.reset_buffers(device)
@@ -67,7 +66,8 @@ class SD2Inpaint(nn.Module):
 
 
 def single_file_state_dict(model: SD2Inpaint) -> dict[str, torch.Tensor]:
-    """The model's tensors under the single-file (LDM) names, the layout `load_model` reads back (§7.1)."""
+    """The model's tensors under the single-file (LDM) names: the layout `load_model` reads back
+    (docs/model.md §7.1)."""
     return {PREFIXES[c] + k: v.contiguous() for c in COMPONENTS for k, v in getattr(model, c).state_dict().items()}
 
 
@@ -196,7 +196,7 @@ def load_model(
 def _load_diffusers_folder(
     folder: str, cfg: SD2Config, device: torch.device, dtype: torch.dtype, cache_dir: str | None, storage_options: dict | None
 ) -> SD2Inpaint:
-    """unet/, vae/, text_encoder/ safetensors (or .bin) files with diffusers / HF names (§7.2)."""
+    """unet/, vae/, text_encoder/ safetensors (or .bin) files with diffusers / HF names (docs/model.md §7.3)."""
     model = build_meta(cfg, folder)
     expected = model.expected_shapes()
     digests = []
@@ -212,7 +212,8 @@ def _load_diffusers_folder(
         uri = folder.rstrip("/") + "/" + rels[c]
         local = fetch(uri, cache_dir=cache_dir, storage_options=storage_options)
         digests.append(f"{rels[c]}:{local.sha256}")
-        sd = read_diffusers_component(local.path, c, cfg)
+        src = open_weights_file(local.path)
+        sd = diffusers_to_ldm(c, {k: src.get(k) for k in src.shapes}, cfg)
         check_names_and_shapes(expected[c], {k: tuple(v.shape) for k, v in sd.items()}, uri)
         sd = {k: v.to(device=device).to(dtype=dtype) for k, v in sd.items()}
         getattr(model, c).load_state_dict(sd, strict=True, assign=True)
@@ -222,4 +223,4 @@ def _load_diffusers_folder(
     return _finish(model, device)
 
 
-__all__ = ["SD2Inpaint", "load_model", "single_file_state_dict", "build_meta", "random_init_", "random_state_dict", "random_tensor", "WeightsError", "DIFFUSERS_FILES"]
+__all__ = ["SD2Inpaint", "load_model", "single_file_state_dict", "build_meta", "random_init_", "random_state_dict", "random_tensor", "WeightsError", "COMPONENTS"]

@@ -15,7 +15,8 @@ beyond dtype tolerance (tests/test_model_parity.py on CPU, tests/test_gpu_model.
 Precedence: a value given explicitly > the environment variable RAYINPAINT_SPEED (e.g.
 "compile=0,sdpa=flash", lets an operator or the benchmark flip a switch in every Ray actor without new options)
 > the device's default above. `resolve(device)` turns every "auto" into a concrete value; CUDA-only switches
-resolve to off elsewhere, so asking for them on CPU is safe and simply has no effect.
+resolve to off elsewhere, so asking for them on CPU is safe and simply has no effect. The switches' names and
+their "auto" rule live in model/choices.py (torch-free, for the option parser).
 """
 
 from __future__ import annotations
@@ -28,12 +29,9 @@ from typing import Iterator, Mapping
 
 import torch
 
-SDPA_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
+from .choices import SDPA_CHOICES, SETTINGS, SWITCH_AUTO, SWITCHES, check_sdpa, parse_switches
+
 ENV_VAR = "RAYINPAINT_SPEED"
-_CUDA_ONLY = ("cuda_graph", "pinned", "cudnn_benchmark")
-_ON_FOR_CUDA = ("channels_last", "compile") + _CUDA_ONLY
-_ALWAYS_ON = ("fused_cfg", "batch_vae")
-_BOOLS = _ON_FOR_CUDA + _ALWAYS_ON
 
 
 @dataclass(frozen=True)
@@ -52,9 +50,8 @@ class Speed:
     cudnn_benchmark: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.sdpa not in SDPA_CHOICES:
-            raise ValueError(f"sdpa must be one of {SDPA_CHOICES}, got {self.sdpa!r}")
-        for name in _BOOLS:
+        check_sdpa(self.sdpa)
+        for name in SWITCHES:
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise ValueError(f"speed switch {name} must be true, false or None (auto), got {v!r}")
@@ -83,10 +80,10 @@ class Speed:
         """Concrete values for `device`: CUDA gets everything on, other devices only the portable switches."""
         cuda = torch.device(device).type == "cuda"
         vals = {}
-        for name in _BOOLS:
+        for name, auto in SWITCH_AUTO.items():
             v = getattr(self, name)
-            default = cuda if name in _ON_FOR_CUDA else True
-            vals[name] = (default if v is None else v) and (cuda or name not in _CUDA_ONLY)
+            default = True if auto == "on" else cuda
+            vals[name] = (default if v is None else v) and (cuda or auto != "cuda_only")
         vals["compile_mode"] = self.compile_mode or "default"
         vals["compile_backend"] = self.compile_backend or "inductor"
         return dataclasses.replace(self, **vals)
@@ -95,24 +92,14 @@ class Speed:
         return dataclasses.asdict(self)
 
 
-def parse_switches(text: str, where: str) -> dict:
-    """'compile=0,sdpa=flash' -> {"compile": False, "sdpa": "flash"}; a bad item is one ValueError naming `where`."""
-    out: dict = {}
-    names = {f.name for f in dataclasses.fields(Speed)}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        key, value = key.strip().replace("-", "_"), value.strip()
-        if not sep or key not in names:
-            raise ValueError(f"{where}: bad speed switch {item!r}; expected name=value with a name in {sorted(names)}")
-        if key in _BOOLS:
-            flag = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}.get(value.lower())
-            if flag is None:
-                raise ValueError(f"{where}: {key} must be 1/0/true/false/on/off, got {value!r}")
-            out[key] = flag
-        else:
-            out[key] = value
-    Speed(**out)  # validates sdpa
-    return out
+def _check_fields() -> None:
+    """Speed's fields are model/choices.py's names, so a switch added in one place only fails at import."""
+    fields = [f.name for f in dataclasses.fields(Speed)]
+    if [n for n in fields if n in SWITCH_AUTO] != list(SWITCHES) or set(fields) != set(SWITCHES) | set(SETTINGS):
+        raise ImportError(f"Speed's fields {fields} differ from SWITCHES + SETTINGS in model/choices.py")
+
+
+_check_fields()
 
 
 def env_text(speed: Speed) -> str:

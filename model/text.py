@@ -1,11 +1,11 @@
-"""OpenCLIP ViT-H/14 text tower as SD2 uses it (FrozenOpenCLIPEmbedder, sd2-inpainting.md §4).
+"""OpenCLIP ViT-H/14 text tower as SD2 uses it (FrozenOpenCLIPEmbedder, docs/model.md §4).
 
 Only the text tower is built, never the vision tower. The residual blocks are open_clip's own
-public `open_clip.transformer.Transformer` (batch-first since open_clip 2.26, §4 pitfall), so the
+public `open_clip.transformer.Transformer` (batch-first since open_clip 2.26, docs/model.md §8.3), so the
 state-dict names are open_clip's: `token_embedding.weight`, `positional_embedding`,
 `transformer.resblocks.N.{ln_1, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, ln_2,
 mlp.c_fc, mlp.c_proj}`, `ln_final`. SD2 takes the penultimate block's output followed by ln_final
-(§9.2), so block `layers-1`, `text_projection` and `logit_scale` are not built.
+(docs/model.md §4.1), so block `layers-1`, `text_projection` and `logit_scale` are not built.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .config import TextConfig
 
 SOT_TOKEN = 49406
 EOT_TOKEN = 49407
-PAD_TOKEN = 0  # "!" in the BPE vocabulary; SD2 pads with 0, not EOT (§9.4)
+PAD_TOKEN = 0  # "!" in the BPE vocabulary; SD2 pads with 0, not EOT (docs/model.md §4.2)
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,7 +51,7 @@ class LayerNorm32(nn.LayerNorm):
 
 
 def causal_mask(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Additive mask: -inf strictly above the diagonal, 0 elsewhere (§4). [n, n] fp32."""
+    """Additive mask: -inf strictly above the diagonal, 0 elsewhere (docs/model.md §4.1). [n, n] fp32."""
     return torch.full((n, n), float("-inf"), device=device).triu_(1)
 
 

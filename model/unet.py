@@ -1,7 +1,7 @@
 """SD2 inpainting UNet (LDM `openaimodel.UNetModel`), written for SDPA and strict loading.
 
-Module names mirror the checkpoint keys under `model.diffusion_model.` (sd2-inpainting.md §2.2,
-§7.1): `input_blocks.N.M`, `middle_block.M`, `output_blocks.N.M` fall out of nn.ModuleList plus
+Module names mirror the checkpoint keys under `model.diffusion_model.` (docs/model.md §2.2):
+`input_blocks.N.M`, `middle_block.M`, `output_blocks.N.M` fall out of nn.ModuleList plus
 `TimestepSequential`, so loading is prefix stripping plus strict=True. Read from the leaves up:
 norm, attention, transformer, ResBlock, resampling, then the UNet.
 """
@@ -17,7 +17,7 @@ from .config import UNetConfig
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back (LDM GroupNorm32, §2.4; also used for §3.2).
+    """GroupNorm computed in float32 and cast back (LDM GroupNorm32, docs/model.md §2.4; the VAE's too).
 
     `.float()` is a no-op for fp32 tensors, so the fp32 path pays nothing.
     """
@@ -38,7 +38,7 @@ class LayerNorm32(nn.LayerNorm):
 
 
 class Attention(nn.Module):
-    """Multi-head attention, to_q/to_k/to_v without bias, to_out.0 with bias (§2.6).
+    """Multi-head attention, to_q/to_k/to_v without bias, to_out.0 with bias (docs/model.md §2.6).
 
     Heads split head-major ((h d) -> h, d); scale d^-1/2 is SDPA's default.
     """
@@ -84,7 +84,7 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm self-attention, cross-attention, GEGLU feed-forward; LayerNorm eps 1e-5 (§2.6)."""
+    """Pre-norm self-attention, cross-attention, GEGLU feed-forward; LayerNorm eps 1e-5 (docs/model.md §2.6)."""
 
     def __init__(self, dim: int, context_dim: int, head_dim: int):
         super().__init__()
@@ -103,9 +103,9 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Linear-projection SpatialTransformer (use_linear_in_transformer=True, §2.6).
+    """Linear-projection SpatialTransformer (use_linear_in_transformer=True, docs/model.md §2.6).
 
-    GroupNorm eps is 1e-6 here, unlike the ResBlocks' 1e-5 (§9.5).
+    GroupNorm eps is 1e-6 here, unlike the ResBlocks' 1e-5 (docs/model.md §8.5).
     """
 
     def __init__(self, channels: int, cfg: UNetConfig):
@@ -129,7 +129,7 @@ class SpatialTransformer(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, add the projected time embedding, GroupNorm-SiLU-conv, skip (§2.4)."""
+    """GroupNorm-SiLU-conv, add the projected time embedding, GroupNorm-SiLU-conv, skip (docs/model.md §2.4)."""
 
     def __init__(self, cin: int, cout: int, cfg: UNetConfig):
         super().__init__()
@@ -142,12 +142,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]  # added, not scale-shift (§2.1)
+        h = h + self.emb_layers(emb)[:, :, None, None]  # added, not scale-shift (docs/model.md §2.4)
         return self.skip_connection(x) + self.out_layers(h)
 
 
 class Downsample(nn.Module):
-    """Conv 3x3, stride 2, symmetric padding 1 (UNet; the VAE pads asymmetrically, §9.6). Key `.op`."""
+    """Conv 3x3, stride 2, symmetric padding 1 (UNet; the VAE pads asymmetrically, docs/model.md §8.6). Key `.op`."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -158,7 +158,7 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest x2 then conv 3x3 (§2.5). Key `.conv`."""
+    """Nearest x2 then conv 3x3 (docs/model.md §2.5). Key `.conv`."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -185,7 +185,7 @@ class TimestepSequential(nn.ModuleList):
 
 
 def timestep_frequencies(dim: int) -> torch.Tensor:
-    """f_i = exp(-ln(10000) * i / half), i < half, fp32 (§2.3)."""
+    """f_i = exp(-ln(10000) * i / half), i < half, fp32 (docs/model.md §2.3)."""
     half = dim // 2
     return torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
 
@@ -194,7 +194,7 @@ class UNet(nn.Module):
     """forward(x[B, in, h, w], t[B] int64, context[B, 77, Cctx]) -> eps[B, out, h, w].
 
     h and w must be divisible by 2**(levels-1) (8 for SD2; pixels by 64): like LDM there is no
-    size matching in the skip concatenation (§2.2, §6.3).
+    size matching in the skip concatenation (docs/model.md §6.3).
     """
 
     def __init__(self, cfg: UNetConfig):
@@ -227,7 +227,7 @@ class UNet(nn.Module):
 
         # Decoder: per level (deepest first) num_res_blocks + 1 ResBlocks over cat([h, skip]),
         # each with attention at attention levels; the level's last block ends with an Upsample
-        # (sub-index .1 without attention, .2 with it, §9.10) except at level 0.
+        # (sub-index .1 without attention, .2 with it, docs/model.md §8.10) except at level 0.
         self.output_blocks = nn.ModuleList()
         for level in reversed(range(len(chans))):
             cout = chans[level]
@@ -249,7 +249,7 @@ class UNet(nn.Module):
 
     def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
         args = t.float()[:, None] * self.freqs.float()[None]  # (B, half), fp32
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # cos first (§2.3)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # cos first (docs/model.md §2.3)
         w = self.time_embed[0].weight
         return self.time_embed(emb.to(w.dtype))  # (B, 4C)
 
@@ -263,5 +263,5 @@ class UNet(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)  # [h, skip] order (§9.11)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)  # [h, skip] order (docs/model.md §8.11)
         return self.out(h)

@@ -1,9 +1,9 @@
-"""SD2 first-stage autoencoder (LDM `AutoencoderKL`, sd2-inpainting.md §3).
+"""SD2 first-stage autoencoder (LDM `AutoencoderKL`, docs/model.md §3).
 
 Module names mirror the checkpoint under `first_stage_model.`: `encoder.down.i.block.j`,
 `encoder.down.i.downsample.conv`, `decoder.up.i.block.j`, `decoder.up.i.upsample.conv`,
 `{encoder,decoder}.mid.{block_1,attn_1,block_2}`, `quant_conv`, `post_quant_conv`.
-Every GroupNorm here has eps 1e-6 (§3.2, §9.5).
+Every GroupNorm here has eps 1e-6, unlike most of the UNet's (docs/model.md §8.5).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _norm(cfg: VAEConfig, channels: int) -> GroupNorm32:
 
 
 class ResnetBlock(nn.Module):
-    """norm1-SiLU-conv1-norm2-SiLU-conv2 plus shortcut; no time embedding (§3.2)."""
+    """norm1-SiLU-conv1-norm2-SiLU-conv2 plus shortcut; no time embedding (docs/model.md §3.2)."""
 
     def __init__(self, cin: int, cout: int, cfg: VAEConfig):
         super().__init__()
@@ -37,7 +37,7 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head spatial self-attention; q/k/v/proj_out are 1x1 convs [C, C, 1, 1] (§3.2, §9.7)."""
+    """Single-head spatial self-attention; q/k/v/proj_out are 1x1 convs [C, C, 1, 1] (docs/model.md §3.2)."""
 
     def __init__(self, channels: int, cfg: VAEConfig):
         super().__init__()
@@ -60,7 +60,7 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Pad right and bottom by 1, then conv 3x3 stride 2 padding 0 (asymmetric, §3.2, §9.6)."""
+    """Pad right and bottom by 1, then conv 3x3 stride 2 padding 0 (asymmetric, docs/model.md §8.6)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -71,7 +71,7 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest x2 then conv 3x3 padding 1 (§3.2)."""
+    """Nearest x2 then conv 3x3 padding 1 (docs/model.md §3.2)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -149,7 +149,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """conv_in, mid, up levels run from the deepest (`up.{L-1}`) to `up.0` (§3.2, §9.9), norm_out, conv_out."""
+    """conv_in, mid, up levels run from the deepest (`up.{L-1}`) to `up.0` (docs/model.md §3.2), norm_out, conv_out."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -192,7 +192,7 @@ class VAE(nn.Module):
     def encode(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img = img.to(self.quant_conv.weight.dtype)
         moments = self.quant_conv(self.encoder(img))
-        mean, logvar = moments.chunk(2, dim=1)  # channels 0..z-1 mean, z..2z-1 logvar (§3.2)
+        mean, logvar = moments.chunk(2, dim=1)  # channels 0..z-1 mean, z..2z-1 logvar (docs/model.md §3.3)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))  # so test modules can `import helpers_io`
 
 _DUMMY_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",

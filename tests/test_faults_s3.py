@@ -26,16 +26,12 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
-import threading
 import time
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
 import boto3
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.config import Config
@@ -43,8 +39,10 @@ from PIL import Image
 
 from faultproxy import RANDOM_KINDS, AnyMethodHandler, FaultProxy
 from helpers_io import write_tiny_checkpoint
+from helpers_job import BAD, FAST, run_cli
 from rayinpaint.io.errors import RowError
 from rayinpaint.io.storage import StorageOptions, read_bytes, write_bytes
+from rayinpaint.jobs.ledger import read_results
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -81,16 +79,6 @@ def via(opts: StorageOptions, proxy: FaultProxy, **changes) -> StorageOptions:
 
 def boto(endpoint: str, **config):
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(**config))
-
-
-def s3_results(fs, prefix: str) -> list[dict]:
-    """Every row of the results shards under `prefix` (s3fs path, no scheme), listed afresh: the job wrote them
-    from other processes, so no cached listing."""
-    fs.invalidate_cache()
-    if not fs.exists(f"{prefix}/results"):
-        return []
-    paths = sorted(p for p in fs.ls(f"{prefix}/results", detail=False) if p.endswith(".parquet"))
-    return pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in paths]).to_pylist() if paths else []
 
 
 def xml_code(body: bytes) -> str | None:
@@ -535,10 +523,6 @@ def test_ledger_sees_shards_written_by_other_processes(s3_bucket):
 
 # ---------------------------------------------------------------- the whole job
 
-FAST = dict(steps=2, resolution=128, batch_size=4, progress_interval=1.0, max_error_rate=0.5, mask_dilate=4,
-            feather=4)
-BAD = {"bad-truncated": "truncated", "bad-not-an-image": "not_an_image", "bad-missing-file": "not_found",
-       "bad-mask-size": "mask_size_mismatch"}
 JOB_FAULT_RATE = float(os.environ.get("FAULT_RATE", "0.2"))
 
 
@@ -589,7 +573,7 @@ def test_job_completes_exactly_once_with_a_fifth_of_s3_requests_failing(ray_loca
     assert proxy.pending() == []  # every targeted fault was injected
 
     manifest = pq.read_table(str(local / "manifest.parquet")).to_pylist()
-    res = s3_results(fs, f"{bucket}/run")
+    res = read_results(f"s3://{bucket}/run", opts).to_pylist()
     ids = [r["id"] for r in res]
     assert len(ids) == len(set(ids))  # no duplicates
     assert sorted(ids) == sorted(r["id"] for r in manifest)  # every id
@@ -633,7 +617,8 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
     import s3fs
     from rayinpaint.jobs.config import JobConfig
     from rayinpaint.jobs.demo import make_dataset
-    from rayinpaint.jobs.inpaint import OutputUnwritable, run_job
+    from rayinpaint.jobs.inpaint import run_job
+    from rayinpaint.jobs.preflight import OutputUnwritable
 
     bucket, opts = s3_bucket
     fs = s3fs.S3FileSystem(**opts.fsspec_kwargs("s3"))
@@ -653,7 +638,7 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
     with pytest.raises(OutputUnwritable, match="access denied"):
         run_job(cfg)
     assert proxy.counts["access_denied"] >= 2, proxy.faults  # the image row, and at least one refused write
-    recorded = s3_results(fs, f"{bucket}/run")
+    recorded = read_results(f"s3://{bucket}/run", opts).to_pylist()
     assert 0 < len(recorded) < len(manifest)
     for r in recorded:  # nothing marked done that was not written
         if r["status"] in ("ok", "unchanged"):
@@ -662,7 +647,7 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
     proxy.clear_rules()
     proxy.deny(None, rf"^{bucket}/input/{re.escape(denied['image'])}$")  # the object stays unreadable
     assert run_job(cfg) == 0
-    res = s3_results(fs, f"{bucket}/run")
+    res = read_results(f"s3://{bucket}/run", opts).to_pylist()
     ids = [r["id"] for r in res]
     assert len(ids) == len(set(ids)) == len(manifest)
     got = {r["id"]: r for r in res}
@@ -697,11 +682,9 @@ def test_manifest_unreadable_is_one_line_and_nothing_is_started(s3_bucket, proxy
     else:
         manifest = f"s3://{bucket}/input/manifest.parquet"
         proxy.deny("GET|HEAD", rf"^{bucket}/input/manifest\.parquet$")
-    cmd = [sys.executable, "-m", "rayinpaint.jobs", "run", "--manifest", manifest, "--output", f"s3://{bucket}/run",
-           "--endpoint-url", proxy.url, "--weights", "random:tiny"]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"})
+    r = run_cli("run", "--manifest", manifest, "--output", f"s3://{bucket}/run", "--endpoint-url", proxy.url,
+                "--weights", "random:tiny", timeout=300, env={"AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"})
     elapsed = time.perf_counter() - t0
     want_rc, want = (2, "access denied") if case == "file_403" else (4, "kept failing after the storage client's retries")
     assert r.returncode == want_rc, r.stderr[-3000:]

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from rayinpaint.jobs.bench import diffusers_scheduler
 from rayinpaint.model import Inpainter, ldm_to_diffusers_unet, ldm_to_diffusers_vae, load_model
 from rayinpaint.model.config import UNetConfig, VAEConfig
-from rayinpaint.model.weights import diffusers_unet_config, diffusers_vae_config
+from rayinpaint.model.reference import diffusers_scheduler, diffusers_unet_config, diffusers_vae_config
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint_module  # noqa: E402

@@ -18,8 +18,8 @@ from PIL import Image
 
 from helpers_io import coco_rle_encode_string, encode, make_jpeg, make_mask_png, make_png, rand_rgb
 from rayinpaint.io.finish import finish_row
-from rayinpaint.io.prepare import PrepareSettings, prepare_row
-from rayinpaint.io.results import OutputSettings
+from rayinpaint.io.prepare import prepare_row
+from rayinpaint.io.settings import OutputSettings, PrepareSettings
 
 W, H = 64, 48
 MASK = make_mask_png(W, H, [(10, 10, 30, 30)])

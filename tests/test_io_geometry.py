@@ -1,6 +1,6 @@
 """Crop windows and paste-back: property tests of the paste-back invariant, plus fixed cases.
 
-The invariant (DESIGN.md): every pixel farther than dilate + feather from the mask is
+The invariant (README, "What it promises"): every pixel farther than dilate + feather from the mask is
 byte-identical to the decoded input. The expected regions are computed here by brute force,
 independently of io/masks.py.
 """
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from helpers_io import brute_distance2, brute_distance2_bounded, decode_png, encode, rand_rgb
 from rayinpaint.io.finish import composite, finish_row
 from rayinpaint.io.geometry import crop_window
-from rayinpaint.io.prepare import PrepareSettings, prepare_row
-from rayinpaint.io.results import OutputSettings
+from rayinpaint.io.prepare import prepare_row
+from rayinpaint.io.settings import OutputSettings, PrepareSettings
 
 
 @st.composite

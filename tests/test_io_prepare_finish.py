@@ -17,8 +17,9 @@ from rayinpaint.io.errors import SettingsError
 from rayinpaint.io.finish import finish_row
 from rayinpaint.io.manifest import ColumnMap, canonicalize, check_schema, list_manifest_files
 from rayinpaint.io.naming import output_name
-from rayinpaint.io.prepare import PrepareSettings, prepare_row, row_seed
-from rayinpaint.io.results import RESULTS_SCHEMA, OutputSettings, results_table
+from rayinpaint.io.prepare import prepare_row, row_seed
+from rayinpaint.io.results import RESULTS_SCHEMA, results_table
+from rayinpaint.io.settings import OutputSettings, PrepareSettings
 from rayinpaint.io.storage import filesystem, read_bytes
 
 RUN = {"sampler": "ddim", "steps": 20, "guidance": 7.5, "strength": 1.0, "model_sha256": "ab" * 32,

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -18,21 +16,13 @@ import pytest
 from PIL import Image, ImageFilter
 
 from helpers_io import write_tiny_checkpoint
+from helpers_job import BAD, FAST, FAST_TINY, faulthooks_pythonpath, run_cli
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.jobs.demo import make_dataset
 from rayinpaint.jobs.inpaint import run_job
+from rayinpaint.jobs.ledger import read_results
 
 pytestmark = pytest.mark.timeout(600)
-
-FAST = dict(weights="random:tiny", steps=2, resolution=128, batch_size=4, progress_interval=1.0,
-            max_error_rate=0.5, mask_dilate=4, feather=4)
-BAD = {"bad-truncated": "truncated", "bad-not-an-image": "not_an_image", "bad-missing-file": "not_found",
-       "bad-mask-size": "mask_size_mismatch"}
-
-
-def read_results(fs, root: str) -> pa.Table:
-    paths = sorted(p for p in fs.ls(f"{root}/results", detail=False) if p.endswith(".parquet"))
-    return pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in paths])
 
 
 def check_untouched(original: np.ndarray, mask: np.ndarray, output: np.ndarray, radius: int) -> None:
@@ -60,12 +50,12 @@ def test_job_on_s3_end_to_end(ray_local, s3_bucket, tmp_path):
     fs.put(str(weights), f"{bucket}/weights/tiny.safetensors")
     out = f"s3://{bucket}/run"
     cfg = JobConfig(manifest=(f"s3://{bucket}/input/manifest.parquet",), output=out,
-                    endpoint_url=opts.endpoint_url, **{**FAST, "weights": f"s3://{bucket}/weights/tiny.safetensors",
-                                                       "model_config": "tiny", "weights_cache": str(tmp_path / "cache")})
+                    endpoint_url=opts.endpoint_url, weights=f"s3://{bucket}/weights/tiny.safetensors",
+                    model_config="tiny", weights_cache=str(tmp_path / "cache"), **FAST)
     assert run_job(cfg) == 0
 
     manifest = pq.read_table(str(local / "manifest.parquet")).to_pylist()
-    res = read_results(fs, f"{bucket}/run")
+    res = read_results(f"s3://{bucket}/run", opts)
     ids = res.column("id").to_pylist()
     assert sorted(ids) == sorted(r["id"] for r in manifest)  # every id exactly once
     rows = {r["id"]: r for r in res.to_pylist()}
@@ -121,8 +111,8 @@ def test_rerun_is_deterministic_and_retry_errors(ray_local, tmp_path):
     keep = [i for i in reversed(range(t.num_rows)) if i not in (1, 2)]
     other = data / "other.parquet"
     pq.write_table(t.take(keep), str(other))
-    cfg_a = JobConfig(manifest=(manifest,), output=str(tmp_path / "a"), **FAST)
-    cfg_b = JobConfig(manifest=(str(other),), output=str(tmp_path / "b"), **FAST)
+    cfg_a = JobConfig(manifest=(manifest,), output=str(tmp_path / "a"), **FAST_TINY)
+    cfg_b = JobConfig(manifest=(str(other),), output=str(tmp_path / "b"), **FAST_TINY)
     assert run_job(cfg_a) == 0
     assert run_job(cfg_b) == 0
     names = sorted(os.listdir(tmp_path / "b" / "images"))
@@ -133,11 +123,9 @@ def test_rerun_is_deterministic_and_retry_errors(ray_local, tmp_path):
 
     # Fix the missing file, then --retry-errors reprocesses error rows only; ids stay unique.
     (data / "images" / "does-not-exist.png").write_bytes((data / "images" / "img-0000.png").read_bytes())
-    cfg_r = JobConfig(manifest=(manifest,), output=str(tmp_path / "a"), retry_errors=True, **FAST)
+    cfg_r = JobConfig(manifest=(manifest,), output=str(tmp_path / "a"), retry_errors=True, **FAST_TINY)
     assert run_job(cfg_r) == 0
-    import fsspec
-
-    res = read_results(fsspec.filesystem("file"), str(tmp_path / "a")).to_pylist()
+    res = read_results(str(tmp_path / "a")).to_pylist()
     ids = [r["id"] for r in res]
     assert len(ids) == len(set(ids)) == 6 + 5
     st = {r["id"]: r["status"] for r in res}
@@ -153,11 +141,9 @@ def test_duplicate_ids_are_reported_once(ray_local, tmp_path):
     t = pq.read_table(str(src / "manifest.parquet"))
     dup = pa.concat_tables([t, t.slice(0, 2)])
     pq.write_table(dup, str(src / "manifest.parquet"))
-    cfg = JobConfig(manifest=(str(src / "manifest.parquet"),), output=str(tmp_path / "o"), **FAST)
+    cfg = JobConfig(manifest=(str(src / "manifest.parquet"),), output=str(tmp_path / "o"), **FAST_TINY)
     run_job(cfg)
-    import fsspec
-
-    res = read_results(fsspec.filesystem("file"), str(tmp_path / "o")).to_pylist()
+    res = read_results(str(tmp_path / "o")).to_pylist()
     ids = [r["id"] for r in res]
     assert len(ids) == len(set(ids)) == 9
     dups = {r["id"] for r in res if r["error_kind"] == "duplicate_id"}
@@ -166,34 +152,28 @@ def test_duplicate_ids_are_reported_once(ray_local, tmp_path):
     assert s["duplicate_ids"]["count"] == 2 and s["duplicate_ids"]["examples"]["img-0000"] == 2
 
 
-def _cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "rayinpaint.jobs", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, **kw)
-
-
 def test_cli_help_limit_bad_settings_and_demo(tmp_path):
-    h = _cli("run", "--help")
+    h = run_cli("run", "--help")
     assert h.returncode == 0
     for opt in ("--manifest", "--weights", "--sampler", "--max-error-rate", "--retry-errors", "--columns",
                 "--num-actors", "--limit", "--config", "(default: 25)"):
         assert opt in h.stdout
-    m = _cli("run", "--manifest", "x.parquet", "--output", str(tmp_path / "o"), "--steps", "0")
+    m = run_cli("run", "--manifest", "x.parquet", "--output", str(tmp_path / "o"), "--steps", "0")
     assert m.returncode == 2 and m.stderr.strip().splitlines()[-1].startswith("rayinpaint: error: --steps")
     assert "Traceback" not in m.stderr
 
     manifest = make_dataset(str(tmp_path / "in"), rows=6)
     cfgfile = tmp_path / "job.yaml"
     cfgfile.write_text("weights: random:tiny\nsteps: 2\nresolution: 128\nmax-error-rate: 0.5\nbatch_size: 2\n")
-    lim = subprocess.run([sys.executable, "-m", "rayinpaint.jobs.inpaint", "--manifest", manifest,
-                          "--output", str(tmp_path / "lim"), "--config", str(cfgfile), "--limit", "3"],
-                         capture_output=True, text=True, timeout=300)
+    lim = run_cli("run", "--manifest", manifest, "--output", str(tmp_path / "lim"), "--config", str(cfgfile),
+                  "--limit", "3", timeout=300)
     assert lim.returncode == 0, lim.stderr[-3000:]
     s = json.loads((tmp_path / "lim" / "_SUMMARY.json").read_text())
     assert s["this_run"]["processed"] == 3 and not s["complete"]
     assert s["settings"]["steps"] == 2 and s["settings"]["resolution"] == 128  # from the config file
     assert not (tmp_path / "lim" / "_SUCCESS").exists()
 
-    d = _cli("demo", "--output", str(tmp_path / "demo"), "--rows", "6", timeout=400)
+    d = run_cli("demo", "--output", str(tmp_path / "demo"), "--rows", "6", timeout=400)
     assert d.returncode == 0, d.stderr[-3000:]
     assert "_REPORT.html" in d.stderr
     s = json.loads((tmp_path / "demo" / "run" / "_SUMMARY.json").read_text())
@@ -204,7 +184,7 @@ def test_weights_not_matching_the_model_is_one_clear_line(tmp_path):
     manifest = make_dataset(str(tmp_path / "in"), rows=2)
     weights = tmp_path / "tiny.safetensors"
     write_tiny_checkpoint(weights)
-    r = _cli("run", "--manifest", manifest, "--output", str(tmp_path / "o"), "--weights", str(weights))
+    r = run_cli("run", "--manifest", manifest, "--output", str(tmp_path / "o"), "--weights", str(weights))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert "wrong shapes" in last and "cond_stage_model.model.ln_final.bias" in last and "--model-config" in last
@@ -213,8 +193,8 @@ def test_weights_not_matching_the_model_is_one_clear_line(tmp_path):
 
 def test_missing_default_weights_is_one_clear_line(tmp_path):
     manifest = make_dataset(str(tmp_path / "in"), rows=2)
-    r = _cli("run", "--manifest", manifest, "--output", str(tmp_path / "o"), "--weights",
-             str(tmp_path / "nope.safetensors"))
+    r = run_cli("run", "--manifest", manifest, "--output", str(tmp_path / "o"), "--weights",
+                str(tmp_path / "nope.safetensors"))
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("rayinpaint: error:") and "--weights" in last and "Traceback" not in r.stderr
@@ -228,20 +208,19 @@ def test_worker_crash_rows_are_accounted_for_and_retryable(tmp_path):
     out = tmp_path / "o"
     args = ["run", "--manifest", manifest, "--output", str(out), "--weights", "random:tiny", "--steps", "2",
             "--resolution", "128", "--batch-size", "2", "--max-error-rate", "1.0", "--max-crash-retries", "1"]
-    r = _cli(*args, env={"RAYINPAINT_TEST_CRASH_IDS": "img-0002"}, timeout=500)
+    r = run_cli(*args, env={"RAYINPAINT_TEST_CRASH_IDS": "img-0002", "PYTHONPATH": faulthooks_pythonpath()},
+                timeout=500)
     assert r.returncode == 0, r.stderr[-3000:]
-    import fsspec
-
-    res = {x["id"]: x for x in read_results(fsspec.filesystem("file"), str(out)).to_pylist()}
+    res = {x["id"]: x for x in read_results(str(out)).to_pylist()}
     assert len(res) == 11
     assert res["img-0002"]["status"] == "error" and res["img-0002"]["error_kind"] == "worker_crash"
     assert "died" in res["img-0002"]["error"]
     assert all(res[f"img-{i:04d}"]["status"] == "ok" for i in range(6) if i != 2)
     assert all(res[rid]["error_kind"] == kind for rid, kind in BAD.items())
 
-    r = _cli(*args, "--retry-errors", timeout=500)
+    r = run_cli(*args, "--retry-errors", timeout=500)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = read_results(fsspec.filesystem("file"), str(out)).to_pylist()
+    res = read_results(str(out)).to_pylist()
     assert len(res) == len({x["id"] for x in res}) == 11
     st = {x["id"]: x["status"] for x in res}
     assert all(st[f"img-{i:04d}"] == "ok" for i in range(6))

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from rayinpaint.io.results import results_table
 from rayinpaint.jobs.config import JobConfig
-from rayinpaint.jobs.inpaint import scan_manifest
+from rayinpaint.jobs.preflight import scan_manifest
 from rayinpaint.jobs.ledger import Ledger
 
 N = 1_000_000

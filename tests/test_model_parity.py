@@ -2,7 +2,7 @@
 
 Weights go from our randomly initialised model through our own ldm_to_diffusers_* mapping into
 the diffusers model with load_state_dict(strict=True), so both the architecture and the mapping
-table are checked. Tolerance: max|a - b| / max|b| <= 1e-4 in fp32 (sd2-inpainting.md §7.3-§7.4).
+table are checked. Tolerance: max|a - b| / max|b| <= 1e-4 in fp32 (docs/model.md §7.4-§7.5).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from rayinpaint.model import (PRESETS, Inpainter, Speed, ldm_to_diffusers_unet, 
 from rayinpaint.model.config import UNetConfig, VAEConfig
 from rayinpaint.model.denoiser import GuidedStep, InpaintDenoiser
 from rayinpaint.model.schedule import Schedule
-from rayinpaint.model.speed import compile_module, set_memory_format
-from rayinpaint.model.weights import diffusers_unet_config, diffusers_vae_config
+from rayinpaint.model.reference import diffusers_unet_config, diffusers_vae_config
 from rayinpaint.model.sd2 import build_meta, random_init_
+from rayinpaint.model.speed import compile_module, set_memory_format
 from rayinpaint.model.unet import UNet
 from rayinpaint.model.vae import VAE
 
@@ -35,7 +35,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def diffusers_unet(cfg: UNetConfig) -> "diffusers.UNet2DConditionModel":
-    """UNet2DConditionModel with the same structure (sd2-inpainting.md §7.2), built on meta."""
+    """UNet2DConditionModel with the same structure (docs/model.md §7.3), built on meta."""
     with torch.device("meta"):
         return diffusers.UNet2DConditionModel(**diffusers_unet_config(cfg, sample_size=8))
 
@@ -124,7 +124,7 @@ def test_vae_matches_diffusers_sd2_full_config():
 
 
 def test_full_unet_structure_counts():
-    """Parameter counts of the full config equal the reference numbers (sd2-inpainting.md §8)."""
+    """Parameter counts of the full config equal the reference numbers (docs/model.md §1.1)."""
     with torch.device("meta"):
         unet = UNet(PRESETS["sd2-inpainting"].unet)
         vae = VAE(PRESETS["sd2-inpainting"].vae)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from rayinpaint.jobs.predictor import InpaintPredictor
+from rayinpaint.jobs.predictor import InpaintPredictor, ModelSettings
 
 R = 64
 
@@ -29,8 +29,8 @@ class FakeInpainter:
 
 @pytest.fixture()
 def predictor():
-    return InpaintPredictor("random:tiny", dtype="float32", sampler="ddim", steps=1, guidance=1.0, strength=1.0,
-                            eta=0.0, karras=False, resolution=R, pad_to=4)
+    return InpaintPredictor(ModelSettings("random:tiny", dtype="float32", sampler="ddim", steps=1, guidance=1.0,
+                                          strength=1.0, eta=0.0, karras=False, resolution=R, pad_to=4))
 
 
 def batch(n: int, statuses=None) -> pa.Table:

@@ -12,27 +12,25 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from helpers_job import DEMO_BAD, cli_cmd, faulthooks_pythonpath, run_cli
 from rayinpaint.jobs.demo import make_dataset
+from rayinpaint.jobs.ledger import read_results
 
 pytestmark = pytest.mark.timeout(900)
 
-HOOKS = str(Path(__file__).parent / "faulthooks")
 ARGS = ["--weights", "random:tiny", "--steps", "1", "--resolution", "64", "--batch-size", "2",
         "--max-error-rate", "0.5", "--mask-dilate", "2", "--feather", "2", "--progress-interval", "2"]
-DEMO_BAD = 5  # make_dataset adds five extra rows: four bad ones and one with an empty mask
 
 
 def job(manifest, out, *extra) -> list[str]:
-    return [sys.executable, "-m", "rayinpaint.jobs", "run", "--manifest", str(manifest), "--output", str(out),
-            *ARGS, *extra]
+    """The command-line arguments of a `run` of `manifest` into `out` with the fast tiny settings (ARGS)."""
+    return ["run", "--manifest", str(manifest), "--output", str(out), *ARGS, *extra]
 
 
 def start(cmd, env=None) -> subprocess.Popen:
@@ -49,19 +47,13 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def results(out: Path) -> list[dict]:
-    folder = out / "results"
-    shards = sorted(p for p in folder.iterdir() if p.name.endswith(".parquet")) if folder.exists() else []
-    return [r for p in shards for r in pq.read_table(str(p)).to_pylist()]
-
-
 def shard_count(out: Path) -> int:
     folder = out / "results"
     return len([p for p in folder.iterdir() if p.name.endswith(".parquet")]) if folder.exists() else 0
 
 
 def check_exactly_once(out: Path, rows: int) -> dict:
-    res = results(out)
+    res = read_results(str(out)).to_pylist()
     ids = [r["id"] for r in res]
     assert len(ids) == len(set(ids)) == rows, (len(ids), len(set(ids)), rows)
     for r in res:  # nothing is marked done that was not written
@@ -99,7 +91,7 @@ def wait_for(cond, proc, timeout=300, what="condition"):
 def test_model_actor_killed_mid_batch(tmp_path, reliability):
     manifest = make_dataset(str(tmp_path / "in"), rows=30)
     out = tmp_path / "out"
-    proc = start(job(manifest, out))
+    proc = start(cli_cmd(*job(manifest, out)))
     try:
         wait_for(lambda: shard_count(out) >= 2 and model_actor_pids(), proc, what="the first results")
         victims = model_actor_pids()
@@ -197,7 +189,7 @@ def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
     manifest = make_dataset(str(root / "in"), rows=24)
     out = root / "out"
-    r = subprocess.run(job(manifest, out), capture_output=True, text=True, timeout=600)
+    r = run_cli(*job(manifest, out), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = check_exactly_once(out, 24 + DEMO_BAD)
     return manifest, got, shard_count(out)
@@ -221,7 +213,7 @@ def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupt
     stages = ["shards written"] + rng.sample(["start-up", "manifest scanned", "model actors starting",
                                               "shards written", "every row recorded"], rng.randint(1, 2))
     for stage in stages:
-        run = Watched(job(manifest, out))
+        run = Watched(cli_cmd(*job(manifest, out)))
         before = shard_count(out)
         jitter = round(rng.uniform(0.0, 1.0), 2)
         if stage == "start-up":  # interpreter, imports, Ray starting
@@ -245,10 +237,10 @@ def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupt
     kills = sum(k for _, k in points)
     assert kills >= 1, points  # a trial that killed nothing tested nothing
 
-    recorded_before = {x["id"] for x in results(out)}
+    recorded_before = {x["id"] for x in read_results(str(out)).to_pylist()}
     shards_before = {p.name: p.read_bytes() for p in (out / "results").glob("*.parquet")} \
         if (out / "results").exists() else {}
-    r = subprocess.run(job(manifest, out), capture_output=True, text=True, timeout=600)
+    r = run_cli(*job(manifest, out), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = check_exactly_once(out, total)
     assert all(x["status"] in ("ok", "unchanged") for rid, x in got.items() if rid.startswith(("img-", "empty-")))
@@ -276,10 +268,10 @@ def test_output_becomes_unwritable_mid_run(tmp_path, code, reliability):
     manifest = make_dataset(str(tmp_path / "in"), rows=24)
     out = tmp_path / "out"
     state = tmp_path / "fault-state"
-    env = {"PYTHONPATH": os.pathsep.join([HOOKS, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    env = {"PYTHONPATH": faulthooks_pythonpath(),
            "RAYINPAINT_FAULT_OUTPUT": str(out), "RAYINPAINT_FAULT_STATE": str(state),
            "RAYINPAINT_FAULT_BUDGET": "12", "RAYINPAINT_FAULT_ERRNO": code}
-    r = subprocess.run(job(manifest, out), capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+    r = run_cli(*job(manifest, out), timeout=600, env=env)
     assert r.returncode == 3, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("rayinpaint: error: stopped:")
@@ -287,7 +279,7 @@ def test_output_becomes_unwritable_mid_run(tmp_path, code, reliability):
     assert "rerun" in last and "Traceback" not in r.stderr
     assert state.read_text().count("x") >= 1  # the fault really happened
     # Nothing marked done that was not written; no partial files left behind.
-    recorded = results(out)
+    recorded = read_results(str(out)).to_pylist()
     for x in recorded:
         if x["status"] in ("ok", "unchanged"):
             assert os.path.isfile(x["output_uri"]), x["id"]
@@ -295,7 +287,7 @@ def test_output_becomes_unwritable_mid_run(tmp_path, code, reliability):
     assert not (out / "_SUCCESS").exists()
 
     # Space is back: the same command finishes the job, exactly once.
-    r = subprocess.run(job(manifest, out), capture_output=True, text=True, timeout=600)
+    r = run_cli(*job(manifest, out), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = check_exactly_once(out, 24 + DEMO_BAD)
     assert all(x["status"] in ("ok", "unchanged") for rid, x in got.items() if rid.startswith(("img-", "empty-")))
@@ -308,7 +300,7 @@ def test_output_unwritable_from_the_start(tmp_path, reliability):
     manifest = make_dataset(str(tmp_path / "in"), rows=2)
     blocker = tmp_path / "out"
     blocker.write_text("a file where the output folder should be")
-    r = subprocess.run(job(manifest, blocker), capture_output=True, text=True, timeout=300)
+    r = run_cli(*job(manifest, blocker), timeout=300)
     assert r.returncode == 3 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("rayinpaint: error: cannot write to --output") and str(blocker) in last

@@ -22,7 +22,9 @@ from helpers_io import coco_rle_encode_string, encode, make_jpeg, make_mask_png,
 from test_io_bad_inputs import corrupt_png, exif_jpeg, gif_animated, p_transparent, png_header
 from rayinpaint.io.errors import ManifestError
 from rayinpaint.jobs.config import JobConfig
-from rayinpaint.jobs.inpaint import missing_id_name, run_job
+from rayinpaint.jobs.inpaint import run_job
+from rayinpaint.jobs.ledger import read_results
+from rayinpaint.jobs.preflight import missing_id_name
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -200,7 +202,7 @@ def test_every_kind_of_bad_input_through_the_job(ray_local, tmp_path, reliabilit
     manifest_rows = sum(pq.read_metadata(os.path.join(manifest, f)).num_rows for f in os.listdir(manifest))
     assert run_job(JobConfig(manifest=(manifest,), output=str(out), **SETTINGS)) == 0
 
-    res = pq.read_table(str(out / "results")).to_pylist()
+    res = read_results(str(out)).to_pylist()
     got = {r["id"]: r for r in res}
     assert len(res) == len(got), "an id appears twice in the results"
     assert set(got) == set(expected)

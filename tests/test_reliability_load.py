@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers_io import make_mask_png, make_png
+from helpers_job import cli_cmd
+from rayinpaint.jobs.ledger import read_results
 
 W, H = 256, 192  # noisy PNGs of ~100 KB: each prepared block carries its rows' source bytes
 ROWS = int(os.environ.get("RAYINPAINT_LOAD_ROWS", "20000"))
@@ -87,9 +89,9 @@ def test_20k_rows_driver_memory_flat_throughput_steady_spilling_loses_nothing(tm
     address, env, ray_tmp = small_ray_cluster
     manifest = write_manifest(tmp_path / "in", ROWS)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "rayinpaint.jobs", "run", "--manifest", manifest, "--output", str(out),
-           "--address", address, "--weights", "random:tiny", "--steps", "1", "--resolution", "64",
-           "--batch-size", "16", "--mask-dilate", "2", "--feather", "2", "--progress-interval", "2"]
+    cmd = cli_cmd("run", "--manifest", manifest, "--output", str(out), "--address", address,
+                  "--weights", "random:tiny", "--steps", "1", "--resolution", "64", "--batch-size", "16",
+                  "--mask-dilate", "2", "--feather", "2", "--progress-interval", "2")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     samples: list[tuple[float, float]] = []
     t0 = time.time()
@@ -115,7 +117,7 @@ def test_20k_rows_driver_memory_flat_throughput_steady_spilling_loses_nothing(tm
     assert proc.returncode == 0, "".join(lines[-40:])
 
     # Every row exactly once, all done.
-    res = pq.read_table(str(out / "results"), columns=["id", "status"])
+    res = read_results(str(out)).select(["id", "status"])
     assert res.num_rows == ROWS == len(pc.unique(res.column("id")))
     assert pc.all(pc.equal(res.column("status"), "ok")).as_py()
     s = json.loads((out / "_SUMMARY.json").read_text())

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers_io import make_mask_png, make_png
+from helpers_job import run_cli
+from rayinpaint.jobs.ledger import read_results
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -33,8 +33,9 @@ SECRETS = {
 }
 
 
-def job_cmd(*args, log_level="info") -> list[str]:
-    return [sys.executable, "-m", "rayinpaint.jobs", "--log-level", log_level, "run", *args]
+def job_args(*args, log_level="info") -> list[str]:
+    """Command-line arguments of a `run` with the given --log-level."""
+    return ["--log-level", log_level, "run", *args]
 
 
 def all_text_under(root: Path) -> str:
@@ -76,20 +77,20 @@ def test_planted_credentials_never_appear_in_any_output(s3_bucket, tmp_path, rel
            "AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"],
            "AWS_SESSION_TOKEN": SECRETS["AWS_SESSION_TOKEN"], "RAY_TMPDIR": str(ray_tmp)}
     out = f"s3://{bucket}/run"
-    r = subprocess.run(job_cmd("--manifest", f"s3://{bucket}/in/manifest.parquet", "--output", out,
-                               "--config", str(cfg), "--endpoint-url", opts.endpoint_url,
-                               "--storage-option", "key=AKIAPLANTEDKEYID0002",
-                               "--storage-option", f"secret={SECRETS['storage option']}",
-                               # http is allowed for this run so that the presigned URL is really fetched
-                               # (and fails: nothing listens on port 9); https stays refused.
-                               "--allowed-schemes", "s3,http",
-                               "--weights", "random:tiny", "--steps", "1", "--resolution", "64",
-                               "--max-error-rate", "1", log_level="debug"),
-                       capture_output=True, text=True, timeout=500, env=env)
+    r = run_cli(*job_args("--manifest", f"s3://{bucket}/in/manifest.parquet", "--output", out,
+                          "--config", str(cfg), "--endpoint-url", opts.endpoint_url,
+                          "--storage-option", "key=AKIAPLANTEDKEYID0002",
+                          "--storage-option", f"secret={SECRETS['storage option']}",
+                          # http is allowed for this run so that the presigned URL is really fetched
+                          # (and fails: nothing listens on port 9); https stays refused.
+                          "--allowed-schemes", "s3,http",
+                          "--weights", "random:tiny", "--steps", "1", "--resolution", "64",
+                          "--max-error-rate", "1", log_level="debug"),
+                timeout=500, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     local = tmp_path / "fetched"
     fs.get(f"{bucket}/run", str(local), recursive=True)
-    res = {x["id"]: x for x in pq.read_table(str(local / "results")).to_pylist()}
+    res = {x["id"]: x for x in read_results(str(local)).to_pylist()}
     assert res["good"]["status"] == "ok"
     assert res["presigned"]["error_kind"] == "uri_not_allowed"
     assert res["presigned-allowed"]["status"] == "error" and "X-Amz-Signature" not in res["presigned-allowed"]["error"]
@@ -127,9 +128,8 @@ def test_malicious_pickle_weights_never_run(tmp_path, reliability):
     raw.write_bytes(pickle.dumps(_Evil(str(marker))))
     manifest = make_dataset(str(tmp_path / "in"), rows=2)
     for w in (weights, raw):
-        r = subprocess.run(job_cmd("--manifest", manifest, "--output", str(tmp_path / "out"), "--weights", str(w),
-                                   "--model-config", "tiny", "--steps", "1", "--resolution", "64"),
-                           capture_output=True, text=True, timeout=300)
+        r = run_cli(*job_args("--manifest", manifest, "--output", str(tmp_path / "out"), "--weights", str(w),
+                              "--model-config", "tiny", "--steps", "1", "--resolution", "64"), timeout=300)
         assert r.returncode == 2, r.stderr[-3000:]
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("rayinpaint: error:") and "refused to unpickle" in last or "cannot read" in last, last

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from rayinpaint.jobs.bench import diffusers_scheduler
 from rayinpaint.model import samplers as S
+from rayinpaint.model.reference import diffusers_scheduler
 from rayinpaint.model.schedule import DEFAULT_SPACING, Schedule, ScheduleConfig, truncate_for_strength
 
 diffusers = pytest.importorskip("diffusers")
@@ -30,7 +30,7 @@ SCHED = Schedule()
 def test_alphas_cumprod_match_diffusers_bitwise_and_ldm_float64():
     ref = diffusers_scheduler("ddim").alphas_cumprod
     assert torch.equal(SCHED.alphas_cumprod, ref)
-    # LDM's float64 computation (sd2-inpainting.md §5), done here with numpy.
+    # LDM's float64 computation (docs/model.md §5.1), done here with numpy.
     betas = np.linspace(math.sqrt(0.00085), math.sqrt(0.012), 1000, dtype=np.float64) ** 2
     acp64 = np.cumprod(1 - betas)
     ldm = Schedule(ScheduleConfig(precision="float64")).alphas_cumprod.double().numpy()
@@ -56,7 +56,7 @@ def test_timesteps_match_diffusers(sampler, spacing, steps):
 
 
 def test_leading_50_is_981_to_1():
-    # sd2-inpainting.md §5: "leading" with steps_offset 1 and 50 steps gives 981, 961, ..., 1
+    # docs/model.md §5.3: "leading" with steps_offset 1 and 50 steps gives 981, 961, ..., 1
     t = SCHED.timesteps(50, "leading", "ddim")
     assert t[0] == 981 and t[-1] == 1 and np.all(np.diff(t) == -20)
 

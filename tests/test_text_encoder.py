@@ -2,7 +2,7 @@
 
 Oracles: open_clip's TextTransformer (forward_intermediates on the penultimate block with its
 ln_final, and a hand loop over its public blocks), and transformers' CLIPTextModel with
-layers-1 hidden layers loaded through our openclip_to_hf_text mapping (sd2-inpainting.md §4, §7.5).
+layers-1 hidden layers loaded through our openclip_to_hf_text mapping (docs/model.md §4, §7.6).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from open_clip.transformer import TextTransformer
 
 from rayinpaint.model import PRESETS, TextConfig, hf_to_openclip_text, load_model, openclip_to_hf_text
+from rayinpaint.model.checkpoint import WeightsError
 from rayinpaint.model.sd2 import random_init_
 from rayinpaint.model.text import TextEncoder
-from rayinpaint.model.weights import WeightsError
 
 DATA = Path(__file__).parent / "data"
 PROMPTS = [
@@ -73,7 +73,7 @@ def test_tokens_match_open_clip_vit_h14(tokens):
 
 
 def test_token_conventions(tokens):
-    """SOT 49406, EOT 49407, zero padding, "!" is a real token (256), truncation forces EOT (§4)."""
+    """SOT 49406, EOT 49407, zero padding, "!" is a real token (256), truncation forces EOT (docs/model.md §4.2)."""
     assert tokens[1, :3].tolist() == [49406, 49407, 0] and not tokens[1, 2:].any()
     assert tokens[2, :4].tolist() == [49406, 256, 49407, 0]
     assert tokens[3, 0] == 49406 and tokens[3, -1] == 49407 and (tokens[3] != 0).all()

@@ -2,7 +2,7 @@
 
 Checkpoints are written by the test from a random model, with exactly the real file's layout:
 LDM-prefixed component tensors plus the documented unused entries (DDPM buffers, model_ema
-scalars, the last text block, text_projection, logit_scale; sd2-inpainting.md §7.1).
+scalars, the last text block, text_projection, logit_scale; docs/model.md §7.2).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from rayinpaint.model import (
     load_model,
     openclip_to_hf_text,
 )
+from rayinpaint.model.checkpoint import DDPM_BUFFERS, PREFIXES, is_ignored
 from rayinpaint.model.sd2 import COMPONENTS, build_meta, single_file_state_dict
-from rayinpaint.model.weights import DDPM_BUFFERS, PREFIXES, is_ignored
 
 DATA = Path(__file__).parent / "data"
 

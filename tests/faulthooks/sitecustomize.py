@@ -1,7 +1,11 @@
 """Fault injection for whole-job tests, loaded by every Python process of the job (driver and Ray workers)
-through PYTHONPATH when RAYINPAINT_FAULT_OUTPUT is set; inert otherwise.
+through PYTHONPATH; inert unless one of the variables below is set.
 
-It simulates the output becoming unwritable part way through a run: the first RAYINPAINT_FAULT_BUDGET
+RAYINPAINT_TEST_CRASH_IDS (comma-separated ids): a model batch holding any of these ids kills its worker
+process (exit 17, as a segfaulting kernel would), every time. Lets the tests prove that such a row ends as an
+error row while every other row completes.
+
+RAYINPAINT_FAULT_OUTPUT simulates the output becoming unwritable part way through a run: the first RAYINPAINT_FAULT_BUDGET
 files flushed to disk under RAYINPAINT_FAULT_OUTPUT succeed, every later one fails in `os.fsync` (where a
 full disk reports itself for buffered writes) with errno RAYINPAINT_FAULT_ERRNO (ENOSPC or EACCES). The count
 is shared by all processes through a locked state file (RAYINPAINT_FAULT_STATE).
@@ -36,3 +40,18 @@ if _ROOT:
         return _real_fsync(fd)
 
     os.fsync = _fsync
+
+
+_CRASH_IDS = {i for i in os.environ.get("RAYINPAINT_TEST_CRASH_IDS", "").split(",") if i}
+
+if _CRASH_IDS:
+    from rayinpaint.jobs.predictor import InpaintPredictor
+
+    _real_call = InpaintPredictor.__call__
+
+    def _crashing_call(self, batch):
+        if _CRASH_IDS & set(batch.column("id").to_pylist()):
+            os._exit(17)
+        return _real_call(self, batch)
+
+    InpaintPredictor.__call__ = _crashing_call

@@ -1,0 +1,110 @@
+"""The run's accounting: what came back from the pipeline (`RunTally`) and what the ledger says at the end
+(`Outcome`), from which the summary, the report and the exit code are made."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .preflight import OutputUnwritable
+from .progress import Progress
+from .stages import UNWRITTEN
+_EXAMPLES_PER_KIND = 5
+
+
+@dataclass
+class RunTally:
+    """Rows this run processed, from the small tables the finish tasks send back (stages.DRIVER_SCHEMA) or
+    rows the driver recorded itself (results rows). Keeps progress; stops the job on an unwritten row."""
+
+    preview_count: int
+    progress: Progress | None = None
+    received: int = 0                     # rows received, recorded or not
+    processed: int = 0                    # rows recorded
+    by_status: Counter = field(default_factory=Counter)
+    rows_by_actor: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)   # error kind -> {"ids": [...], "message": first message}
+    previews: list = field(default_factory=list)   # (id, status, jpeg)
+    model_sha256: str | None = None
+
+    def add(self, batch: pa.Table) -> None:
+        status = batch.column("status").to_pylist()
+        self.received += len(status)
+        unwritten = [i for i, s in enumerate(status) if s == UNWRITTEN]
+        if unwritten:  # processed but not recorded: the output cannot be written
+            message = batch.column("error")[unwritten[0]].as_py()
+            raise OutputUnwritable(f"stopped: {message}; {len(unwritten)} row(s) of the last batch were not "
+                                   f"recorded and are redone when the same command is rerun")
+        self.processed += len(status)
+        self.by_status.update(status)
+        if self.progress is not None:
+            self.progress.update(status)
+        names = batch.column_names
+        if "actor" in names:
+            self.rows_by_actor.update(a for a in batch.column("actor").to_pylist() if a)
+        if "model_sha256" in names and not self.model_sha256:
+            shas = pc.drop_null(batch.column("model_sha256"))
+            self.model_sha256 = shas[0].as_py() if len(shas) else None
+        self._keep_examples(batch)
+        if "preview_jpeg" in names:
+            self._keep_previews(batch)
+
+    def _keep_examples(self, batch: pa.Table) -> None:
+        errors = batch.filter(pc.equal(batch.column("status"), "error"))
+        for rid, kind, msg in zip(*(errors.column(c).to_pylist() for c in ("id", "error_kind", "error"))):
+            ex = self.examples.setdefault(kind or "unknown", {"ids": [], "message": msg})
+            if len(ex["ids"]) < _EXAMPLES_PER_KIND:
+                ex["ids"].append(rid)
+
+    def _keep_previews(self, batch: pa.Table) -> None:
+        if len(self.previews) >= self.preview_count:
+            return
+        with_preview = batch.filter(pc.is_valid(batch.column("preview_jpeg")))
+        for rid, status, jpeg in zip(*(with_preview.column(c).to_pylist() for c in ("id", "status", "preview_jpeg"))):
+            if len(self.previews) < self.preview_count:
+                self.previews.append((rid, status, jpeg))
+
+    def this_run(self) -> dict:
+        return {"processed": self.processed, "by_status": dict(self.by_status),
+                "rows_by_actor": dict(self.rows_by_actor)}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The output as a whole, from the reconciled ledger: counts, completeness and the success verdict."""
+
+    by_status: dict
+    by_kind: dict
+    unique_ids: int          # ids in the manifest (rows without an id count once each)
+    accounted: int           # of those, ids with a row in the ledger
+    duplicates: dict         # {id: count} of ids repeated in the manifest
+    prompts_truncated: int
+    max_error_rate: float
+
+    @property
+    def complete(self) -> bool:
+        return self.accounted == self.unique_ids
+
+    @property
+    def error_rate(self) -> float:
+        return self.by_status.get("error", 0) / max(1, sum(self.by_status.values()))
+
+    @property
+    def within_error_rate(self) -> bool:
+        return self.error_rate <= self.max_error_rate
+
+    @property
+    def success(self) -> bool:
+        return self.within_error_rate and self.complete
+
+
+def outcome_of(index, manifest_ids: pa.Array, duplicates: dict, max_error_rate: float) -> Outcome:
+    """`index`: the reconciled ledger's index (ledger.LedgerIndex)."""
+    by_status, by_kind = index.counts()
+    in_manifest = pc.is_in(index.table.column("id"), value_set=manifest_ids)
+    accounted = pc.sum(pc.cast(in_manifest, pa.int64())).as_py() or 0
+    return Outcome(by_status=by_status, by_kind=by_kind, unique_ids=len(manifest_ids), accounted=accounted,
+                   duplicates=duplicates, prompts_truncated=index.prompts_truncated(), max_error_rate=max_error_rate)

@@ -1,0 +1,209 @@
+"""Everything that touches Ray: start it, size the model pool, build the streaming pipeline, run passes.
+
+One pass is read -> select -> prepare (CPU) -> model actors -> finish + write (CPU); the driver receives a
+small table per finish task (`stages.DRIVER_SCHEMA`) and hands it to a sink.
+
+Crash retries. A dead model worker is restarted and its task retried once; if Ray then gives up on the block,
+that block's rows are simply missing at the end of the pass (`max_errored_blocks = -1`). `process` retries the
+missing rows in passes of their own, batches of one row with one task in flight per actor (so a crash takes down
+only its own row), while those passes make progress; rows still missing after `--max-crash-retries` passes
+without progress become `worker_crash` error rows. Blocks hold one model batch each up to the model stage, so a
+crash costs its own batch only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayinpaint.io.results import results_table
+from rayinpaint.io.storage import filesystem, protocol_of
+
+from .config import JobConfig
+from .preflight import WeightsUnavailable
+
+log = logging.getLogger("rayinpaint.job")
+
+# Start streaming once every model actor holds its model, so the whole pool shares the work from the first
+# batch (a bounded wait: a pool that cannot be placed fails with Ray's "Timed out" message).
+_WAIT_FOR_ACTORS_S = 1800
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """What one pass needs besides the config, built once per run on the driver."""
+    storage: object          # io.storage.StorageOptions
+    groups: list             # manifest file groups (preflight.ManifestScan.groups)
+    rows: object             # io.settings.PrepareSettings: prepare and finish
+    finish: object           # stages.FinishContext
+    model: object            # predictor.ModelSettings
+
+
+def start_ray(cfg: JobConfig) -> bool:
+    """Connect to --address / $RAY_ADDRESS or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.max_errored_blocks = -1  # a dead worker's rows are retried by `process`, not fatal to the job
+    ctx.enable_progress_bars = False
+    ctx.wait_for_min_actors_s = _WAIT_FOR_ACTORS_S
+    return True
+
+
+def actor_plan(cfg: JobConfig, on_cluster: bool) -> tuple[int, float, float]:
+    """(number of actors, GPUs per actor, CPUs per actor).
+
+    GPUs present: one actor per `--num-gpus-per-actor` GPUs (or `--num-actors`). No GPU present yet but an
+    explicit `--num-actors` on a cluster: GPU actors anyway, so an autoscaling cluster that starts from zero
+    GPU workers scales up for them. Otherwise (a laptop, CI, `--num-gpus-per-actor 0`): CPU actors.
+    """
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    per = cfg.num_gpus_per_actor
+    if per > 0 and gpus > 0:
+        return cfg.num_actors or max(1, int(gpus // per)), per, 1.0
+    if per > 0 and on_cluster and cfg.num_actors:
+        log.info("no GPU in the cluster yet; requesting %d GPU actor(s) from the autoscaler", cfg.num_actors)
+        return cfg.num_actors, per, 1.0
+    if per > 0:
+        log.info("no GPU found: running %d model actor(s) on CPU", cfg.num_actors or 1)
+    return cfg.num_actors or 1, 0.0, 1.0
+
+
+def read_manifest(cfg: JobConfig, plan: PassPlan, *, exclude, include):
+    """One dataset of canonical rows (this pass's rows only) over every group of manifest files."""
+    import ray
+
+    from .stages import select_rows
+
+    parts = []
+    for files in plan.groups:
+        fs, _ = filesystem(files[0], plan.storage)
+        paths = [filesystem(f, plan.storage)[1] for f in files]
+        ds = ray.data.read_parquet(paths, filesystem=_arrow_fs(fs), include_paths=True)
+        parts.append(ds.map_batches(select_rows, batch_format="pyarrow", zero_copy_batch=True,
+                                    fn_kwargs={"colmap": cfg.column_map(), "exclude": exclude, "include": include,
+                                               "protocol": protocol_of(files[0])}))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _arrow_fs(fs):
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
+        return LocalFileSystem()
+    return PyFileSystem(FSSpecHandler(fs))
+
+
+def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: bool):
+    import ray
+
+    from .predictor import InpaintPredictor
+
+    n_actors, gpus, cpus = actor_plan(cfg, on_cluster=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
+    with warnings.catch_warnings():
+        # Ray 2.60 takes max_restarts/max_task_retries only through **ray_remote_args (deprecated, no named
+        # parameter yet). A dead actor is always restarted (a poison row must not take the pool down for every
+        # later row), but a task is retried once only: Ray Data's default retries forever, so a row that
+        # crashes its worker every time would never finish (see the module docstring).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ds.map_batches(
+            InpaintPredictor,
+            batch_format="pyarrow",
+            batch_size=batch,
+            compute=ray.data.ActorPoolStrategy(size=n_actors,
+                                               max_tasks_in_flight_per_actor=1 if retry_pass else None),
+            num_gpus=gpus,
+            num_cpus=cpus,
+            max_restarts=-1,
+            max_task_retries=1,
+            fn_constructor_args=(plan.model,),
+        )
+
+
+def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None, limit=None,
+             preview_p: float = 0.0) -> None:
+    """One streaming pass over the manifest: results go to the ledger (written by the finish tasks), the
+    driver's small table per finish task to `sink`. `include` set: a crash-retry pass over those ids."""
+    from .stages import finish_and_write, prepare_batch
+
+    retry_pass = include is not None
+    ds = read_manifest(cfg, plan, exclude=exclude, include=include)
+    if limit is not None:
+        ds = ds.limit(limit)
+    # Blocks of one model batch each (a streaming split, no shuffle): the block is Ray Data's unit of work, so
+    # this lets every CPU prepare in parallel and every model actor get work even from one large manifest file.
+    batch = 1 if retry_pass else cfg.batch_size
+    ds = ds.repartition(target_num_rows_per_block=batch)
+    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=batch,
+                        fn_kwargs={"settings": plan.rows}, num_cpus=1)
+    ds = _model_stage(ds, cfg, plan, batch, retry_pass)
+    ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,
+                        fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
+    for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        sink(b)
+
+
+def guarded_pass(cfg: JobConfig, plan: PassPlan, sink, tally, **kwargs) -> None:
+    """Run a pass; a Ray failure after some rows came out (a worker lost at an unlucky moment) ends the pass
+    but not the job: the rows it did not write are found missing and retried. A failure before any row came
+    out (the model cannot load, the cluster cannot place the pool) is raised."""
+    import ray
+
+    before = tally.received
+    try:
+        run_pass(cfg, plan, sink, **kwargs)
+    except ray.exceptions.RayError as e:
+        if tally.received == before:
+            # The model actors could not start: the weights' own error is the one line the user needs.
+            found = re.search(r"WeightsError: ([^\n]+)", str(e))
+            if found:
+                raise WeightsUnavailable(f"the model could not be loaded: {found.group(1)}") from None
+            raise
+        log.warning("pass ended early (%s: %s); rows it did not write are retried",
+                    type(e).__name__, str(e).splitlines()[0][:200])
+
+
+def process(cfg: JobConfig, plan: PassPlan, ledger, todo_ids: pa.Array, exclude: pa.Array, tally,
+            preview_p: float) -> None:
+    """The main pass, then crash-retry passes until no row is missing (see the module docstring). Under
+    --limit the rows a pass took are not known in advance, so lost rows simply wait for the next run."""
+    guarded_pass(cfg, plan, tally.add, tally, exclude=exclude, limit=cfg.limit, preview_p=preview_p)
+    stalled, before = 0, None  # retry passes that recovered nothing; rows missing after the last pass
+    while cfg.limit is None:
+        seen = ledger.index().ids
+        missing = pc.filter(todo_ids, pc.invert(pc.is_in(todo_ids, value_set=seen)))
+        if not len(missing):
+            return
+        if before is not None and len(missing) >= before:
+            stalled += 1
+        before = len(missing)
+        if stalled >= cfg.max_crash_retries:
+            _record_worker_crashes(ledger, missing, tally)
+            return
+        log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
+        guarded_pass(cfg, plan, tally.add, tally, include=missing)
+
+
+def _record_worker_crashes(ledger, missing: pa.Array, tally) -> None:
+    rows = results_table([{"id": i, "status": "error", "error_kind": "worker_crash",
+                           "error": "the model worker died each time it processed this row; see the Ray worker logs"}
+                          for i in missing.to_pylist()])
+    ledger.write_rows(rows)
+    tally.add(rows)

@@ -1,0 +1,208 @@
+"""Pre-flight: everything the driver checks before any work, and the job's own exceptions.
+
+In order: the weights exist and their header matches the model, the output can be written, and the manifest
+is listed, every file's schema checked and its id column (only) read. A failure here is one clear line and
+nothing has started.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayinpaint.io.errors import ManifestError, RowError, SettingsError, redact_uri
+from rayinpaint.io.manifest import check_schema, list_manifest_files
+from rayinpaint.io.results import results_table
+from rayinpaint.io.retry import classify
+from rayinpaint.io.storage import filesystem, join_uri, protocol_of, row_error_for, write_bytes
+
+from .config import DEFAULT_WEIGHTS, JobConfig
+
+log = logging.getLogger("rayinpaint.job")
+
+_SCAN_THREADS = 8  # manifest files whose id column is read at once
+
+
+class WeightsUnavailable(SettingsError):
+    """The weights cannot be fetched or do not match the model. Exit code 2, like any bad setting."""
+
+
+class OutputUnwritable(Exception):
+    """The output cannot be written (permission denied, disk full, bucket policy). The job stops; rows whose
+    results were not written are not recorded, so rerunning the same command once the output is fixed resumes.
+    The command line reports it in one line with exit code 3."""
+
+
+class StorageUnavailable(Exception):
+    """Reading the manifest kept failing with transient storage errors (throttling, 5xx, timeouts, resets) after
+    the storage client's retries. Nothing was started or recorded; rerunning the same command later resumes.
+    The command line reports it in one line with exit code 4."""
+
+
+# ---- weights and output -----------------------------------------------------------------------------
+
+_WEIGHTS_HINT = ("pass --weights with a local path or an object-store URI of 512-inpainting-ema.safetensors "
+                 "(e.g. s3://my-bucket/weights/512-inpainting-ema.safetensors), or --weights random:tiny for a "
+                 "dry run")
+
+
+def check_weights(cfg: JobConfig, storage) -> None:
+    """The weights exist, and a .safetensors file's header (read alone, a few hundred KB even for the 5 GB
+    file) matches the model exactly. A bad file is one clear line here, not an actor crash."""
+    w = cfg.weights
+    if w.startswith("random:"):
+        return
+    try:
+        fs, p = filesystem(w, storage)
+        found = fs.exists(p)
+    except Exception as e:  # noqa: BLE001 - any failure to reach the weights is reported the same way
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise WeightsUnavailable(f"cannot fetch the model weights {w}: {type(e).__name__}: {first}; "
+                                 f"{_WEIGHTS_HINT}") from None
+    if not found:
+        what = "the default weights" if w == DEFAULT_WEIGHTS else "the weights"
+        raise WeightsUnavailable(f"{what} {w} were not found; {_WEIGHTS_HINT}")
+    if w.endswith(".safetensors") and not fs.isdir(p):
+        _check_header(fs, p, cfg)
+
+
+def _check_header(fs, path: str, cfg: JobConfig) -> None:
+    from rayinpaint.model.checkpoint import WeightsError, check_safetensors_header, read_safetensors_header
+    from rayinpaint.model.config import get_config
+
+    try:
+        with fs.open(path, "rb") as f:
+            header = read_safetensors_header(f)
+    except WeightsError as e:
+        raise WeightsUnavailable(f"{cfg.weights} is not a readable .safetensors file: {e}") from None
+    try:
+        check_safetensors_header(header, get_config(cfg.model_config), cfg.weights)
+    except WeightsError as e:
+        raise WeightsUnavailable(f"{e} (is --model-config {cfg.model_config} right?)") from None
+
+
+def check_output_writable(output: str, storage) -> None:
+    """Write and remove a probe object under --output."""
+    probe = join_uri(output.rstrip("/"), f"_write_probe-{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"", storage)
+    except RowError as e:
+        raise OutputUnwritable(f"cannot write to --output: {e.message}") from None
+    try:
+        fs, p = filesystem(probe, storage)
+        fs.rm(p)
+    except Exception as e:  # noqa: BLE001 - a leftover probe is harmless; say so and go on
+        log.warning("could not remove the write probe %s: %s", redact_uri(probe), type(e).__name__)
+
+
+# ---- the manifest -------------------------------------------------------------------------------------
+
+@contextmanager
+def manifest_storage_errors(uri: str, action: str):
+    """Storage failures while scanning the manifest become one clear line: StorageUnavailable when they may
+    pass (transient, after the client's retries), a ManifestError when they will not (not found, access
+    denied, another storage refusal). Anything that is not a storage error keeps its traceback."""
+    try:
+        yield
+    except (ManifestError, SettingsError):
+        raise
+    except Exception as e:  # noqa: BLE001 - sorted below
+        verdict = classify(e)
+        if verdict == "permanent" and not isinstance(e, (OSError, pa.ArrowException)):
+            raise
+        detail = f"{type(e).__name__}: {redact_uri(str(e).splitlines()[0] if str(e) else '')[:200]}"
+        if verdict == "transient":
+            raise StorageUnavailable(f"manifest {redact_uri(uri)}: {action} kept failing after the storage "
+                                     f"client's retries ({detail}); nothing was started: rerun the same command "
+                                     f"when the store answers again") from None
+        if verdict == "permanent":  # an OSError or Arrow error that is no store's verdict (one line, not a traceback)
+            raise ManifestError(f"manifest {redact_uri(uri)}: {action} failed ({detail})") from None
+        hint = "; check the credentials and the bucket policy" if verdict == "access_denied" else ""
+        raise ManifestError(f"manifest {row_error_for(e, uri, action, 1).message}{hint}") from None
+
+
+def missing_id_name(path: str, row: int) -> str:
+    """The id recorded for a manifest row whose id is null or empty: stable across reruns of the same file."""
+    return f"<missing id> {redact_uri(path)}#{row}"
+
+
+class ManifestScan(NamedTuple):
+    """What the driver knows of the manifest: never the rows, only their ids.
+
+    groups: manifest files in groups that share one filesystem and one schema (read separately: a reader
+    unifying the schemas of several files would cast one file's URI strings to another's inline bytes).
+    ids: every unique id, including the names of rows without an id (`missing_id_name`).
+    duplicates: {id: count} of ids that appear more than once. missing: names of rows without an id."""
+    groups: list
+    ids: pa.Array
+    duplicates: dict
+    missing: list
+
+
+def scan_manifest(cfg: JobConfig, storage) -> ManifestScan:
+    """List manifest files, check every schema, read the id column only (files in parallel)."""
+    with manifest_storage_errors(", ".join(cfg.manifest), "finding the files"):
+        files = list_manifest_files(list(cfg.manifest), storage)
+    colmap = cfg.column_map()
+
+    def one(path):
+        with manifest_storage_errors(path, "reading"):
+            return _read_ids(path, colmap, storage)
+
+    with ThreadPoolExecutor(_SCAN_THREADS) as ex:
+        results = list(ex.map(one, files))
+    groups: dict = {}
+    for path, (_, _, key) in zip(files, results):
+        groups.setdefault(key, []).append(path)
+    missing = [name for _, names, _ in results for name in names]
+    chunks = [c for col, _, _ in results for c in col.chunks]
+    if missing:
+        chunks.append(pa.array(missing, pa.string()))
+    counts = pc.value_counts(pa.chunked_array(chunks, type=pa.string()))
+    vals, ns = counts.field("values"), counts.field("counts")
+    dup_mask = pc.greater(ns, 1)
+    dups = dict(zip(pc.filter(vals, dup_mask).to_pylist(), pc.filter(ns, dup_mask).to_pylist()))
+    return ManifestScan(list(groups.values()), vals, dups, missing)
+
+
+def _read_ids(path: str, colmap, storage) -> tuple[pa.ChunkedArray, list[str], tuple]:
+    """(the file's non-empty ids, names for its rows without an id, its group key)."""
+    fs, p = filesystem(path, storage)
+    with fs.open(p, "rb") as f:
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as e:
+            if classify(e) != "permanent":  # storage trouble after the client's retries, not a bad file
+                raise
+            raise ManifestError(f"{redact_uri(path)}: not a readable Parquet file ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]})") from None
+        try:
+            check_schema(pf.schema_arrow, colmap)
+        except ManifestError as e:
+            raise ManifestError(f"{redact_uri(path)}: {e}") from None
+        col = pf.read(columns=[colmap.user("id")]).column(0)
+        key = (protocol_of(path), pf.schema_arrow.to_string(show_schema_metadata=False))
+    col = pc.cast(col, pa.string()) if col.type != pa.string() else col
+    absent = pc.or_(pc.is_null(col), pc.equal(pc.fill_null(col, ""), ""))
+    rows = pc.indices_nonzero(absent).to_pylist() if pc.any(absent).as_py() else []
+    kept = pc.drop_null(col.filter(pc.invert(absent))) if rows else col
+    return kept, [missing_id_name(path, r) for r in rows], key
+
+
+def settled_rows(scan: ManifestScan) -> pa.Table:
+    """Rows the manifest alone settles: each duplicated id and each row without an id is one error row,
+    written once and never processed or retried (no run can change them)."""
+    rows = [{"id": i, "status": "error", "error_kind": "duplicate_id",
+             "error": f"id appears {n} times in the manifest; ids must be unique, so none of these rows "
+                      f"was processed"} for i, n in sorted(scan.duplicates.items())]
+    rows += [{"id": name, "status": "error", "error_kind": "missing_id",
+              "error": "the row's id is null or empty; every row needs a unique id, so it was not processed"}
+             for name in scan.missing]
+    return results_table(rows)

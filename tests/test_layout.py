@@ -1,0 +1,120 @@
+"""The code stays easy to see: product files of at most ~400 lines, functions of at most ~60, no import cycle
+between modules of one folder, and no citation of a document this repository does not have.
+
+`python tests/test_layout.py` prints the measurements (file sizes, the largest functions, the import graph).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {"jobs": "rayinpaint.jobs", "model": "rayinpaint.model", "io": "rayinpaint.io"}
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def product_files() -> dict[str, str]:
+    return {f"{d}/{p.name}": p.read_text() for d in FOLDERS for p in sorted((ROOT / d).glob("*.py"))}
+
+
+def function_sizes() -> list[tuple[int, str]]:
+    out = []
+    for name, text in product_files().items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.append((node.end_lineno - node.lineno + 1, f"{name}:{node.name}"))
+    return sorted(out, reverse=True)
+
+
+def _imported(folder: str, module: str, node) -> list[str]:
+    """Sibling modules (of `folder`) that an import node names, lazy imports inside functions included."""
+    package = FOLDERS[folder]
+    if isinstance(node, ast.ImportFrom):
+        if node.level == 1:
+            return [node.module] if node.module else [a.name for a in node.names]
+        if node.module and node.module.startswith(package):
+            rest = node.module[len(package):].lstrip(".")
+            return [rest] if rest else [a.name for a in node.names]
+    if isinstance(node, ast.Import):
+        return [a.name[len(package) + 1:] for a in node.names if a.name.startswith(package + ".")]
+    return []
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = product_files()
+    edges: dict[str, set[str]] = {}
+    for name, text in files.items():
+        folder, module = name[:-3].split("/")
+        for node in ast.walk(ast.parse(text)):
+            for target in _imported(folder, module, node):
+                target = target.split(".")[0]
+                if target != module and f"{folder}/{target}.py" in files:
+                    edges.setdefault(f"{folder}/{module}", set()).add(f"{folder}/{target}")
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    found, seen = [], set()
+
+    def walk(node, path):
+        for nxt in sorted(edges.get(node, ())):
+            if nxt in path:
+                loop = path[path.index(nxt):]
+                if frozenset(loop) not in seen:
+                    seen.add(frozenset(loop))
+                    found.append(loop + [nxt])
+            else:
+                walk(nxt, path + [nxt])
+
+    for start in sorted(edges):
+        walk(start, [start])
+    return found
+
+
+def test_no_product_file_is_too_long():
+    long = {n: t.count("\n") for n, t in product_files().items() if t.count("\n") > MAX_FILE_LINES}
+    assert not long, long
+
+
+def test_no_product_function_is_too_long():
+    long = [(n, f) for n, f in function_sizes() if n > MAX_FUNCTION_LINES]
+    assert not long, long
+
+
+def test_no_import_cycle_within_a_folder():
+    assert cycles(import_graph()) == []
+
+
+def test_no_citation_of_documents_the_repository_lacks():
+    """Comments cite docs/ (e.g. docs/model.md §7.2), never a file that is not here; a section sign in product
+    code belongs to a docs/model.md citation on its line or the few lines before."""
+    texts = {**product_files(), **{f"tests/{p.name}": p.read_text() for p in (ROOT / "tests").glob("test_*.py")}}
+    texts.pop("tests/test_layout.py")
+    missing = sorted({(name, doc) for name, text in texts.items() for doc in re.findall(r"[\w./-]+\.md\b", text)
+                      if not (ROOT / doc).exists() and not (ROOT / "docs" / doc).exists()})
+    assert not missing, missing
+    bare = []
+    for name, text in product_files().items():
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if "§" in line and not any("docs/model.md" in x for x in lines[max(0, i - 6):i + 1]):
+                bare.append(f"{name}:{i + 1}")
+    assert not bare, bare
+
+
+if __name__ == "__main__":
+    print("files over 200 lines:")
+    for name, text in sorted(product_files().items(), key=lambda kv: -kv[1].count("\n")):
+        if text.count("\n") > 200:
+            print(f"  {text.count(chr(10)):5d} {name}")
+    print("functions over 40 lines:")
+    for n, f in function_sizes():
+        if n > 40:
+            print(f"  {n:5d} {f}")
+    print("imports within a folder:")
+    for node, targets in sorted(import_graph().items()):
+        print(f"  {node} -> {', '.join(sorted(targets))}")
+    print("cycles:", cycles(import_graph()) or "none")
