@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -29,6 +30,8 @@ class RunTally:
     examples: dict = field(default_factory=dict)   # error kind -> {"ids": [...], "message": first message}
     previews: list = field(default_factory=list)   # (id, status, jpeg)
     model_sha256: str | None = None
+    after_add: Callable[[], None] | None = None    # called after each batch is added (in-run compaction)
+    _recorded: list = field(default_factory=list)  # id, status, error_kind, prompt_truncated of recorded rows
 
     def add(self, batch: pa.Table) -> None:
         status = batch.column("status").to_pylist()
@@ -51,6 +54,25 @@ class RunTally:
         self._keep_examples(batch)
         if "preview_jpeg" in names:
             self._keep_previews(batch)
+        self._keep_recorded(batch)
+        if self.after_add is not None:
+            self.after_add()
+
+    def _keep_recorded(self, batch: pa.Table) -> None:
+        cols = [batch.column(c).combine_chunks() for c in ("id", "status", "error_kind")]
+        truncated = batch.column("prompt_truncated").combine_chunks() if "prompt_truncated" in batch.column_names \
+            else pa.nulls(batch.num_rows, pa.bool_())
+        self._recorded.append(pa.table(cols + [truncated.cast(pa.bool_())],
+                                       names=["id", "status", "error_kind", "prompt_truncated"]))
+
+    def recorded(self) -> pa.Table:
+        """id, status, error_kind, prompt_truncated of every row this run recorded, in the order received."""
+        if not self._recorded:
+            return pa.table({"id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
+                             "error_kind": pa.array([], pa.string()), "prompt_truncated": pa.array([], pa.bool_())})
+        t = pa.concat_tables(self._recorded).combine_chunks()
+        self._recorded = [t]
+        return t
 
     def _keep_examples(self, batch: pa.Table) -> None:
         errors = batch.filter(pc.equal(batch.column("status"), "error"))

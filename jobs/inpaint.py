@@ -3,7 +3,9 @@ account for every id, write the summary, the report and `_SUCCESS`.
 
 Exactly once: before work, the ledger (`{output}/results/`, jobs/ledger.py) is reconciled and every id already
 `ok`/`unchanged` (or `error`, unless --retry-errors) is skipped; each finish task writes one complete shard;
-rows lost to a dead worker are retried (jobs/pipeline.py). Duplicate ids in the manifest become one error row
+rows lost to a dead worker are retried (jobs/pipeline.py). Small shards are merged into large files at the
+start, during and at the end of a run (jobs/compaction.py). The ledger is read once per run: the end-of-run
+accounting is the start's index plus the rows the driver received. Duplicate ids in the manifest become one error row
 each (`duplicate_id`): which of the rows was meant cannot be known.
 """
 
@@ -22,8 +24,9 @@ from rayinpaint.io.naming import output_name
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 from .accounting import Outcome, RunTally, outcome_of
+from .compaction import RunCompactor, compact
 from .config import JobConfig
-from .ledger import DONE_STATUSES, Ledger
+from .ledger import DONE_STATUSES, Ledger, LedgerIndex
 from .preflight import (ManifestScan, OutputUnwritable, check_output_writable, check_weights, scan_manifest,
                         settled_rows)
 from .progress import Progress
@@ -38,6 +41,7 @@ class Todo:
     ids: pa.Array        # manifest ids still to do (before --limit)
     exclude: pa.Array    # ids done (per the ledger) or settled by the manifest alone
     done: int            # ids already done
+    index: LedgerIndex   # the reconciled ledger at the start, with the rows the manifest alone settled
 
     @property
     def count(self) -> int:
@@ -70,7 +74,8 @@ def _run_job(cfg: JobConfig) -> int:
     tally = RunTally(cfg.preview_count)
     if todo.count:
         process_rows(cfg, storage, scan, ledger, todo, tally)
-    outcome = outcome_of(ledger.reconcile(), scan.ids, scan.duplicates, cfg.max_error_rate)
+    compact(ledger)
+    outcome = outcome_of(todo.index.with_rows(tally.recorded()), scan.ids, scan.duplicates, cfg.max_error_rate)
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     summary = build_summary(cfg, outcome, tally, elapsed=time.perf_counter() - t0, started=started,
                             model_sha256=model_sha)
@@ -95,7 +100,9 @@ def reconcile(cfg: JobConfig, ledger: Ledger, scan: ManifestScan) -> Todo:
     new_settled = settled.filter(pc.invert(pc.is_in(settled_ids, value_set=idx.ids)))
     if new_settled.num_rows:
         ledger.write_rows(new_settled)
-    todo = Todo(ids=todo_ids, exclude=exclude, done=len(done))
+        idx = idx.with_rows(new_settled)
+    compact(ledger)
+    todo = Todo(ids=todo_ids, exclude=exclude, done=len(done), index=idx)
     n = todo.count if cfg.limit is None else min(todo.count, cfg.limit)
     log.info("ledger: %d row(s) already done; %d to process now", todo.done, n)
     return todo
@@ -116,6 +123,7 @@ def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, to
     plan = PassPlan(storage=storage, groups=scan.groups, rows=rows, finish=finish,
                     model=cfg.model_settings(storage))
     tally.progress = Progress(n, cfg.progress_interval)
+    tally.after_add = RunCompactor(ledger).after_batch
     started_ray = start_ray(cfg)
     try:
         process(cfg, plan, ledger, todo.ids, todo.exclude, tally,

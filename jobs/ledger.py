@@ -9,7 +9,12 @@ absent under its final name. Reconciling before and after a run keeps the invari
 - with `--retry-errors`, error rows of ids about to be retried are removed first.
 
 Rewrites always write the new shard before deleting the old one, so a crash at any point leaves duplicates
-(resolved on the next reconcile), never a lost row.
+(resolved on the next reconcile), never a lost row. A rewritten or merged file takes a name that sorts right
+after the newest file it replaces (`successor_name`), so "the newest shard wins" keeps its meaning.
+
+Small shards are merged into few large files by jobs/compaction.py. The index reads only the index columns of
+each file, many files at once (object stores answer each GET in tens of milliseconds), and holds one compact
+row per recorded row: id, status, error_kind, prompt_truncated and the row's place (shard number, position).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import io
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -34,6 +41,11 @@ DONE_STATUSES = ("ok", "unchanged")
 _INDEX_COLUMNS = ["id", "status", "error_kind"]
 # Read when present (shards written before the column existed read as null).
 _OPTIONAL_INDEX_COLUMNS = {"prompt_truncated": pa.bool_()}
+INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
+                          ("prompt_truncated", pa.bool_()), ("shard", pa.int32()), ("pos", pa.int32())])
+# Files read at once: each read is one or two requests of tens of milliseconds on an object store, so the index
+# of many files is read in (files / READ_THREADS) round trips instead of one per file.
+READ_THREADS = 32
 
 
 def new_shard_name() -> str:
@@ -41,21 +53,56 @@ def new_shard_name() -> str:
     return f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def write_shard(results_uri: str, table: pa.Table, storage) -> str:
-    """Write `table` as one new, complete results shard under `results_uri`; returns its URI. The one way any
-    process (driver or finish task) adds rows to the ledger."""
+def successor_name(path: str) -> str:
+    """A new shard name that sorts right after `path`'s and before any shard written later ('_' sorts after
+    '.'): the name of a file that replaces `path` (a rewrite, or a merge whose newest input is `path`)."""
+    stem = path.rstrip("/").rsplit("/", 1)[-1][: -len(".parquet")].split("_", 1)[0]
+    return f"{stem}_{uuid.uuid4().hex[:8]}.parquet"
+
+
+def write_shard(results_uri: str, table: pa.Table, storage, name: str | None = None) -> str:
+    """Write `table` as one new, complete results shard under `results_uri` (named `name`, else a new name that
+    sorts after every shard so far); returns its URI. The one way any process (driver or finish task) adds rows
+    to the ledger."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    uri = join_uri(results_uri, new_shard_name())
+    uri = join_uri(results_uri, name or new_shard_name())
     write_bytes(uri, buf.getvalue(), storage)
     return uri
 
 
+def superseded(table: pa.Table, newer: np.ndarray) -> np.ndarray:
+    """Row numbers of `table` (columns id, status) that another row of the same id supersedes: a done row beats
+    an error row, then the larger `newer` wins. Every id unique (the usual case) is found by hashing, without
+    sorting."""
+    ids = table.column("id")
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return np.empty(0, np.int64)
+    done = pc.is_in(table.column("status"), value_set=pa.array(DONE_STATUSES, pa.string()))
+    ranked = pa.table({"id": ids, "done": done, "newer": pa.array(newer, pa.int64()),
+                       "row": pa.array(np.arange(table.num_rows), pa.int64())})
+    ranked = ranked.sort_by([("id", "ascending"), ("done", "descending"), ("newer", "descending")])
+    sorted_ids = ranked.column("id").combine_chunks()
+    same_as_previous = pc.equal(sorted_ids.slice(1), sorted_ids.slice(0, len(sorted_ids) - 1))
+    rows = ranked.column("row").to_numpy()[1:]
+    return rows[same_as_previous.to_numpy(zero_copy_only=False)]
+
+
+def place_order(shard, pos) -> np.ndarray:
+    """One int64 per row ordering rows by (shard number, position in the shard): later is newer."""
+    return (np.asarray(shard, np.int64) << 32) | np.asarray(pos, np.int64)
+
+
 @dataclass
 class LedgerIndex:
-    """id, status, error_kind, prompt_truncated and shard name of every row in the ledger."""
+    """id, status, error_kind, prompt_truncated and place (shard number, position) of every row in the ledger."""
 
-    table: pa.Table  # columns id, status, error_kind, prompt_truncated, shard
+    table: pa.Table                                  # INDEX_SCHEMA
+    shards: list = field(default_factory=list)       # shard paths by number, sorted by name: higher is newer
+
+    @classmethod
+    def empty(cls) -> "LedgerIndex":
+        return cls(INDEX_SCHEMA.empty_table(), [])
 
     @property
     def ids(self) -> pa.Array:
@@ -80,6 +127,26 @@ class LedgerIndex:
         """Rows whose prompt or negative prompt was longer than the text encoder's 77 tokens (cut)."""
         return pc.sum(pc.cast(pc.fill_null(self.table.column("prompt_truncated"), False), pa.int64())).as_py() or 0
 
+    def with_rows(self, rows: pa.Table) -> "LedgerIndex":
+        """This index plus rows recorded after it was read (columns id, status, error_kind and optionally
+        prompt_truncated, e.g. what the driver received during a run), one row per id: a later row replaces an
+        earlier one of the same id unless it is an error and the earlier one is done."""
+        n = rows.num_rows
+        if not n:
+            return self
+        truncated = rows.column("prompt_truncated") if "prompt_truncated" in rows.column_names \
+            else pa.nulls(n, pa.bool_())
+        extra = pa.table([rows.column("id"), rows.column("status"), rows.column("error_kind"), truncated,
+                          pa.array(np.full(n, len(self.shards), np.int32)), pa.array(np.arange(n, dtype=np.int32))],
+                         schema=INDEX_SCHEMA)
+        t = pa.concat_tables([self.table, extra])
+        drop = superseded(t, place_order(t.column("shard"), t.column("pos")))
+        if len(drop):
+            keep = np.ones(t.num_rows, bool)
+            keep[drop] = False
+            t = t.filter(pa.array(keep))
+        return LedgerIndex(t, list(self.shards))
+
 
 class Ledger:
     def __init__(self, output: str, storage):
@@ -89,18 +156,23 @@ class Ledger:
         self.fs, self.path = filesystem(self.uri, storage)
 
     # ---- listing ------------------------------------------------------------------------------------
-    def shard_paths(self) -> list[str]:
+    def listing(self) -> list[tuple[str, int]]:
+        """(path, size in bytes) of every shard, sorted by name (oldest first)."""
         try:
             # refresh: shards are written by other processes (the finish tasks); a cached listing misses them.
-            entries = self.fs.ls(self.path, detail=False, refresh=True)
+            entries = self.fs.ls(self.path, detail=True, refresh=True)
         except FileNotFoundError:
             return []
         out = []
-        for p in entries:
+        for e in entries:
+            p = e["name"]
             name = p.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("part-") and name.endswith(".parquet"):
-                out.append(p)
-        return sorted(out, key=lambda p: p.rsplit("/", 1)[-1])
+            if name.startswith("part-") and name.endswith(".parquet") and e.get("type", "file") == "file":
+                out.append((p, int(e.get("size") or 0)))
+        return sorted(out, key=lambda e: e[0].rsplit("/", 1)[-1])
+
+    def shard_paths(self) -> list[str]:
+        return [p for p, _ in self.listing()]
 
     def _quarantine(self, path: str, why: str) -> None:
         name = path.rsplit("/", 1)[-1]
@@ -127,27 +199,51 @@ class Ledger:
         with self.fs.open(path, "rb") as f:
             return pq.read_table(f, columns=columns)
 
+    def _read_checked(self, path: str, read) -> pa.Table | None:
+        """`read(path)` with retries; None when the shard is gone (a concurrent reconcile or merge removed it)
+        or unreadable (moved to _quarantine). Storage trouble is raised: a good shard is never quarantined."""
+        try:
+            return call_with_retries(lambda: read(path), self.storage.retry_policy)
+        except Exception as e:  # noqa: BLE001 - sorted below
+            verdict = classify(e)
+            if verdict == "not_found":
+                return None
+            if verdict != "permanent":
+                err = row_error_for(e, path, "read", self.storage.max_attempts)
+                raise RowError(err.kind, f"results shard {err.message}") from None
+            self._quarantine(path, f"{type(e).__name__}: {e}")
+            return None
+
+    def read_many(self, paths: list[str], columns_only: bool = False, checked: bool = True) -> list:
+        """Every shard of `paths` (whole, or its index columns only), READ_THREADS at a time, in order.
+        `checked`: as `_read_checked` (None for a shard gone or quarantined), else any error is raised."""
+        read = self._read_index if columns_only else self._read
+        one = (lambda p: self._read_checked(p, read)) if checked else read
+        if len(paths) <= 1:
+            return [one(p) for p in paths]
+        with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as ex:
+            return list(ex.map(one, paths))
+
+    def remove(self, path: str) -> None:
+        self.fs.rm(path)
+
     # ---- index and repair ---------------------------------------------------------------------------
     def index(self) -> LedgerIndex:
-        parts = []
-        for p in self.shard_paths():
-            try:
-                t = call_with_retries(lambda: self._read_index(p), self.storage.retry_policy)
-            except Exception as e:  # noqa: BLE001 - sorted below
-                verdict = classify(e)
-                if verdict == "not_found":  # removed meanwhile (a concurrent reconcile): nothing to index
-                    continue
-                if verdict != "permanent":  # storage trouble, not a bad file: never quarantine a good shard
-                    err = row_error_for(e, p, "read", self.storage.max_attempts)
-                    raise RowError(err.kind, f"results shard {err.message}") from None
-                self._quarantine(p, f"{type(e).__name__}: {e}")
+        paths = self.shard_paths()
+        cols = {name: [] for name in INDEX_SCHEMA.names}
+        shards = []
+        for p, t in zip(paths, self.read_many(paths, columns_only=True)):
+            if t is None:
                 continue
-            parts.append(t.append_column("shard", pa.array([p] * t.num_rows, pa.string())))
-        if not parts:
-            schema = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
-                                *_OPTIONAL_INDEX_COLUMNS.items(), ("shard", pa.string())])
-            return LedgerIndex(schema.empty_table())
-        return LedgerIndex(pa.concat_tables(parts, promote_options="permissive"))
+            for name in ("id", "status", "error_kind", "prompt_truncated"):
+                cols[name].extend(t.column(name).chunks)
+            cols["shard"].append(pa.array(np.full(t.num_rows, len(shards), np.int32)))
+            cols["pos"].append(pa.array(np.arange(t.num_rows, dtype=np.int32)))
+            shards.append(p)
+        if not shards:
+            return LedgerIndex.empty()
+        arrays = [pa.chunked_array(cols[f.name], f.type).combine_chunks() for f in INDEX_SCHEMA]
+        return LedgerIndex(pa.Table.from_arrays(arrays, schema=INDEX_SCHEMA), shards)
 
     def reconcile(self, drop_error_ids: pa.Array | None = None, *, index: LedgerIndex | None = None) -> LedgerIndex:
         """Resolve duplicates and drop retried error rows; returns the repaired index. `index`: the ledger's
@@ -156,50 +252,38 @@ class Ledger:
         t = idx.table
         if t.num_rows == 0:
             return idx
-        # Rank rows: done statuses first, then newest shard; keep the first row of each id.
-        done = pc.is_in(t.column("status"), value_set=pa.array(DONE_STATUSES, pa.string()))
-        ranked = t.append_column("_done", done).append_column("_row", pa.array(range(t.num_rows), pa.int64()))
-        ranked = ranked.sort_by([("id", "ascending"), ("_done", "descending"), ("shard", "descending")])
-        ids = ranked.column("id").to_pylist()
-        rows = ranked.column("_row").to_pylist()
-        drop_rows = set()
-        prev = None
-        for i, r in zip(ids, rows):
-            if i == prev:
-                drop_rows.add(r)
-            prev = i
+        drop = superseded(t, place_order(t.column("shard"), t.column("pos")))
         if drop_error_ids is not None and len(drop_error_ids):
-            is_err = pc.equal(t.column("status"), "error")
-            retried = pc.is_in(t.column("id"), value_set=drop_error_ids)
-            sel = pc.and_(is_err, retried)
-            for r, s in enumerate(sel.to_pylist()):
-                if s:
-                    drop_rows.add(r)
-        if not drop_rows:
+            retried = pc.and_(pc.equal(t.column("status"), "error"), pc.is_in(t.column("id"), value_set=drop_error_ids))
+            drop = np.union1d(drop, np.flatnonzero(retried.to_numpy(zero_copy_only=False)))
+        if not len(drop):
             return idx
-        # Group dropped (shard, id) pairs per shard and rewrite those shards.
-        shard_col = t.column("shard").to_pylist()
-        id_col = t.column("id").to_pylist()
-        per_shard: dict[str, set] = {}
-        for r in drop_rows:
-            per_shard.setdefault(shard_col[r], set()).add(id_col[r])
-        n = 0
-        for shard, drop in per_shard.items():
-            full = self._read(shard)
-            keep = full.filter(pc.invert(pc.is_in(full.column("id"), value_set=pa.array(sorted(drop), pa.string()))))
-            if keep.num_rows:
-                write_shard(self.uri, keep, self.storage)
-            self.fs.rm(shard)
-            n += full.num_rows - keep.num_rows
-        log.info("ledger: removed %d superseded row(s) from %d shard(s)", n, len(per_shard))
+        self._drop_rows(idx, drop)
         return self.index()
 
-    def write_rows(self, table: pa.Table) -> str:
-        return write_shard(self.uri, table, self.storage)
+    def _drop_rows(self, idx: LedgerIndex, rows: np.ndarray) -> None:
+        """Rewrite each shard holding one of the index rows `rows` without them (new file first, then the old
+        one removed)."""
+        shard = idx.table.column("shard").to_numpy()[rows]
+        pos = idx.table.column("pos").to_numpy()[rows]
+        n = 0
+        for s in np.unique(shard):
+            path = idx.shards[s]
+            full = self._read(path)
+            keep = np.ones(full.num_rows, bool)
+            keep[pos[shard == s]] = False
+            if keep.any():
+                write_shard(self.uri, full.filter(pa.array(keep)), self.storage, name=successor_name(path))
+            self.remove(path)
+            n += int((~keep).sum())
+        log.info("ledger: removed %d superseded row(s) from %d shard(s)", n, len(np.unique(shard)))
+
+    def write_rows(self, table: pa.Table, name: str | None = None) -> str:
+        return write_shard(self.uri, table, self.storage, name=name)
 
     def read_all(self) -> pa.Table:
         """Every row of every shard, one table (columns a shard lacks read as null)."""
-        parts = [self._read(p) for p in self.shard_paths()]
+        parts = self.read_many(self.shard_paths(), checked=False)
         if not parts:
             from rayinpaint.io.results import RESULTS_SCHEMA
 

@@ -90,8 +90,11 @@ def read_manifest(cfg: JobConfig, plan: PassPlan, *, exclude, include):
     """One dataset of canonical rows (this pass's rows only) over every group of manifest files."""
     import ray
 
+    from .idset import IdSet
     from .stages import select_rows
 
+    exclude = IdSet(exclude) if exclude is not None else None
+    include = IdSet(include) if include is not None else None
     parts = []
     for files in plan.groups:
         fs, _ = filesystem(files[0], plan.storage)
@@ -187,7 +190,7 @@ def process(cfg: JobConfig, plan: PassPlan, ledger, todo_ids: pa.Array, exclude:
     guarded_pass(cfg, plan, tally.add, tally, exclude=exclude, limit=cfg.limit, preview_p=preview_p)
     stalled, before = 0, None  # retry passes that recovered nothing; rows missing after the last pass
     while cfg.limit is None:
-        seen = ledger.index().ids
+        seen = tally.recorded().column("id")  # what this run recorded, as received: the ledger is not re-read
         missing = pc.filter(todo_ids, pc.invert(pc.is_in(todo_ids, value_set=seen)))
         if not len(missing):
             return

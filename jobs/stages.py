@@ -21,6 +21,7 @@ from rayinpaint.io.prepare import PREPARED_SCHEMA, prepare_row
 from rayinpaint.io.results import results_table
 from rayinpaint.io.settings import OutputSettings, PrepareSettings
 
+from .idset import IdSet
 from .ledger import write_shard
 
 # What each finish task sends back to the driver: small, for progress, summary and report.
@@ -30,6 +31,7 @@ DRIVER_SCHEMA = pa.schema([
     ("error_kind", pa.string()),
     ("error", pa.string()),
     ("model_sha256", pa.string()),
+    ("prompt_truncated", pa.bool_()),
     ("actor", pa.string()),
     ("preview_jpeg", pa.binary()),
 ])
@@ -40,20 +42,20 @@ _THREADS = 8
 UNWRITTEN = "unwritten"
 
 
-def select_rows(batch: pa.Table, colmap, exclude: pa.Array | None, include: pa.Array | None,
+def select_rows(batch: pa.Table, colmap, exclude: IdSet | None, include: IdSet | None,
                 protocol: str) -> pa.Table:
-    """Canonicalise a raw manifest batch and keep the rows this pass must process.
+    """Canonicalise a raw manifest batch and keep the rows this pass must process: ids not in `exclude` and,
+    when given, in `include` (sets built once per pass on the driver, see idset.py).
 
     Ray's `path` column has no protocol (`bucket/key`), so the manifest's protocol is passed separately.
     """
     t = canonicalize(batch, colmap, source_column="path", protocol=protocol)
     # Rows without an id never reach the model: the driver records them as `missing_id` error rows.
     t = t.filter(pc.fill_null(pc.not_equal(t.column("id"), ""), False))
-    ids = t.column("id")
     if exclude is not None and len(exclude):
-        t = t.filter(pc.invert(pc.fill_null(pc.is_in(ids, value_set=exclude), False)))
+        t = t.filter(pa.array(~exclude.contains(t.column("id"))))
     if include is not None:
-        t = t.filter(pc.fill_null(pc.is_in(t.column("id"), value_set=include), False))
+        t = t.filter(pa.array(include.contains(t.column("id"))))
     return t
 
 

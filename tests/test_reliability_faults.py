@@ -52,6 +52,17 @@ def shard_count(out: Path) -> int:
     return len([p for p in folder.iterdir() if p.name.endswith(".parquet")]) if folder.exists() else 0
 
 
+def task_shards(out: Path) -> set[str]:
+    """Names of the results shards written by finish tasks (merged files have a `_` in their name)."""
+    folder = out / "results"
+    return {p.name for p in folder.glob("part-*.parquet") if "_" not in p.name} if folder.exists() else set()
+
+
+# Rows per finish task (`max(8, --batch-size)`): a run of the demo dataset writes about rows / 8 shards before
+# they are merged.
+FINISH_ROWS = 8
+
+
 def check_exactly_once(out: Path, rows: int) -> dict:
     res = read_results(str(out)).to_pylist()
     ids = [r["id"] for r in res]
@@ -192,7 +203,8 @@ def uninterrupted(tmp_path_factory):
     r = run_cli(*job(manifest, out), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = check_exactly_once(out, 24 + DEMO_BAD)
-    return manifest, got, shard_count(out)
+    assert shard_count(out) == 1  # merged at the end of the run
+    return manifest, got, -(-(24 + DEMO_BAD) // FINISH_ROWS)
 
 
 def output_bytes(row: dict) -> bytes | None:
@@ -213,8 +225,8 @@ def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupt
     stages = ["shards written"] + rng.sample(["start-up", "manifest scanned", "model actors starting",
                                               "shards written", "every row recorded"], rng.randint(1, 2))
     for stage in stages:
+        before = task_shards(out)
         run = Watched(cli_cmd(*job(manifest, out)))
-        before = shard_count(out)
         jitter = round(rng.uniform(0.0, 1.0), 2)
         if stage == "start-up":  # interpreter, imports, Ray starting
             jitter = round(rng.uniform(0.3, 4.0), 2)
@@ -226,7 +238,7 @@ def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupt
         elif stage == "shards written":
             k = rng.randint(1, max(1, ref_shards - 1))
             what = f"{jitter}s after {k} new results shard(s)"
-            cond = lambda k=k, before=before: shard_count(out) >= before + k  # noqa: E731
+            cond = lambda k=k, before=before: len(task_shards(out) - before) >= k  # noqa: E731
         else:  # all rows are in the ledger; the summary, report and _SUCCESS are not written yet
             what, cond = f"{jitter}s after the last row was recorded", lambda: run.saw("(100.0%)")
         killed = run.kill_when(cond, jitter)
@@ -237,21 +249,21 @@ def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupt
     kills = sum(k for _, k in points)
     assert kills >= 1, points  # a trial that killed nothing tested nothing
 
-    recorded_before = {x["id"] for x in read_results(str(out)).to_pylist()}
-    shards_before = {p.name: p.read_bytes() for p in (out / "results").glob("*.parquet")} \
-        if (out / "results").exists() else {}
+    rows_before = {x["id"]: x for x in read_results(str(out)).to_pylist()}
+    recorded_before = set(rows_before)
     r = run_cli(*job(manifest, out), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = check_exactly_once(out, total)
     assert all(x["status"] in ("ok", "unchanged") for rid, x in got.items() if rid.startswith(("img-", "empty-")))
     s = json.loads((out / "_SUMMARY.json").read_text())
     assert s["complete"] and s["accounted"] == total
-    # Done rows are not redone: the rerun processed only what no earlier run had recorded, and left the
-    # earlier shards as they were.
+    # Done rows are not redone: the rerun processed only what no earlier run had recorded, and kept the
+    # earlier rows as they were (merged into other files, unchanged).
     assert s["this_run"]["processed"] == total - len(recorded_before), \
         (s["this_run"], len(recorded_before), points, r.stderr[-3000:])
-    for name, data in shards_before.items():
-        assert (out / "results" / name).read_bytes() == data, name
+    for rid, row in rows_before.items():
+        assert got[rid] == row, rid
+    assert shard_count(out) == 1
     # Identical output whatever the interruptions: the same status, kind and bytes for every id.
     assert set(got) == set(reference)
     for rid, ref in reference.items():
@@ -261,6 +273,35 @@ def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupt
                        + "; ".join(w if k else f"{w}: the run finished first" for w, k in points) + ")", kills,
                        f"rerun: exit 0, every id exactly once; the {len(recorded_before)} rows recorded before it not "
                        "redone; every output byte-identical to an uninterrupted run's")
+
+
+@pytest.mark.parametrize("removed", [0, 2])
+def test_driver_killed_during_compaction_then_rerun(tmp_path, removed, uninterrupted, reliability):
+    """The driver dies while merging the run's shards: the merged file written and `removed` of the files it
+    replaces removed. No row is lost (some are there twice); the rerun processes nothing, keeps one copy of
+    each row and leaves one results file, identical to an uninterrupted run."""
+    manifest, reference, _ = uninterrupted
+    total = 24 + DEMO_BAD
+    out = tmp_path / "out"
+    env = {"PYTHONPATH": faulthooks_pythonpath(), "RAYINPAINT_TEST_KILL_IN_COMPACTION": str(removed + 1)}
+    r = run_cli(*job(manifest, out), env=env, timeout=600)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    left = read_results(str(out)).column("id").to_pylist()
+    assert set(left) == set(reference)  # every row still there...
+    assert len(left) > total            # ...some twice: the merged copy and the files not yet removed
+    assert not (out / "_SUCCESS").exists()
+
+    r = run_cli(*job(manifest, out), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = check_exactly_once(out, total)
+    assert json.loads((out / "_SUMMARY.json").read_text())["this_run"]["processed"] == 0
+    assert shard_count(out) == 1
+    for rid, ref in reference.items():
+        assert (got[rid]["status"], got[rid]["error_kind"]) == (ref["status"], ref["error_kind"]), rid
+        assert output_bytes(got[rid]) == output_bytes(ref), rid
+    reliability.record("fault", f"driver SIGKILLed during compaction ({removed} replaced file(s) removed)", 1,
+                       f"{len(left) - total} row(s) left twice, none lost; rerun: exit 0, nothing redone, every id "
+                       "once in one results file")
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EACCES"])

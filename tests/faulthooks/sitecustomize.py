@@ -9,6 +9,9 @@ RAYINPAINT_FAULT_OUTPUT simulates the output becoming unwritable part way throug
 files flushed to disk under RAYINPAINT_FAULT_OUTPUT succeed, every later one fails in `os.fsync` (where a
 full disk reports itself for buffered writes) with errno RAYINPAINT_FAULT_ERRNO (ENOSPC or EACCES). The count
 is shared by all processes through a locked state file (RAYINPAINT_FAULT_STATE).
+
+RAYINPAINT_TEST_KILL_IN_COMPACTION=k: the driver SIGKILLs itself during its first merge of results files,
+when about to remove the k-th file the merged one replaces (k=1: merged file written, nothing removed yet).
 """
 
 import errno
@@ -55,3 +58,24 @@ if _CRASH_IDS:
         return _real_call(self, batch)
 
     InpaintPredictor.__call__ = _crashing_call
+
+
+_KILL_IN_COMPACTION = int(os.environ.get("RAYINPAINT_TEST_KILL_IN_COMPACTION", "0") or 0)
+
+if _KILL_IN_COMPACTION:
+    # RAYINPAINT_TEST_KILL_IN_COMPACTION=k: the driver SIGKILLs itself in its first merge when about to remove
+    # the k-th input of the merged file (k=1: the merged file is written, none of its inputs removed yet).
+    import signal
+
+    from rayinpaint.jobs import compaction
+
+    _real_remove = compaction.remove_merged
+    _removals = []
+
+    def _remove_then_die(ledger, path):
+        if len(_removals) + 1 == _KILL_IN_COMPACTION:
+            os.kill(os.getpid(), signal.SIGKILL)
+        _removals.append(path)
+        _real_remove(ledger, path)
+
+    compaction.remove_merged = _remove_then_die

@@ -1,0 +1,220 @@
+"""Scale benchmark of the job's bookkeeping: a finished N-row output in the job's own format, then a no-op
+resume (the whole `run` command's work when nothing is left to do) and a downstream read, timed, with the
+requests counted on S3.
+
+    python bench/scale.py --rows 1000000                         # local disk
+    python bench/scale.py --rows 1000000 --s3 --latency-ms 20   # moto S3 on loopback, 20 ms added per request
+    python bench/scale.py --rows 100000 --shard-rows 16         # the layout of unmerged finish-task shards
+
+The S3 mode needs the test extras (moto) and uses the tests' fault proxy (tests/faultproxy.py) to add the
+latency and count requests. Prints one JSON record: machine, versions, date, settings and the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def results_chunk(start: int, n: int) -> pa.Table:
+    """n finished results rows as the job writes them (every column filled, 95% ok, 5% error)."""
+    from rayinpaint.io.results import RESULTS_SCHEMA, TIMINGS_TYPE
+
+    i = np.arange(start, start + n)
+    ids = pc.binary_join_element_wise("row-", pa.array(np.char.zfill(i.astype(str), 9)), "")
+    err = i % 20 == 0
+    status = pa.array(np.where(err, "error", "ok"))
+    timings = pa.StructArray.from_arrays([pa.array(np.full(n, v)) for v in (0.01, 0.02, 0.03, 0.5, 0.04, 0.01)],
+                                         fields=list(TIMINGS_TYPE))
+    cols = {
+        "id": ids, "status": status,
+        "error_kind": pa.array(np.where(err, "not_found", None).tolist(), pa.string()),
+        "error": pa.array(np.where(err, "the image s3://bucket/img/x.jpg was not found", None).tolist(), pa.string()),
+        "output_uri": pc.binary_join_element_wise("s3://bucket/out/images/", ids, ".png", ""),
+        "output_name_hashed": pa.array(np.zeros(n, bool)),
+        "image_uri": pc.binary_join_element_wise("s3://bucket/img/", ids, ".jpg", ""),
+        "width": pa.array(np.full(n, 1024, np.int32)), "height": pa.array(np.full(n, 768, np.int32)),
+        "seed": pa.array(i * 7919), "prompt": pa.array(np.full(n, "clean background")),
+        "negative_prompt": pa.nulls(n, pa.string()), "prompt_truncated": pa.array(np.zeros(n, bool)),
+        "sampler": pa.array(np.full(n, "dpmpp_2m")), "steps": pa.array(np.full(n, 25, np.int32)),
+        "guidance": pa.array(np.full(n, 7.5)), "strength": pa.array(np.full(n, 1.0)),
+        "resolution": pa.array(np.full(n, 512, np.int32)),
+        "window": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 512, 512], n).astype(np.int32)), 4),
+        "mask_pixels": pa.array(i % 50_000), "model_sha256": pa.array(np.full(n, "ab" * 32)), "timings": timings,
+    }
+    return pa.table([cols[f.name].cast(f.type) for f in RESULTS_SCHEMA], schema=RESULTS_SCHEMA)
+
+
+def synthesise(output: str, manifest: str, rows: int, shard_rows: int, storage) -> int:
+    """The manifest (ids and image URIs) and the results of a finished run; returns the results files written."""
+    from rayinpaint.io.storage import filesystem
+    from rayinpaint.jobs.ledger import Ledger, READ_THREADS
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs, mpath = filesystem(manifest, storage)
+    fs.makedirs(mpath, exist_ok=True)
+    step = 1_000_000
+    for k in range(0, rows, step):
+        ids = results_chunk(k, min(step, rows - k)).select(["id", "image_uri"]).rename_columns(["id", "image"])
+        box = pa.array([[[0.0, 0.0, 64.0, 64.0]]], pa.list_(pa.list_(pa.float64())))
+        ids = ids.append_column("boxes", pa.repeat(box[0], ids.num_rows) if hasattr(pa, "repeat")
+                                else pa.array([box[0].as_py()] * ids.num_rows, box.type))
+        with fs.open(f"{mpath}/part-{k // step:05d}.parquet", "wb") as f:
+            pq.write_table(ids, f)
+    ledger = Ledger(output, storage)
+    starts = list(range(0, rows, shard_rows))
+    with ThreadPoolExecutor(READ_THREADS) as ex:
+        list(ex.map(lambda s: ledger.write_rows(results_chunk(s, min(shard_rows, rows - s))), starts))
+    return len(starts)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def noop_resume(output: str, manifest: str, storage_kw: dict) -> dict:
+    """The `run` command on the finished output: every id done, nothing to process (Ray is not started)."""
+    from rayinpaint.jobs.config import JobConfig
+    from rayinpaint.jobs.inpaint import run_job
+
+    cfg = JobConfig(manifest=(manifest,), output=output, weights="random:tiny", **storage_kw)
+    t0 = time.perf_counter()
+    code = run_job(cfg)
+    took = time.perf_counter() - t0
+    summary = json.loads(_read(f"{output}/_SUMMARY.json", cfg.storage()))
+    assert code == 0 and summary["complete"] and summary["this_run"]["processed"] == 0, (code, summary)
+    return {"seconds": round(took, 2), "exit_code": code, "accounted": summary["accounted"]}
+
+
+def _read(uri: str, storage) -> bytes:
+    from rayinpaint.io.storage import read_bytes
+
+    return read_bytes(uri, storage)
+
+
+def downstream(output: str, storage) -> dict:
+    """What a consumer does with `results/*.parquet`: counts by status, one id looked up, every column read."""
+    from rayinpaint.io.storage import filesystem
+    from rayinpaint.jobs.pipeline import _arrow_fs
+
+    fs, path = filesystem(f"{output}/results", storage)
+    ds = pads.dataset(f"{path}", format="parquet", filesystem=_arrow_fs(fs))
+    out = {"files": len(ds.files)}
+    t0 = time.perf_counter()
+    by_status = ds.to_table(columns=["status"]).group_by("status").aggregate([("status", "count")])
+    out["count_by_status_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    hit = ds.to_table(filter=pc.field("id") == "row-000000042")
+    out["lookup_by_id_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    whole = ds.to_table()
+    out["read_all_columns_s"] = round(time.perf_counter() - t0, 3)
+    assert hit.num_rows == 1 and sum(by_status.column(1).to_pylist()) == whole.num_rows
+    out["bytes_on_storage"] = sum(fs.size(f) for f in ds.files)
+    return out
+
+
+def index_memory(output: str, storage) -> dict:
+    from rayinpaint.jobs.ledger import Ledger
+
+    idx = Ledger(output, storage).index()
+    return {"index_bytes_per_id": round(idx.table.nbytes / max(1, idx.table.num_rows), 1)}
+
+
+def measure(output: str, manifest: str, args, storage, storage_kw: dict, proxy=None) -> dict:
+    from rayinpaint.jobs.ledger import Ledger
+
+    rec = {"rows": args.rows, "shard_rows": args.shard_rows}
+    t0 = time.perf_counter()
+    rec["files_written"] = synthesise(output, manifest, args.rows, args.shard_rows, storage)
+    rec["synthesise_s"] = round(time.perf_counter() - t0, 1)
+    for k in ("first_resume", "second_resume"):  # the first one also merges an unmerged layout
+        if proxy is not None:
+            proxy.reset_counts()
+        rec[k] = noop_resume(output, manifest, storage_kw)
+        if proxy is not None:
+            methods = [m for m, _, _ in proxy.history]
+            rec[k]["requests"] = proxy.requests
+            rec[k]["gets"] = methods.count("GET")
+        rec[k]["results_files_after"] = len(Ledger(output, storage).shard_paths())
+    rec["downstream"] = downstream(output, storage)
+    rec.update(index_memory(output, storage))
+    rec["driver_max_rss_mb"] = round(rss_mb())
+    return rec
+
+
+def on_s3(args) -> dict:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import boto3
+    from faultproxy import FaultProxy
+    from moto.server import ThreadedMotoServer
+
+    from rayinpaint.io.storage import StorageOptions
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        os.environ.setdefault(k, "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    moto = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=moto, region_name="us-east-1").create_bucket(Bucket="bench")
+    # Every request held `latency` seconds before it is forwarded: what a real object store's round trip costs.
+    with FaultProxy(moto, rate=1.0, mix={"slow": 1}, slow_delay=args.latency_ms / 1000, max_log=10**7) as proxy:
+        kw = {"endpoint_url": proxy.url, "region": "us-east-1"}
+        storage = StorageOptions(endpoint_url=moto, region="us-east-1")  # synthesis goes around the proxy
+        rec = measure("s3://bench/out", "s3://bench/manifest", args, storage, kw, proxy)
+    server.stop()
+    return rec
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--shard-rows", type=int, default=1_000_000,
+                   help="rows per results file as synthesised (16: the finish tasks' shards before any merge)")
+    p.add_argument("--s3", action="store_true", help="a moto S3 server on loopback behind a latency proxy")
+    p.add_argument("--latency-ms", type=float, default=20.0)
+    args = p.parse_args(argv)
+    logging_quiet()
+    import torch  # noqa: F401 - imported first, as the job's CLI does, so import time is not counted below
+
+    from rayinpaint.io.storage import StorageOptions
+
+    record = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+              "pyarrow": pa.__version__, "store": "s3 (moto, loopback)" if args.s3 else "local disk",
+              "latency_ms": args.latency_ms if args.s3 else 0}
+    if args.s3:
+        record.update(on_s3(args))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            record.update(measure(f"{tmp}/out", f"{tmp}/manifest", args, StorageOptions(), {}))
+    print(json.dumps(record, indent=1))
+    return 0
+
+
+def logging_quiet() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The ledger's compaction and index: small shards merged into few files with one schema, every row kept
+exactly once whatever point a merge stops at, duplicates resolved by the same rule everywhere."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rayinpaint.io.results import RESULTS_SCHEMA, results_table
+from rayinpaint.jobs import compaction
+from rayinpaint.jobs.compaction import RunCompactor, compact
+from rayinpaint.jobs.ledger import Ledger, LedgerIndex
+from rayinpaint.io.storage import StorageOptions
+
+
+def rows(start: int, n: int, status: str = "ok") -> pa.Table:
+    return results_table([{"id": f"r{i:05d}", "status": status, "output_uri": f"/o/r{i:05d}.png",
+                           "error_kind": "not_found" if status == "error" else None}
+                          for i in range(start, start + n)])
+
+
+def ledger_of(tmp_path, shards: int, per: int = 8) -> Ledger:
+    ledger = Ledger(str(tmp_path / "out"), StorageOptions())
+    for s in range(shards):
+        ledger.write_rows(rows(s * per, per))
+    return ledger
+
+
+def by_id(ledger: Ledger) -> dict:
+    t = ledger.read_all()
+    ids = t.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "an id recorded twice"
+    return {r["id"]: r for r in t.to_pylist()}
+
+
+def test_small_shards_merge_into_one_file_with_the_results_schema(tmp_path):
+    ledger = ledger_of(tmp_path, 40)
+    before = by_id(ledger)
+    # A shard written before `prompt_truncated` and `image_uri` existed: the merged file has every column.
+    old = rows(1000, 3).drop_columns(["prompt_truncated", "image_uri"])
+    pq.write_table(old, str(tmp_path / "out" / "results" / "part-20000101T000000-000000000-00000000.parquet"))
+    done = compact(ledger)
+    assert (done.merged, done.replaced, done.rows) == (1, 41, 323)
+    files = ledger.shard_paths()
+    assert len(files) == 1
+    assert pq.read_schema(files[0]).remove_metadata() == RESULTS_SCHEMA
+    after = by_id(ledger)
+    assert set(after) == set(before) | {f"r{i:05d}" for i in range(1000, 1003)}
+    assert all(after[i] == r for i, r in before.items())
+    assert compact(ledger).merged == 0  # one file: nothing left to merge
+
+
+def test_target_rows_bounds_each_merged_file(tmp_path):
+    ledger = ledger_of(tmp_path, 50, per=10)
+    compact(ledger, target_rows=120)
+    sizes = [pq.ParquetFile(p).metadata.num_rows for p in ledger.shard_paths()]
+    assert sum(sizes) == 500 and all(s <= 120 for s in sizes) and len(sizes) == 5, sizes
+
+
+@pytest.mark.parametrize("removed", [0, 1, 5])
+def test_a_merge_stopped_after_writing_loses_nothing(tmp_path, monkeypatch, removed):
+    """The merged file is written before its inputs are removed: stopped after `removed` removals, every row
+    is still there (some twice), and the next reconcile keeps exactly one copy of each."""
+    ledger = ledger_of(tmp_path, 12)
+    before = by_id(ledger)
+    calls = []
+
+    def stop_after(led, path):
+        if len(calls) == removed:
+            raise KeyboardInterrupt("stopped")
+        calls.append(path)
+        led.remove(path)
+
+    monkeypatch.setattr(compaction, "remove_merged", stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        compact(ledger)
+    t = ledger.read_all()
+    assert set(t.column("id").to_pylist()) == set(before)
+    assert t.num_rows == len(before) + (len(before) - 8 * removed)  # the merged copy plus what was not removed
+    monkeypatch.undo()
+    idx = ledger.reconcile()
+    assert idx.table.num_rows == len(before)
+    assert by_id(ledger) == before
+    compact(ledger)
+    assert len(ledger.shard_paths()) == 1 and by_id(ledger) == before
+
+
+def test_duplicates_inside_one_file_keep_one_row(tmp_path):
+    """An id twice in the same file (two crash-retry copies merged together): reconcile keeps one, the done one."""
+    ledger = Ledger(str(tmp_path / "out"), StorageOptions())
+    ledger.write_rows(pa.concat_tables([rows(0, 4, "error"), rows(0, 4), rows(4, 2)]))
+    idx = ledger.reconcile()
+    assert sorted(idx.ids.to_pylist()) == [f"r{i:05d}" for i in range(6)]
+    assert set(idx.table.column("status").to_pylist()) == {"ok"}
+    assert by_id(ledger)["r00001"]["status"] == "ok"
+
+
+def test_a_merge_drops_superseded_copies(tmp_path):
+    ledger = Ledger(str(tmp_path / "out"), StorageOptions())
+    ledger.write_rows(rows(0, 4))
+    ledger.write_rows(rows(2, 4, "error"))   # newer, but an error: the done rows win
+    ledger.write_rows(rows(5, 2))            # newer done copy of r00005 beats the error
+    done = compact(ledger)
+    assert done.duplicates == 3
+    got = by_id(ledger)
+    assert {i: r["status"] for i, r in got.items()} == {"r00000": "ok", "r00001": "ok", "r00002": "ok",
+                                                        "r00003": "ok", "r00004": "error", "r00005": "ok",
+                                                        "r00006": "ok"}
+
+
+def test_index_with_this_runs_rows(tmp_path):
+    ledger = ledger_of(tmp_path, 2, per=3)
+    idx = ledger.index()
+    assert idx.shards == ledger.shard_paths() and idx.table.column("pos").to_pylist() == [0, 1, 2, 0, 1, 2]
+    new = pa.table({"id": ["r00001", "r00100", "r00101"], "status": ["error", "ok", "error"],
+                    "error_kind": [None, None, "decode"]})
+    got = idx.with_rows(new)
+    assert got.table.num_rows == 8
+    status = dict(zip(got.ids.to_pylist(), got.table.column("status").to_pylist()))
+    assert status["r00001"] == "ok" and status["r00100"] == "ok" and status["r00101"] == "error"
+    assert LedgerIndex.empty().with_rows(new).table.num_rows == 3
+
+
+def test_in_run_compaction_merges_new_shards_only(tmp_path):
+    ledger = ledger_of(tmp_path, 6)
+    compact(ledger)
+    merged = ledger.shard_paths()
+    for s in range(6, 10):
+        ledger.write_rows(rows(s * 8, 8))
+    c = RunCompactor(ledger, every=2)
+    c.after_batch()
+    assert len(ledger.shard_paths()) == 5  # nothing yet
+    c.after_batch()
+    files = ledger.shard_paths()
+    assert len(files) == 2 and merged[0] in files  # the earlier merged file was not read again
+    assert len(by_id(ledger)) == 80

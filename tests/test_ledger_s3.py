@@ -1,0 +1,63 @@
+"""The ledger on S3 (moto on loopback, behind the tests' proxy that counts requests): the index costs requests
+per file, not per row, and compaction on an object store keeps every row."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pyarrow as pa
+import pytest
+
+from faultproxy import FaultProxy
+from rayinpaint.jobs.compaction import compact, conform
+from rayinpaint.jobs.ledger import Ledger
+
+
+def rows(start: int, n: int) -> pa.Table:
+    ids = [f"r{i:07d}" for i in range(start, start + n)]
+    return conform(pa.table({"id": ids, "status": ["ok"] * n, "output_uri": [f"s3://b/o/{i}.png" for i in ids]}))
+
+
+@pytest.fixture
+def proxy(s3_server):
+    with FaultProxy(s3_server, max_log=100_000) as p:
+        yield p
+
+
+def index_gets(bucket: str, opts, proxy, name: str, files: int, per_file: int) -> int:
+    """GET requests of one Ledger.index() over `files` files of `per_file` rows (written around the proxy)."""
+    out = f"s3://{bucket}/{name}"
+    direct = Ledger(out, opts)
+    for f in range(files):
+        direct.write_rows(rows(f * per_file, per_file))
+    proxy.reset_counts()
+    idx = Ledger(out, dataclasses.replace(opts, endpoint_url=proxy.url)).index()
+    assert idx.table.num_rows == files * per_file
+    return sum(1 for method, _, _ in proxy.history if method == "GET")
+
+
+def test_index_requests_grow_with_files_not_rows(s3_bucket, proxy):
+    bucket, opts = s3_bucket
+    small = index_gets(bucket, opts, proxy, "a", files=4, per_file=20_000)
+    large = index_gets(bucket, opts, proxy, "b", files=4, per_file=200_000)
+    many = index_gets(bucket, opts, proxy, "c", files=40, per_file=2_000)
+    assert large == small, (small, large)        # 10x the rows in as many files: the same requests
+    per_file = (small - 1) / 4                     # one listing, then a few reads per file
+    assert 1 <= per_file <= 3 and many <= 1 + 40 * per_file, (small, many)
+    assert many >= 40, many                        # ...and 10x the files, 10x the reads
+
+
+def test_compaction_on_s3_keeps_every_row_and_bounds_the_file_count(s3_bucket):
+    bucket, opts = s3_bucket
+    ledger = Ledger(f"s3://{bucket}/out", opts)
+    total = 0
+    for s in range(60):
+        n = 2_500 if s % 2 else 16
+        ledger.write_rows(rows(total, n))
+        total += n
+    compact(ledger)
+    files = ledger.shard_paths()
+    assert len(files) <= max(1, math.ceil(total / 100_000)), len(files)
+    ids = ledger.read_all().column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == total
