@@ -151,7 +151,7 @@ def _write_image(final: np.ndarray, row_id: str, out: OutputSettings) -> tuple[s
     """Encode and write the output image: (its URI, whether its name is hashed, seconds writing). An encoding
     failure is the row's (RowError); a write failure is the output's (OutputWriteError)."""
     try:
-        data = encode_image(final, out.format, out.quality, out.lossless)
+        data = encode_image(final, out.format, out.quality, out.lossless, out.png_level)
     except Exception as e:  # noqa: BLE001
         raise RowError("write_failed", f"encoding {out.format} failed: {type(e).__name__}: {e}") from None
     stem, hashed = output_name(row_id)

@@ -183,18 +183,29 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int = 50_000_000)
     return to_rgb_array(open_image(data, what, max_pixels))
 
 
-def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = 95, lossless: bool = False) -> bytes:
-    """uint8 [H, W, 3] -> PNG / JPEG (quality) / WebP (quality or lossless) bytes."""
+# zlib level of PNG output. Level 6 (PIL's and zlib's default) spends ~90% of the finish stage's time on large
+# images; level 1 is several times faster for somewhat larger files (BENCHMARKS.md, `rayinpaint bench
+# --cpu-stages`). Pixels are identical at every level.
+PNG_LEVEL = 1
+MAX_PNG_LEVEL = 9
+# Lossless WebP at its fastest effort: exact pixels, a few times smaller than PNG level 1 on photos' flat areas
+# and within 2x of its time; the slowest effort (method 4, quality 100) took ~25x longer for ~10% fewer bytes.
+WEBP_LOSSLESS = {"method": 0, "quality": 0}
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = 95, lossless: bool = False,
+                 png_level: int = PNG_LEVEL) -> bytes:
+    """uint8 [H, W, 3] -> PNG (zlib level `png_level`) / JPEG (quality) / WebP (quality or lossless) bytes."""
     im = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     buf = io.BytesIO()
     fmt = fmt.lower()
     if fmt == "png":
-        im.save(buf, "PNG", compress_level=6)
+        im.save(buf, "PNG", compress_level=int(png_level))
     elif fmt in ("jpeg", "jpg"):
         im.save(buf, "JPEG", quality=int(quality), subsampling=0 if quality >= 90 else 2)
     elif fmt == "webp":
         if lossless:
-            im.save(buf, "WEBP", lossless=True, quality=100, method=4)
+            im.save(buf, "WEBP", lossless=True, **WEBP_LOSSLESS)
         else:
             im.save(buf, "WEBP", quality=int(quality), method=4)
     else:

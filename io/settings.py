@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from .errors import SettingsError
-from .images import EXTENSIONS
+from .images import EXTENSIONS, MAX_PNG_LEVEL, PNG_LEVEL
 from .schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
 from .storage import StorageOptions
 
@@ -79,6 +79,7 @@ class OutputSettings:
     quality: int = 95             # JPEG / lossy WebP quality, 1..100
     lossless: bool = False        # WebP only
     storage: StorageOptions = field(default_factory=StorageOptions)
+    png_level: int = PNG_LEVEL    # zlib level 0..9 of PNG output (pixels identical at every level)
 
     def validate(self) -> None:
         if not self.root or not isinstance(self.root, str):
@@ -90,6 +91,9 @@ class OutputSettings:
             raise SettingsError(f"output format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise SettingsError(f"output quality must be an integer in 1..100, got {self.quality!r}")
+        if not isinstance(self.png_level, int) or isinstance(self.png_level, bool) \
+                or not 0 <= self.png_level <= MAX_PNG_LEVEL:
+            raise SettingsError(f"PNG level must be an integer in 0..{MAX_PNG_LEVEL}, got {self.png_level!r}")
         if self.lossless and fmt != "webp":
             raise SettingsError(f"lossless applies to webp only, not {self.format!r}")
 

@@ -68,6 +68,9 @@ def add_bench_arguments(p) -> None:
     c.add_argument("--ceiling-size", type=int, default=None,
                    help="matrix size of the matmul ceiling (default: 8192 on CUDA, 1024 on CPU)")
     c.add_argument("--json", default=None, help="also write the result to this file")
+    from .cpu_bench import add_cpu_bench_arguments
+
+    add_cpu_bench_arguments(p)
     # Older spellings, kept working: --diffusers == --against diffusers, --job-rows N == --e2e N.
     c.add_argument("--diffusers", dest="against", action="store_const", const="diffusers", help=argparse.SUPPRESS)
     c.add_argument("--job-rows", dest="e2e", type=int, help=argparse.SUPPRESS)
@@ -297,6 +300,10 @@ def unet_calls(args) -> int:
 
 
 def run_bench(args) -> int:
+    if args.cpu_stages:  # the CPU stages alone: no model, no torch
+        from .cpu_bench import run_cpu_bench_cli
+
+        return run_cpu_bench_cli(args)
     import torch
 
     from rayinpaint.model import load_model

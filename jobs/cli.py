@@ -134,6 +134,8 @@ def _image_options(opt) -> None:
     opt("--format", choices=FORMATS, help="output image format")
     opt("--quality", type=int, help="JPEG/WebP quality 1-100")
     opt("--lossless", action=argparse.BooleanOptionalAction, help="lossless WebP")
+    opt("--png-level", type=int, help="zlib level 0-9 of PNG output: pixels are the same at every level; 1 is "
+                                      "several times faster than 6 for a few %% more bytes (BENCHMARKS.md)")
 
 
 def _cluster_options(opt) -> None:

@@ -166,3 +166,14 @@ def test_encode_formats():
     assert Image.open(io.BytesIO(lossy)).size == (50, 40)
     with pytest.raises(ValueError):
         encode_image(arr, "gif")
+
+
+def test_png_level_changes_bytes_never_pixels():
+    """Smooth content with noise, like a photo: every zlib level decodes to the same pixels; level 0 stores."""
+    arr = rand_rgb(128, 96, 3)  # [96, 128, 3]: gradients and noise
+    sizes = {}
+    for level in (0, 1, 6, 9):
+        data = encode_image(arr, "png", png_level=level)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), arr)
+        sizes[level] = len(data)
+    assert sizes[0] > 96 * 128 * 3 > sizes[1] >= sizes[6] >= sizes[9], sizes

@@ -46,7 +46,9 @@ def test_settings_validation(kw, words):
 
 
 @pytest.mark.parametrize("kw, words", [({"format": "gif"}, "format"), ({"quality": 0}, "quality"),
-                                       ({"lossless": True}, "webp only"), ({"root": ""}, "root")])
+                                       ({"lossless": True}, "webp only"), ({"root": ""}, "root"),
+                                       ({"png_level": 10}, "PNG level"), ({"png_level": -1}, "PNG level"),
+                                       ({"png_level": True}, "PNG level")])
 def test_output_settings_validation(kw, words):
     with pytest.raises(SettingsError, match=words):
         OutputSettings(**{"root": "/tmp/x", **kw})

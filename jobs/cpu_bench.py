@@ -1,0 +1,136 @@
+"""`rayinpaint bench --cpu-stages`: CPU cost per row of the prepare and finish stages (no model, no Ray).
+
+For each input size (1, 4 and 12 MP by default) a photo-like JPEG is synthesised (smooth colour fields, edges
+and sensor-like noise; real photos compress somewhat differently) with a box mask covering about 5% of it. The
+row goes through the job's own `prepare_row` and `finish_row` (the model's output stands in as the crop it was
+given), writing to a temporary folder; every output format and PNG level asked for is timed on the same row.
+Reported per size: ms per row for prepare (fetch, decode, mask, crop) and for finish (decode of the source,
+paste-back, encode, write), the encoded bytes, and the CPU cores one GPU needs to keep up at `--images-per-s`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+SIZES_MP = {1: (1152, 864), 4: (2304, 1728), 12: (4000, 3000)}
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> bytes:
+    """A JPEG (quality 90) of smooth gradients, a few hard-edged shapes and noise of sigma 6."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([127 + 80 * np.sin(x / width * 3 + c) * np.cos(y / height * 2 - c) for c in (0.0, 1.3, 2.6)], -1)
+    im = Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, width - 8)), int(rng.integers(0, height - 8))
+        draw.rectangle([x0, y0, x0 + int(rng.integers(8, width // 4)), y0 + int(rng.integers(8, height // 4))],
+                       fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _row(width: int, height: int) -> dict:
+    side_w, side_h = int(width * 0.224), int(height * 0.224)  # 0.224^2 ~ 5% of the image
+    x0, y0 = width // 3, height // 3
+    return {"id": f"bench-{width}x{height}", "image_bytes": photo_like(width, height),
+            "boxes": [[x0, y0, x0 + side_w, y0 + side_h]]}
+
+
+def _median_ms(fn, repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return round(1000 * statistics.median(times), 1), out
+
+
+def bench_size(mp: int, outputs: list[tuple[str, dict]], images_per_s: float, repeat: int) -> dict:
+    from rayinpaint.io.finish import composite, finish_row
+    from rayinpaint.io.images import decode_image, encode_image
+    from rayinpaint.io.prepare import prepare_row
+    from rayinpaint.io.settings import OutputSettings, PrepareSettings
+
+    width, height = SIZES_MP[mp]
+    row = _row(width, height)
+    settings = PrepareSettings()
+    prepare_ms, prepared = _median_ms(lambda: prepare_row(dict(row), settings), repeat)
+    assert prepared["status"] == "ready", prepared.get("error")
+    R = settings.resolution
+    result = np.frombuffer(prepared["model_image"], np.uint8).reshape(R, R, 3)
+    rec = {"megapixels": round(width * height / 1e6, 1), "size": f"{width}x{height}",
+           "source_bytes": len(row["image_bytes"]), "prepare_ms": prepare_ms,
+           "decode_source_ms": _median_ms(lambda: decode_image(prepared["source"]), repeat)[0],
+           "composite_ms": _median_ms(lambda: composite(prepared, result, settings), repeat)[0]}
+    final = composite(prepared, result, settings)[0]
+    rec["outputs"] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kw in outputs:
+            out = OutputSettings(root=tmp, **kw)
+            encode_ms, data = _median_ms(lambda: encode_image(final, out.format, out.quality, out.lossless,
+                                                              **_png(kw)), repeat)
+            finish_ms, _ = _median_ms(lambda: finish_row(dict(prepared), result, settings, out), repeat)
+            per_row_s = (prepare_ms + finish_ms) / 1000
+            rec["outputs"][name] = {"finish_ms": finish_ms, "encode_ms": encode_ms, "bytes": len(data),
+                                    "cores_per_gpu": round(per_row_s * images_per_s, 2)}
+    return rec
+
+
+def _png(kw: dict) -> dict:
+    return {"png_level": kw["png_level"]} if "png_level" in kw else {}
+
+
+def output_variants(levels: list[int]) -> list[tuple[str, dict]]:
+    out = [(f"png-level{n}", {"format": "png", "png_level": n}) for n in levels]
+    return out + [("webp-lossless", {"format": "webp", "lossless": True}), ("jpeg-q95", {"format": "jpeg"})]
+
+
+def run_cpu_bench(sizes: list[int], images_per_s: float, levels: list[int], repeat: int) -> dict:
+    import os
+    import platform
+
+    import PIL
+
+    return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (one used), Python {platform.python_version()}",
+            "pillow": PIL.__version__, "numpy": np.__version__, "images_per_s_per_gpu": images_per_s,
+            "note": "one row at a time on one core; cores_per_gpu = (prepare + finish) s/row x images/s",
+            "sizes": [bench_size(mp, output_variants(levels), images_per_s, repeat) for mp in sizes]}
+
+
+def add_cpu_bench_arguments(p) -> None:
+    g = p.add_argument_group("CPU stages (--cpu-stages: prepare and finish per row, no model)")
+    g.add_argument("--cpu-stages", action="store_true",
+                   help="time the prepare and finish stages per row instead of the model")
+    g.add_argument("--megapixels", default="1,4,12", help="input sizes, among 1, 4, 12 (default: 1,4,12)")
+    g.add_argument("--images-per-s", type=float, default=6.0,
+                   help="one GPU's model rate, for cores per GPU (default: 6)")
+    g.add_argument("--png-levels", default="1,6", help="PNG levels to time (default: 1,6)")
+    g.add_argument("--repeat", type=int, default=3, help="timed repeats per measure; the median (default: 3)")
+
+
+def run_cpu_bench_cli(args) -> int:
+    import json
+    import os
+
+    sizes = [int(v) for v in args.megapixels.split(",")]
+    if any(s not in SIZES_MP for s in sizes):
+        raise SystemExit(f"--megapixels: choose among {', '.join(map(str, SIZES_MP))}")
+    out = run_cpu_bench(sizes, args.images_per_s, [int(v) for v in args.png_levels.split(",")], args.repeat)
+    out["load_average_1m"] = round(os.getloadavg()[0], 2)  # other work on the machine inflates the times
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    return 0
