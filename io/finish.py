@@ -24,7 +24,7 @@ from .errors import OutputWriteError, RowError, redact_uri
 from .geometry import paste_back, window_inside
 from .images import decode_image, encode_image
 from .masks import bbox, feather_alpha
-from .naming import output_name
+from .naming import image_path, output_name
 from .settings import OutputSettings, PrepareSettings
 from .storage import join_uri, write_bytes
 
@@ -155,7 +155,7 @@ def _write_image(final: np.ndarray, row_id: str, out: OutputSettings) -> tuple[s
     except Exception as e:  # noqa: BLE001
         raise RowError("write_failed", f"encoding {out.format} failed: {type(e).__name__}: {e}") from None
     stem, hashed = output_name(row_id)
-    uri = join_uri(out.root, "images", f"{stem}.{out.extension}")
+    uri = join_uri(out.root, "images", f"{image_path(stem, out.layout)}.{out.extension}")
     t1 = time.perf_counter()
     try:
         write_bytes(uri, data, out.storage)

@@ -28,6 +28,21 @@ def hashed_stem(row_id: str) -> str:
     return "h~" + hashlib.sha256(row_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
+LAYOUTS = ("flat", "hashed")
+
+
+def image_path(stem: str, layout: str) -> str:
+    """Path of an output image's stem under `{output}/images/`: the stem itself ("flat"), or under one of 256
+    folders named by the first two hex digits of SHA-256 of the stem ("hashed": `ab/{stem}`), so that 100M
+    images are ~400k per folder instead of 100M in one (painful on local and network filesystems; object
+    stores do not mind either way)."""
+    if layout == "flat":
+        return stem
+    if layout == "hashed":
+        return f"{hashlib.sha256(stem.encode('utf-8')).hexdigest()[:2]}/{stem}"
+    raise ValueError(f"unknown image layout {layout!r}")
+
+
 def output_name(row_id: str) -> tuple[str, bool]:
     """(file stem, hashed?) for a row id; stable across runs and machines."""
     if is_safe_stem(row_id):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from .errors import SettingsError
 from .images import EXTENSIONS, MAX_PNG_LEVEL, PNG_LEVEL
+from .naming import LAYOUTS
 from .schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
 from .storage import StorageOptions
 
@@ -80,6 +81,7 @@ class OutputSettings:
     lossless: bool = False        # WebP only
     storage: StorageOptions = field(default_factory=StorageOptions)
     png_level: int = PNG_LEVEL    # zlib level 0..9 of PNG output (pixels identical at every level)
+    layout: str = "flat"          # images/{stem}.ext, or "hashed": images/ab/{stem}.ext (naming.image_path)
 
     def validate(self) -> None:
         if not self.root or not isinstance(self.root, str):
@@ -94,6 +96,8 @@ class OutputSettings:
         if not isinstance(self.png_level, int) or isinstance(self.png_level, bool) \
                 or not 0 <= self.png_level <= MAX_PNG_LEVEL:
             raise SettingsError(f"PNG level must be an integer in 0..{MAX_PNG_LEVEL}, got {self.png_level!r}")
+        if self.layout not in LAYOUTS:
+            raise SettingsError(f"image layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.lossless and fmt != "webp":
             raise SettingsError(f"lossless applies to webp only, not {self.format!r}")
 

@@ -136,6 +136,9 @@ def _image_options(opt) -> None:
     opt("--lossless", action=argparse.BooleanOptionalAction, help="lossless WebP")
     opt("--png-level", type=int, help="zlib level 0-9 of PNG output: pixels are the same at every level; 1 is "
                                       "several times faster than 6 for a few %% more bytes (BENCHMARKS.md)")
+    opt("--image-layout", choices=("flat", "hashed"),
+        help="flat: images/{id}.png; hashed: images/ab/{id}.png, 256 folders (for 100M images on a filesystem); "
+             "output_uri records the path either way")
 
 
 def _cluster_options(opt) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from rayinpaint.io.errors import SettingsError
 from rayinpaint.io.images import MAX_PNG_LEVEL, PNG_LEVEL
+from rayinpaint.io.naming import LAYOUTS
 from rayinpaint.io.schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
 from rayinpaint.io.settings import (FORMATS, MAX_GROW_PX, MAX_MIN_CONTEXT_PX, MAX_RESOLUTION, RESOLUTION_STEP,
                                     OutputSettings, PrepareSettings)
@@ -46,6 +47,7 @@ class JobConfig:
     quality: int = 95
     lossless: bool = False
     png_level: int = PNG_LEVEL
+    image_layout: str = "flat"
     mask_threshold: float = 0.5
     mask_invert: bool = False
     mask_dilate: int = 8
@@ -120,7 +122,8 @@ class JobConfig:
 
     def output_settings(self, storage) -> OutputSettings:
         return OutputSettings(root=self.output.rstrip("/"), format=self.format, quality=self.quality,
-                              lossless=self.lossless, storage=storage, png_level=self.png_level)
+                              lossless=self.lossless, storage=storage, png_level=self.png_level,
+                              layout=self.image_layout)
 
     def model_settings(self, storage):
         """What each model actor is built from; `storage`: this run's StorageOptions (for the weights)."""
@@ -288,6 +291,7 @@ def _check_rows(c: JobConfig) -> None:
     _check(1 <= c.quality <= 100, f"--quality must be between 1 and 100, got {c.quality}")
     _check(not c.lossless or c.format == "webp", f"--lossless applies to --format webp only, not {c.format}")
     _check(0 <= c.png_level <= MAX_PNG_LEVEL, f"--png-level must be between 0 and {MAX_PNG_LEVEL}, got {c.png_level}")
+    _check(c.image_layout in LAYOUTS, f"--image-layout must be one of {', '.join(LAYOUTS)}, got {c.image_layout!r}")
 
 
 def _check_run(c: JobConfig) -> None:
