@@ -36,6 +36,9 @@ SMALL_BYTES = 8 * 2**20
 # A merge never holds more than this much of the rows in memory (wide prompts or error texts).
 MAX_MERGE_BYTES = 512 * 2**20
 IN_RUN_SHARDS = 256
+# Merged files are sorted by id in row groups of this many rows, so a reader looking ids up skips the row groups
+# whose min/max statistics exclude them.
+ROW_GROUP_ROWS = 128 * 1024
 
 
 @dataclass
@@ -106,7 +109,8 @@ def _merge(ledger: Ledger, group: list, done: Compaction) -> None:
         keep = np.ones(merged.num_rows, bool)
         keep[drop] = False
         merged = merged.filter(pa.array(keep))
-    done.written.append(ledger.write_rows(merged, name=successor_name(group[-1][0])))
+    merged = merged.sort_by("id")
+    done.written.append(ledger.write_rows(merged, name=successor_name(group[-1][0]), row_group_rows=ROW_GROUP_ROWS))
     for path, _ in group:
         remove_merged(ledger, path)
     done.merged += 1

@@ -60,12 +60,13 @@ def successor_name(path: str) -> str:
     return f"{stem}_{uuid.uuid4().hex[:8]}.parquet"
 
 
-def write_shard(results_uri: str, table: pa.Table, storage, name: str | None = None) -> str:
+def write_shard(results_uri: str, table: pa.Table, storage, name: str | None = None,
+                row_group_rows: int | None = None) -> str:
     """Write `table` as one new, complete results shard under `results_uri` (named `name`, else a new name that
     sorts after every shard so far); returns its URI. The one way any process (driver or finish task) adds rows
     to the ledger."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_rows)
     uri = join_uri(results_uri, name or new_shard_name())
     write_bytes(uri, buf.getvalue(), storage)
     return uri
@@ -278,8 +279,8 @@ class Ledger:
             n += int((~keep).sum())
         log.info("ledger: removed %d superseded row(s) from %d shard(s)", n, len(np.unique(shard)))
 
-    def write_rows(self, table: pa.Table, name: str | None = None) -> str:
-        return write_shard(self.uri, table, self.storage, name=name)
+    def write_rows(self, table: pa.Table, name: str | None = None, row_group_rows: int | None = None) -> str:
+        return write_shard(self.uri, table, self.storage, name=name, row_group_rows=row_group_rows)
 
     def read_all(self) -> pa.Table:
         """Every row of every shard, one table (columns a shard lacks read as null)."""

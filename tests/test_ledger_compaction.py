@@ -135,3 +135,18 @@ def test_in_run_compaction_merges_new_shards_only(tmp_path):
     files = ledger.shard_paths()
     assert len(files) == 2 and merged[0] in files  # the earlier merged file was not read again
     assert len(by_id(ledger)) == 80
+
+
+def test_merged_files_are_sorted_by_id_in_row_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(compaction, "ROW_GROUP_ROWS", 50)
+    ledger = Ledger(str(tmp_path / "out"), StorageOptions())
+    for s in reversed(range(20)):  # written in descending id order
+        ledger.write_rows(rows(s * 10, 10))
+    compact(ledger)
+    (path,) = ledger.shard_paths()
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 4
+    ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    assert ids == sorted(ids) and len(ids) == 200
+    stats = [meta.row_group(g).column(0).statistics for g in range(4)]
+    assert all(a.max < b.min for a, b in zip(stats, stats[1:]))  # disjoint: a lookup reads one row group
