@@ -188,8 +188,8 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int = 50_000_000)
 # --cpu-stages`). Pixels are identical at every level.
 PNG_LEVEL = 1
 MAX_PNG_LEVEL = 9
-# Lossless WebP at its fastest effort: exact pixels, a few times smaller than PNG level 1 on photos' flat areas
-# and within 2x of its time; the slowest effort (method 4, quality 100) took ~25x longer for ~10% fewer bytes.
+# Lossless WebP at its fastest effort: exact pixels and smaller than PNG level 1 (BENCHMARKS.md); higher efforts
+# (up to method 6, quality 100) save a few % more bytes for many times the encoding time.
 WEBP_LOSSLESS = {"method": 0, "quality": 0}
 
 
