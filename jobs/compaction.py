@@ -49,6 +49,7 @@ class Compaction:
     rows: int = 0             # rows written
     duplicates: int = 0       # superseded rows dropped
     written: list = field(default_factory=list)
+    file_rows: dict = field(default_factory=dict)   # rows of each file left after the merge, where known
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -66,12 +67,18 @@ def conform(table: pa.Table) -> pa.Table:
     return pa.table(arrays, names=names)
 
 
-def compact(ledger: Ledger, *, target_rows: int = TARGET_ROWS, new_only: bool = False) -> Compaction:
+def compact(ledger: Ledger, *, target_rows: int = TARGET_ROWS, new_only: bool = False,
+            file_rows: dict | None = None) -> Compaction:
     """Merge the ledger's small files, oldest first, into files of up to `target_rows` rows. `new_only`:
-    only shards written by finish tasks (not earlier merges), for compactions during a run."""
-    done = Compaction()
-    candidates = [p for p, size in ledger.listing()
-                  if size < SMALL_BYTES and not (new_only and is_merged(p))]
+    only shards written by finish tasks (not earlier merges), for compactions during a run. `file_rows`: rows
+    per file where known (the index has them): a file is small when it holds under half `target_rows` rows,
+    and, where its rows are not known, when it is under SMALL_BYTES; large files are never read."""
+    known = dict(file_rows or {})
+    listing = ledger.listing()
+    done = Compaction(file_rows={p: known[p] for p, _ in listing if p in known})
+    candidates = [p for p, size in listing
+                  if (known[p] < target_rows // 2 if p in known else size < SMALL_BYTES)
+                  and not (new_only and is_merged(p))]
     if len(candidates) < 2:
         return done
     group, rows, nbytes = [], 0, 0
@@ -80,6 +87,9 @@ def compact(ledger: Ledger, *, target_rows: int = TARGET_ROWS, new_only: bool = 
         chunk = candidates[k:k + step]
         for path, t in zip(chunk, ledger.read_many(chunk)):
             if t is None:  # gone or quarantined meanwhile
+                continue
+            if t.num_rows >= target_rows // 2:  # large after all (rows not known before): left as it is
+                done.file_rows[path] = t.num_rows
                 continue
             group.append((path, t))
             rows, nbytes = rows + t.num_rows, nbytes + t.nbytes
@@ -110,9 +120,12 @@ def _merge(ledger: Ledger, group: list, done: Compaction) -> None:
         keep[drop] = False
         merged = merged.filter(pa.array(keep))
     merged = merged.sort_by("id")
-    done.written.append(ledger.write_rows(merged, name=successor_name(group[-1][0]), row_group_rows=ROW_GROUP_ROWS))
+    written = ledger.write_rows(merged, name=successor_name(group[-1][0]), row_group_rows=ROW_GROUP_ROWS)
+    done.written.append(written)
+    done.file_rows[written.split("://", 1)[-1] if "://" in written else written] = merged.num_rows
     for path, _ in group:
         remove_merged(ledger, path)
+        done.file_rows.pop(path, None)
     done.merged += 1
     done.replaced += len(group)
     done.rows += merged.num_rows

@@ -42,6 +42,7 @@ class Todo:
     exclude: pa.Array    # ids done (per the ledger) or settled by the manifest alone
     done: int            # ids already done
     index: LedgerIndex   # the reconciled ledger at the start, with the rows the manifest alone settled
+    file_rows: dict      # rows of each results file after the start's merge (large files are not read again)
 
     @property
     def count(self) -> int:
@@ -74,7 +75,7 @@ def _run_job(cfg: JobConfig) -> int:
     tally = RunTally(cfg.preview_count)
     if todo.count:
         process_rows(cfg, storage, scan, ledger, todo, tally)
-    compact(ledger)
+    compact(ledger, file_rows=todo.file_rows)
     outcome = outcome_of(todo.index.with_rows(tally.recorded()), scan.ids, scan.duplicates, cfg.max_error_rate)
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     summary = build_summary(cfg, outcome, tally, elapsed=time.perf_counter() - t0, started=started,
@@ -100,9 +101,10 @@ def reconcile(cfg: JobConfig, ledger: Ledger, scan: ManifestScan) -> Todo:
     new_settled = settled.filter(pc.invert(pc.is_in(settled_ids, value_set=idx.ids)))
     if new_settled.num_rows:
         ledger.write_rows(new_settled)
+    merged = compact(ledger, file_rows=idx.rows_per_shard())
+    if new_settled.num_rows:
         idx = idx.with_rows(new_settled)
-    compact(ledger)
-    todo = Todo(ids=todo_ids, exclude=exclude, done=len(done), index=idx)
+    todo = Todo(ids=todo_ids, exclude=exclude, done=len(done), index=idx, file_rows=merged.file_rows)
     n = todo.count if cfg.limit is None else min(todo.count, cfg.limit)
     log.info("ledger: %d row(s) already done; %d to process now", todo.done, n)
     return todo

@@ -128,6 +128,11 @@ class LedgerIndex:
         """Rows whose prompt or negative prompt was longer than the text encoder's 77 tokens (cut)."""
         return pc.sum(pc.cast(pc.fill_null(self.table.column("prompt_truncated"), False), pa.int64())).as_py() or 0
 
+    def rows_per_shard(self) -> dict:
+        """{shard path: rows} of the shards this index was read from."""
+        counts = np.bincount(self.table.column("shard").to_numpy(), minlength=len(self.shards))
+        return {p: int(n) for p, n in zip(self.shards, counts)}
+
     def with_rows(self, rows: pa.Table) -> "LedgerIndex":
         """This index plus rows recorded after it was read (columns id, status, error_kind and optionally
         prompt_truncated, e.g. what the driver received during a run), one row per id: a later row replaces an

@@ -150,3 +150,23 @@ def test_merged_files_are_sorted_by_id_in_row_groups(tmp_path, monkeypatch):
     assert ids == sorted(ids) and len(ids) == 200
     stats = [meta.row_group(g).column(0).statistics for g in range(4)]
     assert all(a.max < b.min for a, b in zip(stats, stats[1:]))  # disjoint: a lookup reads one row group
+
+
+def test_files_known_to_be_large_are_not_read_again(tmp_path, monkeypatch):
+    """With the rows per file from the index, a merge reads only the small files; a file found large after
+    reading (rows not known) is left as it is, not rewritten."""
+    ledger = ledger_of(tmp_path, 3, per=60)  # three files of 60 rows: large for a target of 100
+    for s in range(3, 6):
+        ledger.write_rows(rows(s * 60, 10))
+    big = ledger.shard_paths()[:3]
+    known = ledger.index().rows_per_shard()
+    read = []
+    real = Ledger.read_many
+    monkeypatch.setattr(Ledger, "read_many", lambda self, paths, **kw: read.extend(paths) or real(self, paths, **kw))
+    done = compact(ledger, target_rows=100, file_rows=known)
+    assert not set(read) & set(big) and len(read) == 3 and done.merged == 1
+    assert all(p in ledger.shard_paths() for p in big)
+    assert done.file_rows[done.written[0].split("://")[-1]] == 30 and all(done.file_rows[p] == 60 for p in big)
+    read.clear()
+    again = compact(ledger, target_rows=100)  # rows not given: the 60-row files are read, found large, kept
+    assert again.merged == 0 and all(p in ledger.shard_paths() for p in big)
