@@ -159,6 +159,9 @@ def _storage_options(opt) -> None:
 def _outcome_options(opt) -> None:
     opt("--max-error-rate", type=float,
         help="largest error fraction for which _SUCCESS is written and the exit code is 0")
+    opt("--max-unchanged-rate", type=float,
+        help="the fraction of non-error rows left `unchanged` (empty mask) must stay below this for _SUCCESS "
+             "(exclusive: at the default 1.0 an output where no row was repainted fails; above 1 never fails)")
     opt("--preview-count", type=int, help="sample rows shown in _REPORT.html")
     opt("--progress-interval", type=float, help="seconds between progress lines")
 

@@ -67,6 +67,7 @@ class JobConfig:
     storage_option: tuple[str, ...] = ()
     limit: int | None = None
     max_error_rate: float = 0.05
+    max_unchanged_rate: float = 1.0
     retry_errors: bool = False
     address: str | None = None
     preview_count: int = 24
@@ -294,6 +295,7 @@ def _check_run(c: JobConfig) -> None:
     _check(c.num_actors is None or c.num_actors >= 1, f"--num-actors must be >= 1, got {c.num_actors}")
     _check(c.limit is None or c.limit >= 1, f"--limit must be >= 1, got {c.limit}")
     _check(0.0 <= c.max_error_rate <= 1.0, f"--max-error-rate must be in [0, 1], got {c.max_error_rate}")
+    _check(c.max_unchanged_rate > 0.0, f"--max-unchanged-rate must be > 0, got {c.max_unchanged_rate}")
     _check(c.preview_count >= 0, f"--preview-count must be >= 0, got {c.preview_count}")
     _check(c.max_crash_retries >= 0, f"--max-crash-retries must be >= 0, got {c.max_crash_retries}")
     _check(c.progress_interval > 0, f"--progress-interval must be > 0, got {c.progress_interval}")

@@ -70,7 +70,7 @@ def _run_job(cfg: JobConfig) -> int:
     tally = RunTally(cfg.preview_count)
     if todo.count:
         process_rows(cfg, storage, scan, ledger, todo, tally)
-    outcome = outcome_of(ledger.reconcile(), scan.ids, scan.duplicates, cfg.max_error_rate)
+    outcome = outcome_of(ledger.reconcile(), scan.ids, scan.duplicates, cfg.max_error_rate, cfg.max_unchanged_rate)
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     summary = build_summary(cfg, outcome, tally, elapsed=time.perf_counter() - t0, started=started,
                             model_sha256=model_sha)
@@ -138,6 +138,8 @@ def write_outputs(cfg: JobConfig, storage, summary: dict, previews: list, succes
         write_bytes(marker, b"", storage)
     elif fs.exists(mp):
         fs.rm(mp)
+    for warning in summary["warnings"]:
+        log.warning(warning)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts_by_status"].items()))
     left = summary["unique_ids"] - sum(summary["counts_by_status"].values())
     log.info("done: %s; error rate %.4f (limit %s); %s", counts, summary["error_rate"], cfg.max_error_rate,
@@ -167,6 +169,6 @@ def keep_previews(root: str, previews: list, cfg: JobConfig, storage) -> list:
 def _exit_code(cfg: JobConfig, outcome: Outcome) -> int:
     if outcome.success:
         return 0
-    if outcome.within_error_rate and cfg.limit is not None:
+    if outcome.within_rates and cfg.limit is not None:
         return 0  # a --limit run is incomplete by request
     return 1

@@ -8,6 +8,8 @@ import json
 import platform
 import time
 
+from .accounting import unchanged_warning
+
 
 def package_versions(packages) -> dict:
     """{distribution name: installed version, or None when it is not installed}."""
@@ -58,6 +60,10 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
         "error_examples": error_examples(outcome, tally),
         "error_rate": outcome.error_rate,
         "max_error_rate": cfg.max_error_rate,
+        "unchanged_rate": round(outcome.unchanged_rate, 6),
+        "max_unchanged_rate": cfg.max_unchanged_rate,
+        "unchanged_examples": list(outcome.unchanged_examples),
+        "warnings": [w for w in (unchanged_warning(outcome, cfg),) if w],
         "duplicate_ids": {"count": len(outcome.duplicates),
                           "examples": dict(list(sorted(outcome.duplicates.items()))[:20])},
         "this_run": tally.this_run(),
@@ -103,15 +109,17 @@ def report_html(summary: dict, previews: list[tuple[str, str, bytes]]) -> bytes:
         cards += (f'<div class="card"><img src="data:image/jpeg;base64,{b64}" alt="{e(rid)}">'
                   f"<div>{e(rid)} &middot; {e(status)}</div></div>")
     settings = e(json.dumps(s["settings"], indent=1, default=str))
+    warnings = "".join(f'<p class="bad warn"><b>Warning:</b> {e(w)}</p>' for w in s.get("warnings", []))
     dup = s["duplicate_ids"]
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ray-inpaint report</title>
 <style>{_CSS}</style></head><body>
 <h1>ray-inpaint run report</h1>
 <p class="{'ok' if ok else 'bad'}"><b>{'SUCCESS' if ok else 'NOT SUCCESSFUL'}</b>:
-error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), {'complete' if s['complete'] else 'INCOMPLETE'},
+error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), unchanged rate {s['unchanged_rate']:.4f}
+(limit {s['max_unchanged_rate']}, exclusive), {'complete' if s['complete'] else 'INCOMPLETE'},
 {s['accounted']} of {s['unique_ids']} ids accounted for; finished {e(s['finished_utc'])}; model sha256
 <code>{e(str(s['model_sha256']))}</code>.</p>
-<h2>Counts</h2><table><tr><th>status</th><th>rows</th></tr>{rows}</table>
+{warnings}<h2>Counts</h2><table><tr><th>status</th><th>rows</th></tr>{rows}</table>
 <p>Duplicate ids in the manifest: {dup['count']}. Prompts longer than the text encoder's 77 tokens
 (cut to fit): {s.get('prompts_truncated', 0)}.</p>
 <h2>Errors by kind</h2>

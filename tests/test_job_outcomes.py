@@ -1,0 +1,84 @@
+"""Honest outcomes of whole runs: 0/1 masks repaint, an output in which no row was repainted is not a success,
+and mostly-unchanged outputs are called out in the summary, the report and the console."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from helpers_job import FAST_TINY
+from rayinpaint.jobs.accounting import Outcome, unchanged_warning
+from rayinpaint.jobs.config import JobConfig
+from rayinpaint.jobs.inpaint import run_job
+from rayinpaint.jobs.ledger import read_results
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def write_rows(folder, masks: dict) -> str:
+    """One 64x48 image per id with the given uint8 mask array saved as a PNG; returns the manifest path."""
+    (folder / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    recs = []
+    for rid, mask in masks.items():
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / "img" / f"{rid}.png")
+        Image.fromarray(mask).save(folder / "img" / f"{rid}-mask.png")
+        recs.append({"id": rid, "image": f"img/{rid}.png", "mask": f"img/{rid}-mask.png"})
+    path = str(folder / "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist(recs), path)
+    return path
+
+
+def boolean_mask(on: bool = True) -> np.ndarray:
+    m = np.zeros((48, 64), bool)
+    m[10:30, 20:40] = on
+    return m.astype(np.uint8)  # 0/1 values, as Image.fromarray(mask.astype(uint8)) writes them
+
+
+def test_zero_one_masks_repaint_and_all_unchanged_is_not_a_success(ray_local, tmp_path, caplog):
+    manifest = write_rows(tmp_path / "a", {f"r{i}": boolean_mask() for i in range(3)})
+    out = tmp_path / "out-01"
+    assert run_job(JobConfig(manifest=(manifest,), output=str(out), **FAST_TINY)) == 0
+    rows = read_results(str(out)).to_pylist()
+    assert {r["status"] for r in rows} == {"ok"} and all(r["mask_pixels"] >= 400 for r in rows)
+    assert (out / "_SUCCESS").exists()
+
+    black = write_rows(tmp_path / "b", {f"k{i}": np.zeros((48, 64), np.uint8) for i in range(3)})
+    out = tmp_path / "out-black"
+    with caplog.at_level(logging.WARNING, logger="rayinpaint.job"):
+        assert run_job(JobConfig(manifest=(black,), output=str(out), **FAST_TINY)) == 1
+    assert {r["status"] for r in read_results(str(out)).to_pylist()} == {"unchanged"}
+    assert not (out / "_SUCCESS").exists()
+    s = json.loads((out / "_SUMMARY.json").read_text())
+    assert not s["success"] and s["unchanged_rate"] == 1.0 and s["unchanged_examples"] == ["k0", "k1", "k2"]
+    assert len(s["warnings"]) == 1 and "--mask-threshold" in s["warnings"][0] and "k0" in s["warnings"][0]
+    report = (out / "_REPORT.html").read_text()
+    assert "NOT SUCCESSFUL" in report and "Warning:" in report and "--mask-invert" in report
+    assert any("are `unchanged`" in r.getMessage() for r in caplog.records)
+
+    # Detector-style outputs (most images have nothing to remove) pass when the bound allows it: above 1 never fails.
+    again = JobConfig(manifest=(black,), output=str(out), max_unchanged_rate=1.5, **FAST_TINY)
+    assert run_job(again) == 0 and (out / "_SUCCESS").exists()
+
+
+def _outcome(ok: int, unchanged: int, error: int = 0, limit: float = 1.0) -> Outcome:
+    return Outcome(by_status={"ok": ok, "unchanged": unchanged, "error": error}, by_kind={}, unique_ids=ok + unchanged
+                   + error, accounted=ok + unchanged + error, duplicates={}, prompts_truncated=0, max_error_rate=1.0,
+                   max_unchanged_rate=limit, unchanged_examples=("u1", "u2"))
+
+
+def test_unchanged_rate_bound_and_warning():
+    cfg = JobConfig(manifest=("m",), output="o")
+    assert not _outcome(0, 5).success                       # nothing repainted: not a success at the default
+    assert _outcome(1, 9).success                            # 90% unchanged: a success, with a warning
+    assert unchanged_warning(_outcome(1, 9), cfg).startswith("9 of 10 row(s) (90%)")
+    assert "u1, u2" in unchanged_warning(_outcome(1, 9), cfg)
+    assert unchanged_warning(_outcome(5, 5), cfg) is None     # half is not "more than half"
+    assert not _outcome(1, 3, limit=0.75).success and _outcome(2, 3, limit=0.75).success  # exclusive bound
+    assert _outcome(0, 0, error=2).unchanged_rate == 0.0     # errors are the error rate's business
