@@ -89,6 +89,10 @@ def _io_options(opt) -> None:
     opt("--limit", type=int, metavar="N", help="process at most N not-yet-done rows, then stop (dry runs)")
     opt("--retry-errors", action=argparse.BooleanOptionalAction,
         help="reprocess rows whose earlier result is an error (rows already ok are always skipped)")
+    opt("--reprocess", action=argparse.BooleanOptionalAction,
+        help="the output holds rows made with other pixel settings (model, sampler, steps, prompts, masks...): "
+             "redo them under these settings, replacing them (kept under _superseded/); without it such a rerun "
+             "stops before any work")
 
 
 def _model_options(opt) -> None:

@@ -69,6 +69,7 @@ class JobConfig:
     max_error_rate: float = 0.05
     max_unchanged_rate: float = 1.0
     retry_errors: bool = False
+    reprocess: bool = False
     address: str | None = None
     preview_count: int = 24
     max_crash_retries: int = 1

@@ -23,6 +23,7 @@ from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 from .accounting import Outcome, RunTally, outcome_of
 from .config import JobConfig
+from .fingerprint import settle_settings
 from .ledger import DONE_STATUSES, Ledger
 from .preflight import (ManifestScan, OutputUnwritable, check_output_writable, check_weights, scan_manifest,
                         settled_rows)
@@ -66,14 +67,16 @@ def _run_job(cfg: JobConfig) -> int:
     log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
              sum(len(g) for g in scan.groups), len(scan.ids), len(scan.duplicates), len(scan.missing))
     ledger = Ledger(cfg.output, storage)
+    fingerprint = settle_settings(cfg, storage, ledger)
     todo = reconcile(cfg, ledger, scan)
     tally = RunTally(cfg.preview_count)
     if todo.count:
-        process_rows(cfg, storage, scan, ledger, todo, tally)
+        process_rows(cfg, storage, scan, ledger, todo, tally, fingerprint)
     outcome = outcome_of(ledger.reconcile(), scan.ids, scan.duplicates, cfg.max_error_rate, cfg.max_unchanged_rate)
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     summary = build_summary(cfg, outcome, tally, elapsed=time.perf_counter() - t0, started=started,
                             model_sha256=model_sha)
+    summary["settings_fingerprint"] = fingerprint
     write_outputs(cfg, storage, summary, tally.previews, outcome.success)
     return _exit_code(cfg, outcome)
 
@@ -101,7 +104,8 @@ def reconcile(cfg: JobConfig, ledger: Ledger, scan: ManifestScan) -> Todo:
     return todo
 
 
-def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, todo: Todo, tally: RunTally) -> None:
+def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, todo: Todo, tally: RunTally,
+                 fingerprint: str | None = None) -> None:
     """Start Ray (unless already connected), stream the rows to do through the pipeline, stop Ray."""
     import ray
 
@@ -110,7 +114,8 @@ def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, to
 
     n = todo.count if cfg.limit is None else min(todo.count, cfg.limit)
     rows = cfg.prepare_settings(storage)
-    run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength}
+    run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength,
+           "settings_fingerprint": fingerprint}
     finish = FinishContext(rows=rows, out=cfg.output_settings(storage), run=run,
                            results_uri=join_uri(cfg.output.rstrip("/"), "results"))
     plan = PassPlan(storage=storage, groups=scan.groups, rows=rows, finish=finish,

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers_job import FAST_TINY
+from helpers_job import FAST_TINY, run_cli
 from rayinpaint.jobs.accounting import Outcome, unchanged_warning
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.jobs.inpaint import run_job
@@ -82,3 +82,41 @@ def test_unchanged_rate_bound_and_warning():
     assert unchanged_warning(_outcome(5, 5), cfg) is None     # half is not "more than half"
     assert not _outcome(1, 3, limit=0.75).success and _outcome(2, 3, limit=0.75).success  # exclusive bound
     assert _outcome(0, 0, error=2).unchanged_rate == 0.0     # errors are the error rate's business
+
+
+def test_rerun_with_other_settings_stops_or_reprocesses_every_row(ray_local, tmp_path):
+    manifest = write_rows(tmp_path / "in", {f"s{i}": boolean_mask() * 255 for i in range(3)})
+    out = tmp_path / "out"
+    first = JobConfig(manifest=(manifest,), output=str(out), **FAST_TINY)
+    assert run_job(first) == 0
+    recorded = json.loads((out / "_SETTINGS.json").read_text())
+    rows = read_results(str(out)).to_pylist()
+    assert {r["settings_fingerprint"] for r in rows} == {recorded["fingerprint"]}
+
+    # Other pixel settings: exit 2 before any work, one line naming what differs and the ways out.
+    args = ["run", "--manifest", manifest, "--output", str(out), "--weights", "random:tiny", "--resolution", "128",
+            "--batch-size", "4", "--mask-dilate", "4", "--feather", "4", "--max-error-rate", "0.5"]
+    r = run_cli(*args, "--steps", "3", "--sampler", "euler", "--prompt", "a wall", timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("rayinpaint: error: --output") and "Traceback" not in r.stderr
+    for part in ("steps 2 -> 3", "sampler 'dpmpp_2m' -> 'euler'", "prompt '' -> 'a wall'", "--reprocess",
+                 "new --output"):
+        assert part in line, line
+    assert json.loads((out / "_SETTINGS.json").read_text()) == recorded  # nothing was changed
+    # Speed-only settings (batch size) are not pixel settings: the same command resumes with nothing to do.
+    assert run_job(JobConfig(manifest=(manifest,), output=str(out), **{**FAST_TINY, "batch_size": 2})) == 0
+    assert json.loads((out / "_SUMMARY.json").read_text())["this_run"]["processed"] == 0
+
+    # --reprocess redoes every row under the new settings: one row per id, all of them new; the old rows kept aside.
+    second = JobConfig(manifest=(manifest,), output=str(out), reprocess=True,
+                       **{**FAST_TINY, "steps": 3, "sampler": "euler", "prompt": "a wall"})
+    assert run_job(second) == 0
+    rows = read_results(str(out)).to_pylist()
+    new_fp = json.loads((out / "_SETTINGS.json").read_text())["fingerprint"]
+    assert new_fp != recorded["fingerprint"] and sorted(r["id"] for r in rows) == ["s0", "s1", "s2"]
+    assert all((r["settings_fingerprint"], r["steps"], r["sampler"], r["prompt"]) == (new_fp, 3, "euler", "a wall")
+               for r in rows), rows
+    assert list((out / "_superseded" / recorded["fingerprint"]).glob("part-*.parquet"))
+    s = json.loads((out / "_SUMMARY.json").read_text())
+    assert s["settings"]["steps"] == 3 and s["settings_fingerprint"] == new_fp and s["this_run"]["processed"] == 3
