@@ -14,7 +14,7 @@ from rayinpaint.io.errors import ManifestError, SettingsError
 from rayinpaint.io.settings import FORMATS
 from rayinpaint.model.choices import DTYPES, SAMPLERS
 
-from .config import FIELDS, MODEL_CONFIGS, build_config
+from .config import FIELDS, MODEL_CONFIGS, build_config, did_you_mean
 
 
 def _setup_logging(level: str) -> None:
@@ -22,8 +22,43 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (not the usage block), with "did you mean" for option names and
+    choices. Subcommand parsers are made of this class too (add_subparsers uses the parent's class)."""
+
+    def error(self, message):
+        self.exit(2, f"rayinpaint: error: {_with_suggestion(self, message)}\n")
+
+
+def _with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    import difflib
+    import re
+
+    options = [s for a in _all_actions(parser) for s in a.option_strings]
+    unknown = re.match(r"unrecognized arguments: (.*)", message)
+    if unknown:
+        hints = []
+        for word in unknown.group(1).split():
+            close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6) if word.startswith("-") else []
+            hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+        return f"unrecognized arguments: {' '.join(hints)}; see rayinpaint COMMAND --help"
+    choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        choices = [c.strip(" '") for c in choice.group(3).split(",")]
+        return f"{message}{did_you_mean(choice.group(2), choices)}"
+    return message
+
+
+def _all_actions(parser):
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from sub._actions
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="rayinpaint",
         description="Stable Diffusion 2 inpainting over Parquet manifests of image/mask/prompt rows, on Ray.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -106,7 +141,9 @@ def _model_options(opt) -> None:
         help="per-node cache for downloaded weights (default: $RAYINPAINT_CACHE or ~/.cache/rayinpaint/weights)")
     opt("--prompt", help="prompt for rows without one")
     opt("--negative-prompt", help="negative prompt for rows without one")
-    opt("--sampler", choices=SAMPLERS, help="sampler")
+    opt("--sampler", metavar="{" + ",".join(SAMPLERS) + "}",
+        help="sampler; diffusers scheduler class names work too (DPMSolverMultistepScheduler = dpmpp_2m, "
+             "EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DDIMScheduler)")
     opt("--karras", action=argparse.BooleanOptionalAction,
         help="Karras sigma spacing for euler, euler_a and dpmpp_2m (ignored by ddim)")
     opt("--eta", type=float, help="DDIM eta (0 = deterministic DDIM)")
