@@ -77,6 +77,7 @@ class JobConfig:
     preview_count: int = 24
     max_crash_retries: int = 1
     progress_interval: float = 10.0
+    wait_for_actors: float = 300.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -319,6 +320,7 @@ def _check_run(c: JobConfig) -> None:
     _check(c.preview_count >= 0, f"--preview-count must be >= 0, got {c.preview_count}")
     _check(c.max_crash_retries >= 0, f"--max-crash-retries must be >= 0, got {c.max_crash_retries}")
     _check(c.progress_interval > 0, f"--progress-interval must be > 0, got {c.progress_interval}")
+    _check(c.wait_for_actors >= 1, f"--wait-for-actors must be >= 1 second, got {c.wait_for_actors}")
     if c.weights_cache:
         _check(not os.path.isfile(c.weights_cache), f"--weights-cache {c.weights_cache} is a file, not a folder")
 
