@@ -120,12 +120,14 @@ def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, to
                            results_uri=join_uri(cfg.output.rstrip("/"), "results"))
     plan = PassPlan(storage=storage, groups=scan.groups, rows=rows, finish=finish,
                     model=cfg.model_settings(storage))
-    tally.progress = Progress(n, cfg.progress_interval)
+    tally.progress = Progress(n, cfg.progress_interval, before=todo.done)
+    tally.progress.start_ticker()
     started_ray = start_ray(cfg)
     try:
         process(cfg, plan, ledger, todo.ids, todo.exclude, tally,
                 preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))
     finally:
+        tally.progress.close()
         log.info(tally.progress.line())
         if started_ray:
             ray.shutdown()
