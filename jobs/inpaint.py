@@ -24,6 +24,7 @@ from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 from .accounting import Outcome, RunTally, outcome_of
 from .config import JobConfig
 from .fingerprint import settle_settings
+from .overview import describe_output
 from .ledger import DONE_STATUSES, Ledger
 from .preflight import (ManifestScan, OutputUnwritable, check_output_writable, check_weights, scan_manifest,
                         settled_rows)
@@ -74,8 +75,11 @@ def _run_job(cfg: JobConfig) -> int:
         process_rows(cfg, storage, scan, ledger, todo, tally, fingerprint)
     outcome = outcome_of(ledger.reconcile(), scan.ids, scan.duplicates, cfg.max_error_rate, cfg.max_unchanged_rate)
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
-    summary = build_summary(cfg, outcome, tally, elapsed=time.perf_counter() - t0, started=started,
-                            model_sha256=model_sha)
+    elapsed = time.perf_counter() - t0
+    whole = describe_output(cfg.output.rstrip("/"), storage, ledger, {
+        "started": started, "elapsed_s": round(elapsed, 3), "settings_fingerprint": fingerprint, **tally.this_run()})
+    summary = build_summary(cfg, outcome, tally, elapsed=elapsed, started=started, model_sha256=model_sha,
+                            whole=whole)
     summary["settings_fingerprint"] = fingerprint
     write_outputs(cfg, storage, summary, tally.previews, outcome.success)
     return _exit_code(cfg, outcome)

@@ -30,10 +30,13 @@ def versions() -> dict:
                                 "pillow", "numpy"))}
 
 
-def error_examples(outcome, tally) -> dict:
+def error_examples(outcome, tally, recorded: dict | None = None) -> dict:
     """{error kind: {"ids": a few ids, "message": one message}} for every kind in the output: ids and messages
-    from this run's rows, duplicated ids from the manifest, other kinds named with no example."""
-    examples = {k: dict(v) for k, v in tally.examples.items()}
+    from the results rows (`recorded`, jobs/overview.py) or this run's rows, duplicated ids from the manifest,
+    other kinds named with no example."""
+    examples = {k: dict(v) for k, v in (recorded or {}).items()}
+    for k, v in tally.examples.items():
+        examples.setdefault(k, dict(v))
     for k in outcome.by_kind:
         examples.setdefault(k, {"ids": [], "message": None})
     if not examples.get("duplicate_id", {}).get("ids") and outcome.duplicates:
@@ -42,10 +45,17 @@ def error_examples(outcome, tally) -> dict:
     return examples
 
 
-def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_sha256: str | None) -> dict:
-    """`outcome`: accounting.Outcome (the output as a whole); `tally`: accounting.RunTally (this run)."""
+def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_sha256: str | None,
+                  whole: dict | None = None) -> dict:
+    """`outcome`: accounting.Outcome (the output as a whole); `tally`: accounting.RunTally (this run); `whole`:
+    overview.describe_output (runs, rates, stage timings, error examples, mask sizes of the whole output).
+    Top-level rates and times describe the output as a whole; `this_run` holds this run's part."""
+    whole = whole or {}
     merged = sum(n - 1 for n in outcome.duplicates.values())
     written = tally.by_status.get("ok", 0) + tally.by_status.get("unchanged", 0)
+    this_run = {**tally.this_run(), "elapsed_s": round(elapsed, 3),
+                "rows_per_s": round(tally.processed / elapsed, 4) if elapsed > 0 else None,
+                "images_per_s": round(written / elapsed, 4) if elapsed > 0 else None}
     return {
         "success": outcome.success,
         "complete": outcome.complete,
@@ -57,7 +67,7 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
         "prompts_truncated": outcome.prompts_truncated,
         "counts_by_status": dict(sorted(outcome.by_status.items())),
         "errors_by_kind": dict(sorted(outcome.by_kind.items(), key=lambda kv: -kv[1])),
-        "error_examples": error_examples(outcome, tally),
+        "error_examples": error_examples(outcome, tally, whole.get("error_examples")),
         "error_rate": outcome.error_rate,
         "max_error_rate": cfg.max_error_rate,
         "unchanged_rate": round(outcome.unchanged_rate, 6),
@@ -66,10 +76,14 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
         "warnings": [w for w in (unchanged_warning(outcome, cfg),) if w],
         "duplicate_ids": {"count": len(outcome.duplicates),
                           "examples": dict(list(sorted(outcome.duplicates.items()))[:20])},
-        "this_run": tally.this_run(),
-        "elapsed_s": round(elapsed, 3),
-        "rows_per_s": round(tally.processed / elapsed, 4) if elapsed > 0 else None,
-        "images_per_s": round(written / elapsed, 4) if elapsed > 0 else None,
+        "this_run": this_run,
+        # The output as a whole: wall-clock seconds of every run that processed rows, and rates over them.
+        "elapsed_s": whole.get("processing_s", this_run["elapsed_s"]),
+        "rows_per_s": whole.get("rows_per_s", this_run["rows_per_s"]),
+        "images_per_s": whole.get("images_per_s", this_run["images_per_s"]),
+        "runs": {k: whole[k] for k in ("runs", "runs_that_processed_rows", "rows_processed") if k in whole},
+        "stage_timings_s": whole.get("stage_timings_s", {}),
+        "mask_area": whole.get("mask_area", {}),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_sha256": model_sha256,

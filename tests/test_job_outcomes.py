@@ -120,3 +120,33 @@ def test_rerun_with_other_settings_stops_or_reprocesses_every_row(ray_local, tmp
     assert list((out / "_superseded" / recorded["fingerprint"]).glob("part-*.parquet"))
     s = json.loads((out / "_SUMMARY.json").read_text())
     assert s["settings"]["steps"] == 3 and s["settings_fingerprint"] == new_fp and s["this_run"]["processed"] == 3
+
+
+def test_summary_and_report_of_a_resume_describe_the_whole_output(ray_local, tmp_path):
+    from helpers_job import BAD
+    from rayinpaint.jobs.demo import make_dataset
+
+    manifest = make_dataset(str(tmp_path / "in"), rows=4)
+    out = tmp_path / "out"
+    cfg = JobConfig(manifest=(manifest,), output=str(out), **FAST_TINY)
+    assert run_job(cfg) == 0
+    first = json.loads((out / "_SUMMARY.json").read_text())
+    assert run_job(cfg) == 0  # a resume with nothing left to do
+    s = json.loads((out / "_SUMMARY.json").read_text())
+    assert s["this_run"]["processed"] == 0 and s["this_run"]["rows_per_s"] == 0.0
+    # Rates and times are the output's: the first run's, not the empty resume's.
+    assert s["rows_per_s"] == first["rows_per_s"] > 0 and s["elapsed_s"] == first["elapsed_s"] > 0
+    assert s["runs"] == {"runs": 2, "runs_that_processed_rows": 1, "rows_processed": 9}
+    # Error examples come from the results: every kind with its ids and message, after a resume too.
+    for rid, kind in BAD.items():
+        assert rid in s["error_examples"][kind]["ids"] and s["error_examples"][kind]["message"], kind
+    rows = read_results(str(out)).to_pylist()
+    inpaint = sorted(r["timings"]["inpaint"] for r in rows if r["status"] == "ok")
+    assert s["stage_timings_s"]["inpaint"]["rows"] == len(inpaint) == 4
+    assert abs(s["stage_timings_s"]["inpaint"]["p50"] - float(np.median(inpaint))) < 1e-4
+    # Mask sizes: 4 ok rows binned by their repainted share, the empty-mask row in the first bin.
+    assert sum(s["mask_area"].values()) == 5 and s["mask_area"]["0 (empty)"] == 1
+    shares = [r["mask_pixels"] / (r["width"] * r["height"]) for r in rows if r["status"] == "ok"]
+    assert s["mask_area"]["over 50%"] == sum(x > 0.5 for x in shares)
+    report = (out / "_REPORT.html").read_text()
+    assert "bad-missing-file" in report and "not_found" in report
