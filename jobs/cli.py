@@ -61,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="rayinpaint",
         description="Stable Diffusion 2 inpainting over Parquet manifests of image/mask/prompt rows, on Ray.")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="log verbosity (default: info)")
+    _logging_options(p, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,demo,bench}")
     r = sub.add_parser("run", help="run the inpainting job over a manifest",
                        description="Inpaint every row of the manifest(s) and write results, images, "
                                    "_SUMMARY.json, _REPORT.html and (on success) _SUCCESS under --output. "
                                    "Rerunning on the same output skips rows already done.")
+    _logging_options(r, argparse.SUPPRESS)
     add_run_arguments(r)
     d = sub.add_parser("demo", help="make a small synthetic dataset and run the whole job offline on it",
                        description="Writes a synthetic manifest with images, masks, prompts and a few bad rows "
@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(b)
     return p
+
+
+def _logging_options(p, default) -> None:
+    """--log-level and -v, accepted before and after the command (SUPPRESS: the command's copy sets the value
+    only when given, so it never undoes the one given before the command)."""
+    p.add_argument("--log-level", default=default, choices=["debug", "info", "warning", "error"],
+                   help="the job's log verbosity (default: info)")
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="show Ray's own log lines and the workers' output on the console too (default: only the "
+                        "job's lines and Ray's errors; Ray's logs are in its session folder, named at start)")
 
 
 # ---- `run` options ----------------------------------------------------------------------------------
@@ -213,7 +223,7 @@ def _outcome_options(opt) -> None:
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(getattr(args, "log_level", "info"))
     try:
         if args.cmd == "run":
             from .inpaint import run_job

@@ -78,6 +78,7 @@ class JobConfig:
     max_crash_retries: int = 1
     progress_interval: float = 10.0
     wait_for_actors: float = 300.0
+    verbose: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

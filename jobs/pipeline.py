@@ -28,6 +28,7 @@ from rayinpaint.io.storage import filesystem, protocol_of
 
 from .config import JobConfig
 from .placement import check_pool
+from .raylogs import name_ray_logs, quiet_ray_console
 from .preflight import WeightsUnavailable
 
 log = logging.getLogger("rayinpaint.job")
@@ -50,7 +51,10 @@ def start_ray(cfg: JobConfig) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Workers' output stays in Ray's session logs (named below) unless -v: the console is the job's.
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": cfg.verbose}
+    if not cfg.verbose:
+        quiet_ray_console()  # before init too: Ray logs while connecting
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -61,6 +65,9 @@ def start_ray(cfg: JobConfig) -> bool:
     # Start streaming once every model actor holds its model, so the whole pool shares the work from the first
     # batch; bounded by --wait-for-actors (a pool that can never be placed is refused earlier: jobs/placement.py).
     ctx.wait_for_min_actors_s = int(cfg.wait_for_actors)
+    if not cfg.verbose:
+        quiet_ray_console()
+    name_ray_logs()
     return True
 
 

@@ -3,8 +3,8 @@ window, and an ETA from that window, to the log (and so to the terminal).
 
 A line is logged as soon as the first rows come back, then every `interval` seconds: on arrival of rows, and by
 a ticker thread while none arrive (model loading, autoscaling, a slow batch), so the console never goes quiet.
-Rates are over the last `window` seconds, not since the start: the model's load time and a resumed run's skipped
-rows would otherwise make the ETA wrong for the whole run.
+Rates are over the last `window` seconds, from the first rows on, not since the start: the model's load time and
+a resumed run's skipped rows would otherwise make the ETA wrong for the whole run.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class Progress:
                 self.images += s in IMAGE_STATUSES
                 self.by_status[s] = self.by_status.get(s, 0) + 1
             now = self.clock()
+            if first:  # the window starts at the first rows: model loading is not part of the rate
+                self.points.clear()
             self.points.append((now, self.done, self.images))
             while len(self.points) > 2 and self.points[1][0] <= now - self.window:
                 self.points.popleft()

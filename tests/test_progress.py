@@ -37,11 +37,13 @@ def test_counts_rows_done_before_and_rates_over_a_recent_window(caplog):
 
 def test_an_error_row_counts_as_a_row_but_not_as_an_image():
     clock = Clock()
-    p = Progress(total=4, interval=10.0, clock=clock)
+    p = Progress(total=6, interval=10.0, clock=clock)
+    clock.t += 30.0
+    p.update(["ok", "ok"])
+    assert p.rates() == (0.0, 0.0) and "ETA ?" in p.line()  # one point: no rate yet (loading is not counted)
     clock.t += 10.0
     p.update(["ok", "error"])
-    rows_s, images_s = p.rates()
-    assert (rows_s, images_s) == (0.2, 0.1)
+    assert p.rates() == (0.2, 0.1) and "ETA 10s" in p.line()
 
 
 def test_ticker_logs_while_no_rows_arrive(caplog):
