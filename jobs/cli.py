@@ -134,6 +134,11 @@ def _io_options(opt) -> None:
     opt("--limit", type=int, metavar="N", help="process at most N not-yet-done rows, then stop (dry runs)")
     opt("--retry-errors", action=argparse.BooleanOptionalAction,
         help="reprocess rows whose earlier result is an error (rows already ok are always skipped)")
+    opt("--dry-run", action=argparse.BooleanOptionalAction,
+        help="check everything without Ray, a model or recording anything: pre-flight, rows left to do, a sample "
+             "of them fetched and decoded, the output's recorded settings, a GPU-hours estimate from --bench-record")
+    opt("--dry-run-sample", type=int, metavar="N", help="rows fetched and decoded by --dry-run")
+    opt("--bench-record", metavar="FILE", help="a `rayinpaint bench --json FILE` record, for --dry-run's estimate")
     opt("--reprocess", action=argparse.BooleanOptionalAction,
         help="the output holds rows made with other pixel settings (model, sampler, steps, prompts, masks...): "
              "redo them under these settings, replacing them (kept under _superseded/); without it such a rerun "

@@ -79,6 +79,9 @@ class JobConfig:
     progress_interval: float = 10.0
     wait_for_actors: float = 300.0
     verbose: bool = False
+    dry_run: bool = False
+    dry_run_sample: int = 8
+    bench_record: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -321,6 +324,9 @@ def _check_run(c: JobConfig) -> None:
     _check(c.preview_count >= 0, f"--preview-count must be >= 0, got {c.preview_count}")
     _check(c.max_crash_retries >= 0, f"--max-crash-retries must be >= 0, got {c.max_crash_retries}")
     _check(c.progress_interval > 0, f"--progress-interval must be > 0, got {c.progress_interval}")
+    _check(c.dry_run_sample >= 1, f"--dry-run-sample must be >= 1, got {c.dry_run_sample}")
+    _check(c.bench_record is None or os.path.isfile(c.bench_record),
+           f"--bench-record {c.bench_record} is not a file (write one with `rayinpaint bench --json FILE`)")
     _check(c.wait_for_actors >= 1, f"--wait-for-actors must be >= 1 second, got {c.wait_for_actors}")
     if c.weights_cache:
         _check(not os.path.isfile(c.weights_cache), f"--weights-cache {c.weights_cache} is a file, not a folder")

@@ -23,6 +23,7 @@ from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 from .accounting import Outcome, RunTally, outcome_of
 from .config import JobConfig
+from .dryrun import dry_run
 from .fingerprint import settle_settings
 from .overview import describe_output
 from .ledger import DONE_STATUSES, Ledger
@@ -68,6 +69,8 @@ def _run_job(cfg: JobConfig) -> int:
     log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
              sum(len(g) for g in scan.groups), len(scan.ids), len(scan.duplicates), len(scan.missing))
     ledger = Ledger(cfg.output, storage)
+    if cfg.dry_run:
+        return dry_run(cfg, storage, scan, ledger)
     fingerprint = settle_settings(cfg, storage, ledger)
     todo = reconcile(cfg, ledger, scan)
     tally = RunTally(cfg.preview_count)
