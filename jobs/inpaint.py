@@ -22,6 +22,7 @@ from rayinpaint.io.naming import output_name
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 from .accounting import Outcome, RunTally, outcome_of
+from .cards import card_details
 from .config import JobConfig
 from .dryrun import dry_run
 from .fingerprint import settle_settings
@@ -144,8 +145,9 @@ def write_outputs(cfg: JobConfig, storage, summary: dict, previews: list, succes
     """_SUMMARY.json, _REPORT.html and the _SUCCESS marker (removed when the run is not a success)."""
     root = cfg.output.rstrip("/")
     write_bytes(join_uri(root, "_SUMMARY.json"), summary_json(summary), storage)
-    write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, keep_previews(root, previews, cfg, storage)),
-                storage)
+    kept = keep_previews(root, previews, cfg, storage)
+    cards = card_details(root, storage, Ledger(root, storage), {name for name, _, _ in kept})
+    write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, kept, cards), storage)
     marker = join_uri(root, "_SUCCESS")
     fs, mp = filesystem(marker, storage)
     if success:

@@ -150,3 +150,28 @@ def test_summary_and_report_of_a_resume_describe_the_whole_output(ray_local, tmp
     assert s["mask_area"]["over 50%"] == sum(x > 0.5 for x in shares)
     report = (out / "_REPORT.html").read_text()
     assert "bad-missing-file" in report and "not_found" in report
+    check_report(report, out, rows)
+
+
+def check_report(report: str, out, rows: list) -> None:
+    """What QA needs in _REPORT.html: throughput and stage timings, mask sizes, error cards with their reason,
+    and sample cards with the prompt, a working link to the full-size output and a zoom on the mask area."""
+    import html
+    import re
+
+    assert "Throughput over the output" in report and "<td>inpaint</td>" in report
+    assert "Mask sizes" in report and '<td>0 (empty)</td><td>1</td>' in report
+    errors = re.findall(r'<div class="card error"><b><code>(\w+)</code></b>', report)
+    assert sorted(errors) == sorted({r["error_kind"] for r in rows if r["status"] == "error"})
+    cards = re.findall(r'<div class="card"><img .*?</div></div>', report, flags=re.S)
+    assert cards, "no sample cards"
+    by_id = {r["id"]: r for r in rows}
+    zooms = 0
+    for card in cards:
+        rid = html.unescape(re.search(r"<b>(.*?)</b>", card).group(1))
+        row = by_id[rid]
+        assert f"prompt: {html.escape(row['prompt'] or '(none)')}" in card
+        link = re.search(r'<a href="(images/[^"]+)">full size</a>', card).group(1)
+        assert (out / html.unescape(link)).is_file() and row["output_uri"].endswith(html.unescape(link)[7:])
+        zooms += 'class="zoom"' in card
+    assert zooms == sum(1 for c in cards if "&middot; ok" in c) > 0  # every repainted sample has its zoom
