@@ -39,7 +39,8 @@ def _with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
     if unknown:
         hints = []
         for word in unknown.group(1).split():
-            close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6) if word.startswith("-") else []
+            name = word.split("=")[0]
+            close = difflib.get_close_matches(name, options, n=1, cutoff=0.6) if word.startswith("-") else []
             hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
         return f"unrecognized arguments: {' '.join(hints)}; see rayinpaint COMMAND --help"
     choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)

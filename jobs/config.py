@@ -277,7 +277,8 @@ def _check_model(c: JobConfig) -> None:
     _check(c.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)} (or a diffusers scheduler "
                                   f"class name such as DPMSolverMultistepScheduler), got {c.sampler!r}"
                                   f"{did_you_mean(c.sampler, SAMPLERS)}")
-    _check(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}{did_you_mean(c.dtype, DTYPES)}")
+    _check(c.dtype in DTYPES,
+           f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}{did_you_mean(c.dtype, DTYPES)}")
     _check(c.model_config in MODEL_CONFIGS, f"--model-config must be one of {', '.join(MODEL_CONFIGS)}, got "
                                             f"{c.model_config!r}{did_you_mean(c.model_config, MODEL_CONFIGS)}")
     _check(1 <= c.steps <= 1000, f"--steps must be between 1 and 1000, got {c.steps}")

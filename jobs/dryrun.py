@@ -82,7 +82,8 @@ def estimate_line(cfg, rows: int) -> str:
     if not per_s:
         return f"GPU-hours: {cfg.bench_record} has no images_per_s"
     bench_steps = (record.get("settings") or {}).get("steps")
-    steps_note = "" if bench_steps in (None, cfg.steps) else f"; measured at {bench_steps} steps, this run has {cfg.steps}"
+    steps_note = ("" if bench_steps in (None, cfg.steps)
+                  else f"; measured at {bench_steps} steps, this run has {cfg.steps}")
     return (f"GPU-hours: about {rows / per_s / 3600:.2f} for {rows} row(s) at {per_s:.2f} images/s per GPU on "
             f"{record.get('device', 'an unrecorded device')} ({what}{steps_note})")
 

@@ -102,7 +102,8 @@ def _stale_fingerprint(fs, path: str, fp: str) -> str | None:
     """The other fingerprint a shard's rows were made under ("unrecorded" for model rows without one), or None
     when every row of it is current or carries no model result (manifest-settled and worker-crash rows)."""
     with fs.open(path, "rb") as f:
-        t = pq.read_table(f)
+        pf = pq.ParquetFile(f)
+        t = pf.read(columns=[c for c in ("status", "settings_fingerprint") if c in pf.schema_arrow.names])
     if "settings_fingerprint" not in t.column_names:
         t = t.append_column("settings_fingerprint", pa.nulls(t.num_rows, pa.string()))
     fps = t.column("settings_fingerprint")
