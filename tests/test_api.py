@@ -41,3 +41,14 @@ def test_inpaint_dataset_matches_the_job(ray_local, tmp_path):
             name = r["output_uri"].rsplit("/", 1)[-1]
             assert (tmp_path / "api" / "images" / name).read_bytes() == (job_out / "images" / name).read_bytes()
     assert not (tmp_path / "api" / "results").exists()  # no ledger: the caller's pipeline owns the rows
+
+
+def test_examples_are_valid_python(tmp_path):
+    """The Airflow DAG and the pipeline example need Airflow / a dataset to run; here they must at least compile."""
+    import py_compile
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+    assert {p.name for p in examples} >= {"airflow_dag.py", "pipeline_transform.py"}
+    for p in examples:
+        py_compile.compile(str(p), cfile=str(tmp_path / f"{p.stem}.pyc"), doraise=True)
