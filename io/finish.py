@@ -144,6 +144,7 @@ def _results_row(prepared: dict, settings: PrepareSettings, run_info: dict) -> d
         "resolution": prepared.get("resolution") or settings.resolution,
         "window": prepared.get("window") if prepared.get("status") == "ready" else None,
         "mask_pixels": prepared.get("mask_pixels"), "model_sha256": run_info.get("model_sha256"),
+        "settings_fingerprint": run_info.get("settings_fingerprint"),
     }
 
 

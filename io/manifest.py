@@ -182,6 +182,17 @@ _EXPECTED = {
 }
 
 
+def columns_hint(canonical: str, found) -> str:
+    """'map yours with --columns image=img_uri': the found column most like the canonical name (else a
+    placeholder), so the fix can be copied."""
+    import difflib
+
+    free = [n for n in found if n not in CANONICAL_NAMES]
+    pick = next((n for n in free if canonical in n.lower()), None)
+    pick = pick or next(iter(difflib.get_close_matches(canonical, free, n=1, cutoff=0.3)), None)
+    return f"map yours with --columns {canonical}={pick or '<your column>'}"
+
+
 def check_schema(schema: pa.Schema, colmap: ColumnMap | None = None) -> None:
     """Fail fast with a message naming the column and what was found."""
     colmap = colmap or ColumnMap()
@@ -193,10 +204,11 @@ def check_schema(schema: pa.Schema, colmap: ColumnMap | None = None) -> None:
     for required in ("id", "image"):
         if colmap.user(required) not in present:
             raise ManifestError(f"required column {colmap.user(required)!r} ({required}) is missing; "
-                                f"found columns: {', '.join(schema.names)}")
+                                f"found columns: {', '.join(schema.names)}; {columns_hint(required, schema.names)}")
     if not any(colmap.user(m) in present for m in MASK_SOURCES):
         raise ManifestError("no mask column: need one of " + ", ".join(
-            f"{colmap.user(m)!r} ({m})" for m in MASK_SOURCES) + f"; found columns: {', '.join(schema.names)}")
+            f"{colmap.user(m)!r} ({m})" for m in MASK_SOURCES) + f"; found columns: {', '.join(schema.names)}; "
+            f"{columns_hint('mask', schema.names)}")
     for canonical, (expected, ok) in _EXPECTED.items():
         user = colmap.user(canonical)
         if user in present:

@@ -9,6 +9,12 @@ Mask images are reduced to one 8-bit channel, then thresholded:
 - ``LA``, ``RGBA``, ``PA``, ``P`` with transparency: the **alpha channel if it is not fully
   opaque anywhere** (painted strokes on a transparent layer), else the luminance (an opaque RGBA
   export of a black/white mask).
+- **0/1 masks.** A mask image whose values are all 0 or 1 (what ``Image.fromarray(mask.astype(uint8))``
+  writes from a boolean array, the most common export) is a 0/1 mask: 1 = repaint. Its 1s are read as
+  255 before the threshold, so any ``--mask-threshold`` marks them. This is decided per mask image; a
+  soft or 0/255 mask with at least one value of 2 or more is read as it always was (a grey mask whose
+  only values are 0 and 1 would have been empty under every threshold but 1/255 before, so nothing
+  meaningful is lost).
 - A pixel is marked when value / 255 >= threshold (default 0.5, so 128..255); ``invert`` flips
   the result afterwards.
 
@@ -58,7 +64,7 @@ def decode_mask_values(data: bytes, max_pixels: int, size: tuple[int, int] | Non
                        resize: bool = False) -> np.ndarray:
     """Mask bytes -> uint8 [H, W] grey values, checked against the image size (w, h)."""
     im = open_image(data, "mask", max_pixels)
-    values = mask_values(im)
+    values = expand_zero_one(mask_values(im))
     if size is not None and (values.shape[1], values.shape[0]) != tuple(size):
         found = f"{values.shape[1]}x{values.shape[0]}"
         if not resize:
@@ -66,6 +72,13 @@ def decode_mask_values(data: bytes, max_pixels: int, size: tuple[int, int] | Non
                                                  f"{size[0]}x{size[1]} (set resize_mask to resize it)")
         # Bilinear on grey values, then the threshold: smoother edges than nearest.
         values = np.asarray(Image.fromarray(values, "L").resize(tuple(size), Image.BILINEAR))
+    return values
+
+
+def expand_zero_one(values: np.ndarray) -> np.ndarray:
+    """A 0/1 mask (every value 0 or 1, at least one 1) -> 0/255; any other mask unchanged (module docstring)."""
+    if values.size and values.max() == 1:
+        return values * np.uint8(255)
     return values
 
 

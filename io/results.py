@@ -39,6 +39,7 @@ RESULTS_SCHEMA = pa.schema([
     ("window", pa.list_(pa.int32(), 4)),  # [x0, y0, x1, y1]
     ("mask_pixels", pa.int64()),          # repaint pixels after dilation
     ("model_sha256", pa.string()),
+    ("settings_fingerprint", pa.string()),  # the run's pixel settings (jobs/fingerprint.py); null: not a model row
     ("timings", TIMINGS_TYPE),
 ])
 

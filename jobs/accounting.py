@@ -105,6 +105,23 @@ class Outcome:
     duplicates: dict         # {id: count} of ids repeated in the manifest
     prompts_truncated: int
     max_error_rate: float
+    max_unchanged_rate: float = 1.0
+    unchanged_examples: tuple = ()   # a few ids whose row is `unchanged`
+
+    @property
+    def unchanged_rate(self) -> float:
+        """Unchanged rows among the rows that were not errors: 1.0 means no row of the output was repainted."""
+        done = self.by_status.get("ok", 0) + self.by_status.get("unchanged", 0)
+        return self.by_status.get("unchanged", 0) / done if done else 0.0
+
+    @property
+    def within_unchanged_rate(self) -> bool:
+        # Exclusive: with the default 1.0 an output in which no row was repainted is never a success.
+        return self.unchanged_rate < self.max_unchanged_rate
+
+    @property
+    def within_rates(self) -> bool:
+        return self.within_error_rate and self.within_unchanged_rate
 
     @property
     def complete(self) -> bool:
@@ -120,13 +137,31 @@ class Outcome:
 
     @property
     def success(self) -> bool:
-        return self.within_error_rate and self.complete
+        return self.within_rates and self.complete
 
 
-def outcome_of(index, manifest_ids: pa.Array, duplicates: dict, max_error_rate: float) -> Outcome:
+def outcome_of(index, manifest_ids: pa.Array, duplicates: dict, max_error_rate: float,
+               max_unchanged_rate: float = 1.0) -> Outcome:
     """`index`: the reconciled ledger's index (ledger.LedgerIndex)."""
     by_status, by_kind = index.counts()
     in_manifest = pc.is_in(index.table.column("id"), value_set=manifest_ids)
     accounted = pc.sum(pc.cast(in_manifest, pa.int64())).as_py() or 0
+    unchanged = index.table.filter(pc.equal(index.table.column("status"), "unchanged")).column("id")
     return Outcome(by_status=by_status, by_kind=by_kind, unique_ids=len(manifest_ids), accounted=accounted,
-                   duplicates=duplicates, prompts_truncated=index.prompts_truncated(), max_error_rate=max_error_rate)
+                   duplicates=duplicates, prompts_truncated=index.prompts_truncated(), max_error_rate=max_error_rate,
+                   max_unchanged_rate=max_unchanged_rate,
+                   unchanged_examples=tuple(sorted(unchanged.slice(0, 200).to_pylist())[:_EXAMPLES_PER_KIND]))
+
+
+def unchanged_warning(outcome: Outcome, cfg) -> str | None:
+    """One sentence when more than half of the rows were left unchanged (their mask was empty), naming the
+    likely causes and a few of those ids; None otherwise. `cfg`: the run's JobConfig."""
+    if outcome.unchanged_rate <= 0.5:
+        return None
+    n = outcome.by_status.get("unchanged", 0)
+    done = n + outcome.by_status.get("ok", 0)
+    return (f"{n} of {done} row(s) ({outcome.unchanged_rate:.0%}) are `unchanged`: their mask was empty after "
+            f"the threshold. Likely causes: --mask-threshold {cfg.mask_threshold} is above the masks' values "
+            f"(faint or dark-grey marks), --mask-invert is {'on' if cfg.mask_invert else 'off'} (black = repaint "
+            f"needs it on), or the masks are empty (all black) or use another encoding; 0/1 masks are read as "
+            f"1 = repaint. Example ids: {', '.join(map(str, outcome.unchanged_examples))}")

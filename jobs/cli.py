@@ -14,7 +14,7 @@ from rayinpaint.io.errors import ManifestError, SettingsError
 from rayinpaint.io.settings import FORMATS
 from rayinpaint.model.choices import DTYPES, SAMPLERS
 
-from .config import FIELDS, MODEL_CONFIGS, build_config
+from .config import FIELDS, MODEL_CONFIGS, build_config, did_you_mean
 
 
 def _setup_logging(level: str) -> None:
@@ -22,17 +22,53 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (not the usage block), with "did you mean" for option names and
+    choices. Subcommand parsers are made of this class too (add_subparsers uses the parent's class)."""
+
+    def error(self, message):
+        self.exit(2, f"rayinpaint: error: {_with_suggestion(self, message)}\n")
+
+
+def _with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    import difflib
+    import re
+
+    options = [s for a in _all_actions(parser) for s in a.option_strings]
+    unknown = re.match(r"unrecognized arguments: (.*)", message)
+    if unknown:
+        hints = []
+        for word in unknown.group(1).split():
+            name = word.split("=")[0]
+            close = difflib.get_close_matches(name, options, n=1, cutoff=0.6) if word.startswith("-") else []
+            hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+        return f"unrecognized arguments: {' '.join(hints)}; see rayinpaint COMMAND --help"
+    choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        choices = [c.strip(" '") for c in choice.group(3).split(",")]
+        return f"{message}{did_you_mean(choice.group(2), choices)}"
+    return message
+
+
+def _all_actions(parser):
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from sub._actions
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="rayinpaint",
         description="Stable Diffusion 2 inpainting over Parquet manifests of image/mask/prompt rows, on Ray.")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="log verbosity (default: info)")
+    _logging_options(p, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,demo,bench}")
     r = sub.add_parser("run", help="run the inpainting job over a manifest",
                        description="Inpaint every row of the manifest(s) and write results, images, "
                                    "_SUMMARY.json, _REPORT.html and (on success) _SUCCESS under --output. "
                                    "Rerunning on the same output skips rows already done.")
+    _logging_options(r, argparse.SUPPRESS)
     add_run_arguments(r)
     d = sub.add_parser("demo", help="make a small synthetic dataset and run the whole job offline on it",
                        description="Writes a synthetic manifest with images, masks, prompts and a few bad rows "
@@ -46,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(b)
     return p
+
+
+def _logging_options(p, default) -> None:
+    """--log-level and -v, accepted before and after the command (SUPPRESS: the command's copy sets the value
+    only when given, so it never undoes the one given before the command)."""
+    p.add_argument("--log-level", default=default, choices=["debug", "info", "warning", "error"],
+                   help="the job's log verbosity (default: info)")
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="show Ray's own log lines and the workers' output on the console too (default: only the "
+                        "job's lines and Ray's errors; Ray's logs are in its session folder, named at start)")
 
 
 # ---- `run` options ----------------------------------------------------------------------------------
@@ -89,6 +135,15 @@ def _io_options(opt) -> None:
     opt("--limit", type=int, metavar="N", help="process at most N not-yet-done rows, then stop (dry runs)")
     opt("--retry-errors", action=argparse.BooleanOptionalAction,
         help="reprocess rows whose earlier result is an error (rows already ok are always skipped)")
+    opt("--dry-run", action=argparse.BooleanOptionalAction,
+        help="check everything without Ray, a model or recording anything: pre-flight, rows left to do, a sample "
+             "of them fetched and decoded, the output's recorded settings, a GPU-hours estimate from --bench-record")
+    opt("--dry-run-sample", type=int, metavar="N", help="rows fetched and decoded by --dry-run")
+    opt("--bench-record", metavar="FILE", help="a `rayinpaint bench --json FILE` record, for --dry-run's estimate")
+    opt("--reprocess", action=argparse.BooleanOptionalAction,
+        help="the output holds rows made with other pixel settings (model, sampler, steps, prompts, masks...): "
+             "redo them under these settings, replacing them (kept under _superseded/); without it such a rerun "
+             "stops before any work")
 
 
 def _model_options(opt) -> None:
@@ -102,7 +157,9 @@ def _model_options(opt) -> None:
         help="per-node cache for downloaded weights (default: $RAYINPAINT_CACHE or ~/.cache/rayinpaint/weights)")
     opt("--prompt", help="prompt for rows without one")
     opt("--negative-prompt", help="negative prompt for rows without one")
-    opt("--sampler", choices=SAMPLERS, help="sampler")
+    opt("--sampler", metavar="{" + ",".join(SAMPLERS) + "}",
+        help="sampler; diffusers scheduler class names work too (DPMSolverMultistepScheduler = dpmpp_2m, "
+             "EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DDIMScheduler)")
     opt("--karras", action=argparse.BooleanOptionalAction,
         help="Karras sigma spacing for euler, euler_a and dpmpp_2m (ignored by ddim)")
     opt("--eta", type=float, help="DDIM eta (0 = deterministic DDIM)")
@@ -147,6 +204,9 @@ def _cluster_options(opt) -> None:
     opt("--num-gpus-per-actor", type=float, help="GPUs per model actor (fractions share a GPU)")
     opt("--num-actors", type=int,
         help="model actors (default: every GPU in the cluster / GPUs per actor; 1 CPU actor when there is no GPU)")
+    opt("--wait-for-actors", type=float, metavar="SECONDS",
+        help="how long to wait for an autoscaler to add the nodes the model pool needs (a pool that cannot "
+             "fit the cluster and no autoscaler can grow it stops at once with exit 2)")
     opt("--max-crash-retries", type=int,
         help="times a row is retried alone after its worker died before it becomes an error row")
 
@@ -164,6 +224,9 @@ def _storage_options(opt) -> None:
 def _outcome_options(opt) -> None:
     opt("--max-error-rate", type=float,
         help="largest error fraction for which _SUCCESS is written and the exit code is 0")
+    opt("--max-unchanged-rate", type=float,
+        help="the fraction of non-error rows left `unchanged` (empty mask) must stay below this for _SUCCESS "
+             "(exclusive: at the default 1.0 an output where no row was repainted fails; above 1 never fails)")
     opt("--preview-count", type=int, help="sample rows shown in _REPORT.html")
     opt("--progress-interval", type=float, help="seconds between progress lines")
 
@@ -171,7 +234,7 @@ def _outcome_options(opt) -> None:
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(getattr(args, "log_level", "info"))
     try:
         if args.cmd == "run":
             from .inpaint import run_job

@@ -21,6 +21,9 @@ from rayinpaint.io.settings import (FORMATS, MAX_GROW_PX, MAX_MIN_CONTEXT_PX, MA
                                     OutputSettings, PrepareSettings)
 from rayinpaint.model.choices import DTYPES, SAMPLERS
 
+# diffusers scheduler class names (what a diffusers user knows the samplers by) -> our sampler names.
+SAMPLER_ALIASES = {"dpmsolvermultistepscheduler": "dpmpp_2m", "eulerdiscretescheduler": "euler",
+                   "eulerancestraldiscretescheduler": "euler_a", "ddimscheduler": "ddim"}
 DEFAULT_WEIGHTS = "hf://stabilityai/stable-diffusion-2-inpainting/512-inpainting-ema.safetensors"
 MODEL_CONFIGS = ("sd2-inpainting", "tiny")
 
@@ -71,12 +74,23 @@ class JobConfig:
     storage_option: tuple[str, ...] = ()
     limit: int | None = None
     max_error_rate: float = 0.05
+    max_unchanged_rate: float = 1.0
     retry_errors: bool = False
+    reprocess: bool = False
     address: str | None = None
     preview_count: int = 24
     max_crash_retries: int = 1
     progress_interval: float = 10.0
+    wait_for_actors: float = 300.0
+    verbose: bool = False
+    dry_run: bool = False
+    dry_run_sample: int = 8
+    bench_record: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.sampler, str):  # the one place aliases are resolved: command line, file and Python API
+            object.__setattr__(self, "sampler", SAMPLER_ALIASES.get(self.sampler.lower(), self.sampler))
 
     # ---- derived pieces handed to io/ and model/ ------------------------------------------------
     def storage(self):
@@ -199,7 +213,8 @@ def load_config_file(path: str) -> dict:
     for k, v in data.items():
         key = str(k).replace("-", "_")
         if key not in FIELDS or key == "extra":
-            raise SettingsError(f"--config: unknown option '{k}' in {path}")
+            hint = did_you_mean(key, [n for n in FIELDS if n != "extra"])
+            raise SettingsError(f"--config: unknown option '{k}' in {path}{hint}")
         out[key] = v
     return out
 
@@ -222,6 +237,14 @@ def build_config(options: dict, config_file: str | None = None) -> JobConfig:
         raise SettingsError(f"bad settings: {e}") from None
     validate(cfg)
     return cfg
+
+
+def did_you_mean(value, choices) -> str:
+    """' (did you mean X?)' for the closest choice, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value).lower(), [str(c).lower() for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -256,10 +279,13 @@ def _check_types(c: JobConfig) -> None:
 
 
 def _check_model(c: JobConfig) -> None:
-    _check(c.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {c.sampler!r}")
-    _check(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
-    _check(c.model_config in MODEL_CONFIGS,
-           f"--model-config must be one of {', '.join(MODEL_CONFIGS)}, got {c.model_config!r}")
+    _check(c.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)} (or a diffusers scheduler "
+                                  f"class name such as DPMSolverMultistepScheduler), got {c.sampler!r}"
+                                  f"{did_you_mean(c.sampler, SAMPLERS)}")
+    _check(c.dtype in DTYPES,
+           f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}{did_you_mean(c.dtype, DTYPES)}")
+    _check(c.model_config in MODEL_CONFIGS, f"--model-config must be one of {', '.join(MODEL_CONFIGS)}, got "
+                                            f"{c.model_config!r}{did_you_mean(c.model_config, MODEL_CONFIGS)}")
     _check(1 <= c.steps <= 1000, f"--steps must be between 1 and 1000, got {c.steps}")
     _check(0.0 <= c.guidance <= 100.0, f"--guidance must be between 0 and 100, got {c.guidance}")
     _check(0.0 < c.strength <= 1.0, f"--strength must be in (0, 1], got {c.strength}")
@@ -287,7 +313,8 @@ def _check_rows(c: JobConfig) -> None:
     _check(0 <= c.min_context <= MAX_MIN_CONTEXT_PX,
            f"--min-context must be between 0 and {MAX_MIN_CONTEXT_PX}, got {c.min_context}")
     _check(c.max_pixels >= 1, f"--max-pixels must be >= 1, got {c.max_pixels}")
-    _check(c.format in FORMATS, f"--format must be one of {', '.join(FORMATS)}, got {c.format!r}")
+    _check(c.format in FORMATS,
+           f"--format must be one of {', '.join(FORMATS)}, got {c.format!r}{did_you_mean(c.format, FORMATS)}")
     _check(1 <= c.quality <= 100, f"--quality must be between 1 and 100, got {c.quality}")
     _check(not c.lossless or c.format == "webp", f"--lossless applies to --format webp only, not {c.format}")
     _check(0 <= c.png_level <= MAX_PNG_LEVEL, f"--png-level must be between 0 and {MAX_PNG_LEVEL}, got {c.png_level}")
@@ -301,9 +328,14 @@ def _check_run(c: JobConfig) -> None:
     _check(c.num_actors is None or c.num_actors >= 1, f"--num-actors must be >= 1, got {c.num_actors}")
     _check(c.limit is None or c.limit >= 1, f"--limit must be >= 1, got {c.limit}")
     _check(0.0 <= c.max_error_rate <= 1.0, f"--max-error-rate must be in [0, 1], got {c.max_error_rate}")
+    _check(c.max_unchanged_rate > 0.0, f"--max-unchanged-rate must be > 0, got {c.max_unchanged_rate}")
     _check(c.preview_count >= 0, f"--preview-count must be >= 0, got {c.preview_count}")
     _check(c.max_crash_retries >= 0, f"--max-crash-retries must be >= 0, got {c.max_crash_retries}")
     _check(c.progress_interval > 0, f"--progress-interval must be > 0, got {c.progress_interval}")
+    _check(c.dry_run_sample >= 1, f"--dry-run-sample must be >= 1, got {c.dry_run_sample}")
+    _check(c.bench_record is None or os.path.isfile(c.bench_record),
+           f"--bench-record {c.bench_record} is not a file (write one with `rayinpaint bench --json FILE`)")
+    _check(c.wait_for_actors >= 1, f"--wait-for-actors must be >= 1 second, got {c.wait_for_actors}")
     if c.weights_cache:
         _check(not os.path.isfile(c.weights_cache), f"--weights-cache {c.weights_cache} is a file, not a folder")
 

@@ -24,9 +24,13 @@ from rayinpaint.io.naming import output_name
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 from .accounting import Outcome, RunTally, outcome_of
+from .cards import card_details
 from .compaction import RunCompactor, compact
 from .config import JobConfig
+from .dryrun import dry_run
+from .fingerprint import settle_settings
 from .ledger import DONE_STATUSES, Ledger, LedgerIndex
+from .overview import describe_output
 from .preflight import (ManifestScan, OutputUnwritable, check_output_writable, check_weights, scan_manifest,
                         settled_rows)
 from .progress import Progress
@@ -71,15 +75,23 @@ def _run_job(cfg: JobConfig) -> int:
     log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
              sum(len(g) for g in scan.groups), len(scan.ids), len(scan.duplicates), len(scan.missing))
     ledger = Ledger(cfg.output, storage)
+    if cfg.dry_run:
+        return dry_run(cfg, storage, scan, ledger)
+    fingerprint = settle_settings(cfg, storage, ledger)
     todo = reconcile(cfg, ledger, scan)
     tally = RunTally(cfg.preview_count)
     if todo.count:
-        process_rows(cfg, storage, scan, ledger, todo, tally)
+        process_rows(cfg, storage, scan, ledger, todo, tally, fingerprint)
     compact(ledger, file_rows=todo.file_rows)
-    outcome = outcome_of(todo.index.with_rows(tally.recorded()), scan.ids, scan.duplicates, cfg.max_error_rate)
+    outcome = outcome_of(todo.index.with_rows(tally.recorded()), scan.ids, scan.duplicates, cfg.max_error_rate,
+                         cfg.max_unchanged_rate)
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
-    summary = build_summary(cfg, outcome, tally, elapsed=time.perf_counter() - t0, started=started,
-                            model_sha256=model_sha)
+    elapsed = time.perf_counter() - t0
+    whole = describe_output(cfg.output.rstrip("/"), storage, ledger, {
+        "started": started, "elapsed_s": round(elapsed, 3), "settings_fingerprint": fingerprint, **tally.this_run()})
+    summary = build_summary(cfg, outcome, tally, elapsed=elapsed, started=started, model_sha256=model_sha,
+                            whole=whole)
+    summary["settings_fingerprint"] = fingerprint
     write_outputs(cfg, storage, summary, tally.previews, outcome.success)
     return _exit_code(cfg, outcome)
 
@@ -110,7 +122,8 @@ def reconcile(cfg: JobConfig, ledger: Ledger, scan: ManifestScan) -> Todo:
     return todo
 
 
-def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, todo: Todo, tally: RunTally) -> None:
+def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, todo: Todo, tally: RunTally,
+                 fingerprint: str | None = None) -> None:
     """Start Ray (unless already connected), stream the rows to do through the pipeline, stop Ray."""
     import ray
 
@@ -119,18 +132,21 @@ def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, to
 
     n = todo.count if cfg.limit is None else min(todo.count, cfg.limit)
     rows = cfg.prepare_settings(storage)
-    run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength}
+    run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength,
+           "settings_fingerprint": fingerprint}
     finish = FinishContext(rows=rows, out=cfg.output_settings(storage), run=run,
                            results_uri=join_uri(cfg.output.rstrip("/"), "results"))
     plan = PassPlan(storage=storage, groups=scan.groups, rows=rows, finish=finish,
                     model=cfg.model_settings(storage))
-    tally.progress = Progress(n, cfg.progress_interval)
+    tally.progress = Progress(n, cfg.progress_interval, before=todo.done)
     tally.after_add = RunCompactor(ledger).after_batch
+    tally.progress.start_ticker()
     started_ray = start_ray(cfg)
     try:
         process(cfg, plan, ledger, todo.ids, todo.exclude, tally,
                 preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))
     finally:
+        tally.progress.close()
         log.info(tally.progress.line())
         if started_ray:
             ray.shutdown()
@@ -140,14 +156,17 @@ def write_outputs(cfg: JobConfig, storage, summary: dict, previews: list, succes
     """_SUMMARY.json, _REPORT.html and the _SUCCESS marker (removed when the run is not a success)."""
     root = cfg.output.rstrip("/")
     write_bytes(join_uri(root, "_SUMMARY.json"), summary_json(summary), storage)
-    write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, keep_previews(root, previews, cfg, storage)),
-                storage)
+    kept = keep_previews(root, previews, cfg, storage)
+    cards = card_details(root, storage, Ledger(root, storage), {name for name, _, _ in kept})
+    write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, kept, cards), storage)
     marker = join_uri(root, "_SUCCESS")
     fs, mp = filesystem(marker, storage)
     if success:
         write_bytes(marker, b"", storage)
     elif fs.exists(mp):
         fs.rm(mp)
+    for warning in summary["warnings"]:
+        log.warning(warning)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts_by_status"].items()))
     left = summary["unique_ids"] - sum(summary["counts_by_status"].values())
     log.info("done: %s; error rate %.4f (limit %s); %s", counts, summary["error_rate"], cfg.max_error_rate,
@@ -177,6 +196,6 @@ def keep_previews(root: str, previews: list, cfg: JobConfig, storage) -> list:
 def _exit_code(cfg: JobConfig, outcome: Outcome) -> int:
     if outcome.success:
         return 0
-    if outcome.within_error_rate and cfg.limit is not None:
+    if outcome.within_rates and cfg.limit is not None:
         return 0  # a --limit run is incomplete by request
     return 1

@@ -27,13 +27,11 @@ from rayinpaint.io.results import results_table
 from rayinpaint.io.storage import filesystem, protocol_of
 
 from .config import JobConfig
+from .placement import check_pool
+from .raylogs import name_ray_logs, quiet_ray_console
 from .preflight import WeightsUnavailable
 
 log = logging.getLogger("rayinpaint.job")
-
-# Start streaming once every model actor holds its model, so the whole pool shares the work from the first
-# batch (a bounded wait: a pool that cannot be placed fails with Ray's "Timed out" message).
-_WAIT_FOR_ACTORS_S = 1800
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,10 @@ def start_ray(cfg: JobConfig) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Workers' output stays in Ray's session logs (named below) unless -v: the console is the job's.
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": cfg.verbose}
+    if not cfg.verbose:
+        quiet_ray_console()  # before init too: Ray logs while connecting
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -61,7 +62,12 @@ def start_ray(cfg: JobConfig) -> bool:
     ctx = ray.data.DataContext.get_current()
     ctx.max_errored_blocks = -1  # a dead worker's rows are retried by `process`, not fatal to the job
     ctx.enable_progress_bars = False
-    ctx.wait_for_min_actors_s = _WAIT_FOR_ACTORS_S
+    # Start streaming once every model actor holds its model, so the whole pool shares the work from the first
+    # batch; bounded by --wait-for-actors (a pool that can never be placed is refused earlier: jobs/placement.py).
+    ctx.wait_for_min_actors_s = int(cfg.wait_for_actors)
+    if not cfg.verbose:
+        quiet_ray_console()
+    name_ray_logs()
     return True
 
 
@@ -120,6 +126,7 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
     from .predictor import InpaintPredictor
 
     n_actors, gpus, cpus = actor_plan(cfg, on_cluster=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
+    check_pool(n_actors, gpus, cpus, cfg.wait_for_actors)
     with warnings.catch_warnings():
         # Ray 2.60 takes max_restarts/max_task_retries only through **ray_remote_args (deprecated, no named
         # parameter yet). A dead actor is always restarted (a poison row must not take the pool down for every

@@ -89,7 +89,16 @@ def _check_header(fs, path: str, cfg: JobConfig) -> None:
 
 
 def check_output_writable(output: str, storage) -> None:
-    """Write and remove a probe object under --output."""
+    """Write and remove a probe object under --output (a folder or prefix: an existing file there is a bad
+    option, named as such rather than as a failed write of the probe)."""
+    try:
+        fs, root = filesystem(output.rstrip("/"), storage)
+        is_file = fs.isfile(root)
+    except Exception:  # noqa: BLE001 - unreachable: the probe below says why, in the storage's words
+        is_file = False
+    if is_file:
+        raise SettingsError(f"--output {redact_uri(output)} is a file; --output names a folder (or an object-store "
+                            f"prefix) that results/, images/ and _SUMMARY.json are written under")
     probe = join_uri(output.rstrip("/"), f"_write_probe-{uuid.uuid4().hex}")
     try:
         write_bytes(probe, b"", storage)

@@ -8,6 +8,8 @@ import json
 import platform
 import time
 
+from .accounting import unchanged_warning
+
 
 def package_versions(packages) -> dict:
     """{distribution name: installed version, or None when it is not installed}."""
@@ -28,10 +30,13 @@ def versions() -> dict:
                                 "pillow", "numpy"))}
 
 
-def error_examples(outcome, tally) -> dict:
+def error_examples(outcome, tally, recorded: dict | None = None) -> dict:
     """{error kind: {"ids": a few ids, "message": one message}} for every kind in the output: ids and messages
-    from this run's rows, duplicated ids from the manifest, other kinds named with no example."""
-    examples = {k: dict(v) for k, v in tally.examples.items()}
+    from the results rows (`recorded`, jobs/overview.py) or this run's rows, duplicated ids from the manifest,
+    other kinds named with no example."""
+    examples = {k: dict(v) for k, v in (recorded or {}).items()}
+    for k, v in tally.examples.items():
+        examples.setdefault(k, dict(v))
     for k in outcome.by_kind:
         examples.setdefault(k, {"ids": [], "message": None})
     if not examples.get("duplicate_id", {}).get("ids") and outcome.duplicates:
@@ -40,10 +45,17 @@ def error_examples(outcome, tally) -> dict:
     return examples
 
 
-def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_sha256: str | None) -> dict:
-    """`outcome`: accounting.Outcome (the output as a whole); `tally`: accounting.RunTally (this run)."""
+def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_sha256: str | None,
+                  whole: dict | None = None) -> dict:
+    """`outcome`: accounting.Outcome (the output as a whole); `tally`: accounting.RunTally (this run); `whole`:
+    overview.describe_output (runs, rates, stage timings, error examples, mask sizes of the whole output).
+    Top-level rates and times describe the output as a whole; `this_run` holds this run's part."""
+    whole = whole or {}
     merged = sum(n - 1 for n in outcome.duplicates.values())
     written = tally.by_status.get("ok", 0) + tally.by_status.get("unchanged", 0)
+    this_run = {**tally.this_run(), "elapsed_s": round(elapsed, 3),
+                "rows_per_s": round(tally.processed / elapsed, 4) if elapsed > 0 else None,
+                "images_per_s": round(written / elapsed, 4) if elapsed > 0 else None}
     return {
         "success": outcome.success,
         "complete": outcome.complete,
@@ -55,15 +67,23 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
         "prompts_truncated": outcome.prompts_truncated,
         "counts_by_status": dict(sorted(outcome.by_status.items())),
         "errors_by_kind": dict(sorted(outcome.by_kind.items(), key=lambda kv: -kv[1])),
-        "error_examples": error_examples(outcome, tally),
+        "error_examples": error_examples(outcome, tally, whole.get("error_examples")),
         "error_rate": outcome.error_rate,
         "max_error_rate": cfg.max_error_rate,
+        "unchanged_rate": round(outcome.unchanged_rate, 6),
+        "max_unchanged_rate": cfg.max_unchanged_rate,
+        "unchanged_examples": list(outcome.unchanged_examples),
+        "warnings": [w for w in (unchanged_warning(outcome, cfg),) if w],
         "duplicate_ids": {"count": len(outcome.duplicates),
                           "examples": dict(list(sorted(outcome.duplicates.items()))[:20])},
-        "this_run": tally.this_run(),
-        "elapsed_s": round(elapsed, 3),
-        "rows_per_s": round(tally.processed / elapsed, 4) if elapsed > 0 else None,
-        "images_per_s": round(written / elapsed, 4) if elapsed > 0 else None,
+        "this_run": this_run,
+        # The output as a whole: wall-clock seconds of every run that processed rows, and rates over them.
+        "elapsed_s": whole.get("processing_s", this_run["elapsed_s"]),
+        "rows_per_s": whole.get("rows_per_s", this_run["rows_per_s"]),
+        "images_per_s": whole.get("images_per_s", this_run["images_per_s"]),
+        "runs": {k: whole[k] for k in ("runs", "runs_that_processed_rows", "rows_processed") if k in whole},
+        "stage_timings_s": whole.get("stage_timings_s", {}),
+        "mask_area": whole.get("mask_area", {}),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_sha256": model_sha256,
@@ -79,46 +99,107 @@ def summary_json(summary: dict) -> bytes:
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-.sheet{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ddd;padding:6px;font-size:12px}
+.sheet{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ddd;padding:6px;font-size:12px;max-width:520px}
 .card img{display:block;max-width:100%}.bad{color:#a00}.ok{color:#070}code{font-size:12px}
+.card.error{border-color:#d99;background:#fff6f6}.prompt{color:#555;font-style:italic}
+.bar{background:#6a9fd8;height:12px;display:inline-block}.zoom{margin-top:4px}
 """
 
 
-def report_html(summary: dict, previews: list[tuple[str, str, bytes]]) -> bytes:
-    """previews: (output name (the id, or its hash when unsafe as a file name), status,
-    jpeg bytes of input | mask outline | output)."""
+def _img(jpeg: bytes, alt: str, cls: str = "") -> str:
+    b64 = base64.b64encode(jpeg).decode("ascii")
+    return f'<img class="{cls}" src="data:image/jpeg;base64,{b64}" alt="{html.escape(alt)}">'
+
+
+def _counts(s: dict) -> str:
     e = html.escape
-    s = summary
-    ok = s["success"]
     rows = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in s["counts_by_status"].items())
-    kinds = ""
+    dup = s["duplicate_ids"]
+    return (f"<h2>Counts</h2><table><tr><th>status</th><th>rows</th></tr>{rows}</table>"
+            f"<p>Duplicate ids in the manifest: {dup['count']}. Prompts longer than the text encoder's 77 tokens "
+            f"(cut to fit): {s.get('prompts_truncated', 0)}.</p>")
+
+
+def _throughput(s: dict) -> str:
+    """Rates over the whole output, this run's part, and per-stage timings of ok rows."""
+    runs, this = s.get("runs", {}), s["this_run"]
+    rate = (f"<p>Throughput over the output: {s.get('rows_per_s')} rows/s, {s.get('images_per_s')} images/s, "
+            f"{s.get('elapsed_s')} s of processing in {runs.get('runs_that_processed_rows', '?')} of "
+            f"{runs.get('runs', '?')} run(s). This run: {this.get('processed', 0)} rows in {this.get('elapsed_s')} s "
+            f"({this.get('rows_per_s')} rows/s).</p>")
+    stages = s.get("stage_timings_s") or {}
+    if not stages:
+        return "<h2>Throughput</h2>" + rate
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['rows']}</td><td>{v['mean']:.4f}</td><td>{v['p50']:.4f}"
+                   f"</td><td>{v['p95']:.4f}</td></tr>" for k, v in stages.items())
+    return ("<h2>Throughput</h2>" + rate + "<p>Seconds per row and stage (ok rows):</p><table><tr><th>stage</th>"
+            "<th>rows</th><th>mean</th><th>p50</th><th>p95</th></tr>" + body + "</table>")
+
+
+def _mask_area(s: dict) -> str:
+    bins = s.get("mask_area") or {}
+    total = sum(bins.values())
+    if not total:
+        return ""
+    body = "".join(f'<tr><td>{html.escape(k)}</td><td>{n}</td><td><span class="bar" style="width:{300 * n // total}px">'
+                   f"</span></td></tr>" for k, n in bins.items())
+    return ("<h2>Mask sizes</h2><p>Rows by the share of the image repainted (after dilation; unchanged rows have "
+            "an empty mask). A run whose rows all sit in the first bin repainted nothing.</p>"
+            "<table><tr><th>repainted share</th><th>rows</th><th></th></tr>" + body + "</table>")
+
+
+def _errors(s: dict) -> str:
+    """The table of error kinds and a card per kind with example ids and the reason."""
+    e = html.escape
+    if not s["errors_by_kind"]:
+        return "<h2>Errors by kind</h2><p>No errors.</p>"
+    table, cards = "", ""
     for k, n in s["errors_by_kind"].items():
         ex = s["error_examples"].get(k, {})
         ids = ", ".join(e(str(i)) for i in ex.get("ids", []))
-        kinds += (f"<tr><td><code>{e(k)}</code></td><td>{n}</td><td>{ids}</td>"
-                  f"<td>{e(ex.get('message') or '')}</td></tr>")
-    cards = ""
-    for rid, status, jpeg in previews:
-        b64 = base64.b64encode(jpeg).decode("ascii")
-        cards += (f'<div class="card"><img src="data:image/jpeg;base64,{b64}" alt="{e(rid)}">'
-                  f"<div>{e(rid)} &middot; {e(status)}</div></div>")
+        table += f"<tr><td><code>{e(k)}</code></td><td>{n}</td><td>{ids}</td><td>{e(ex.get('message') or '')}</td></tr>"
+        cards += (f'<div class="card error"><b><code>{e(k)}</code></b> &middot; {n} row(s)<div>{ids}</div>'
+                  f"<div>{e(ex.get('message') or 'no message recorded')}</div></div>")
+    return ("<h2>Errors by kind</h2><table><tr><th>kind</th><th>rows</th><th>example ids</th><th>example message"
+            "</th></tr>" + table + '</table><div class="sheet">' + cards + "</div>")
+
+
+def _samples(previews: list, cards: dict) -> str:
+    e = html.escape
+    out = ""
+    for name, status, jpeg in previews:
+        c = cards.get(name, {})
+        link = c.get("output_uri")
+        title = e(str(c.get("id", name)))
+        out += (f'<div class="card">{_img(jpeg, name)}<div><b>{title}</b> &middot; {e(status)}'
+                + (f' &middot; <a href="images/{e(link.rsplit("/", 1)[-1])}">full size</a>' if link else "")
+                + (f' &middot; {c["mask_pixels"]} px repainted' if c.get("mask_pixels") else "") + "</div>"
+                + (f'<div class="prompt">prompt: {e(c.get("prompt") or "(none)")}</div>' if c else "")
+                + (f'<div>zoom on the repainted area (input, output):</div>{_img(c["zoom"], "zoom", "zoom")}'
+                   if c.get("zoom") else "") + "</div>")
+    return out or "<p>No samples.</p>"
+
+
+def report_html(summary: dict, previews: list[tuple[str, str, bytes]], cards: dict | None = None) -> bytes:
+    """previews: (output name (the id, or its hash when unsafe as a file name), status,
+    jpeg bytes of input | mask outline | output); cards: cards.card_details (prompt, link, zoom) by output name."""
+    e = html.escape
+    s = summary
+    ok = s["success"]
+    warnings = "".join(f'<p class="bad warn"><b>Warning:</b> {e(w)}</p>' for w in s.get("warnings", []))
     settings = e(json.dumps(s["settings"], indent=1, default=str))
-    dup = s["duplicate_ids"]
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ray-inpaint report</title>
 <style>{_CSS}</style></head><body>
 <h1>ray-inpaint run report</h1>
 <p class="{'ok' if ok else 'bad'}"><b>{'SUCCESS' if ok else 'NOT SUCCESSFUL'}</b>:
-error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), {'complete' if s['complete'] else 'INCOMPLETE'},
+error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), unchanged rate {s['unchanged_rate']:.4f}
+(limit {s['max_unchanged_rate']}, exclusive), {'complete' if s['complete'] else 'INCOMPLETE'},
 {s['accounted']} of {s['unique_ids']} ids accounted for; finished {e(s['finished_utc'])}; model sha256
 <code>{e(str(s['model_sha256']))}</code>.</p>
-<h2>Counts</h2><table><tr><th>status</th><th>rows</th></tr>{rows}</table>
-<p>Duplicate ids in the manifest: {dup['count']}. Prompts longer than the text encoder's 77 tokens
-(cut to fit): {s.get('prompts_truncated', 0)}.</p>
-<h2>Errors by kind</h2>
-{'<table><tr><th>kind</th><th>rows</th><th>example ids</th><th>example message</th></tr>' + kinds + '</table>'
- if kinds else '<p>No errors.</p>'}
-<h2>Sample rows</h2><p>Each card: input, mask outline (red), output.</p>
-<div class="sheet">{cards or '<p>No samples.</p>'}</div>
+{warnings}{_counts(s)}{_throughput(s)}{_mask_area(s)}{_errors(s)}
+<h2>Sample rows</h2><p>Each card: input, mask outline (red), output; below it the prompt and a zoom on the
+repainted area from the full-size images.</p>
+<div class="sheet">{_samples(previews, cards or {})}</div>
 <h2>Settings</h2><pre>{settings}</pre>
 </body></html>
 """

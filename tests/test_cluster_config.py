@@ -56,6 +56,16 @@ def _ray_pin() -> str:
     return pins[0]
 
 
+def test_cluster_extra_brings_the_job_server_at_the_pinned_version():
+    """`pip install ".[cluster]"` is what README and docs/cluster.md say makes `ray job submit` work."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        extra = tomllib.load(f)["project"]["optional-dependencies"]["cluster"]
+    rays = [m for d in extra if (m := re.match(r"^\s*ray\[([^\]]*)\]\s*==\s*(\S+)", d))]
+    assert len(rays) == 1 and "default" in rays[0].group(1).split(",") and rays[0].group(2) == _ray_pin()
+    for doc in ("README.md", "docs/cluster.md"):
+        assert 'pip install ".[cluster]"' in (ROOT / doc).read_text(), doc
+
+
 def _strings(obj):
     """Every string (keys and values) anywhere in a loaded YAML document."""
     if isinstance(obj, dict):

@@ -50,6 +50,32 @@ def test_mask_channel_rules():
     np.testing.assert_array_equal(decode_mask_values(encode(Image.fromarray(la, "LA"), "PNG"), 10**6), grey)
 
 
+def test_zero_one_masks_are_read_as_one_is_repaint():
+    """A mask whose values are only 0 and 1 (a boolean array saved with Image.fromarray(m.astype(uint8))) marks
+    its 1s at any threshold; 0/255 masks, soft masks and all-black masks read exactly as before."""
+    boolean = np.zeros((6, 8), bool)
+    boolean[2:4, 3:6] = True
+    zero_one = decode_mask_values(encode(Image.fromarray(boolean.astype(np.uint8)), "PNG"), 10**6)
+    np.testing.assert_array_equal(zero_one, boolean.astype(np.uint8) * 255)
+    for t in (0.01, 0.5, 1.0):
+        np.testing.assert_array_equal(threshold_mask(zero_one, t), boolean)
+    np.testing.assert_array_equal(threshold_mask(zero_one, 0.5, invert=True), ~boolean)
+    # 0/1 in an alpha channel (strokes on a transparent layer) follows the same rule.
+    la = np.dstack([np.full((6, 8), 255, np.uint8), boolean.astype(np.uint8)])
+    np.testing.assert_array_equal(
+        decode_mask_values(encode(Image.fromarray(la, "LA"), "PNG"), 10**6), boolean.astype(np.uint8) * 255)
+    # 0/255 and soft masks: values untouched, so the threshold decides as before.
+    hard = boolean.astype(np.uint8) * 255
+    np.testing.assert_array_equal(decode_mask_values(encode(Image.fromarray(hard), "PNG"), 10**6), hard)
+    soft = np.array([[0, 1, 2, 100, 127, 128, 200, 255]], np.uint8)
+    v = decode_mask_values(encode(Image.fromarray(soft), "PNG"), 10**6)
+    np.testing.assert_array_equal(v, soft)
+    np.testing.assert_array_equal(threshold_mask(v), [[False] * 5 + [True] * 3])
+    # All black stays empty (the row is `unchanged`).
+    black = np.zeros((6, 8), np.uint8)
+    assert not threshold_mask(decode_mask_values(encode(Image.fromarray(black), "PNG"), 10**6)).any()
+
+
 def test_mask_size_check_and_resize():
     m = encode(Image.fromarray(np.full((10, 20), 255, np.uint8), "L"), "PNG")
     with pytest.raises(RowError) as ei:

@@ -1,0 +1,89 @@
+"""`rayinpaint run --dry-run`: everything a run would check, without Ray, a model or a write.
+
+After the usual pre-flight (weights header, output reachable, manifest schemas and ids), it reads the output's
+results (read only), counts the rows left to do, fetches and decodes a sample of them on the driver (the same
+prepare step the workers run: image, mask, crop), says whether the output's recorded settings match, and, given
+a `rayinpaint bench` record, estimates the GPU-hours the rows left would take.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayinpaint.io.manifest import canonicalize
+from rayinpaint.io.prepare import prepare_row
+from rayinpaint.io.storage import dirname_uri, filesystem, join_uri
+
+from .fingerprint import SETTINGS_FILE, differences, fingerprint_of, model_identity, pixel_settings
+from .ledger import DONE_STATUSES
+
+
+def dry_run(cfg, storage, scan, ledger) -> int:
+    """Print the dry run's findings (stdout, one fact a line); 0 when the sample holds a row that would be
+    repainted, 1 otherwise (every sampled row an error or unchanged: a real run would not be a success)."""
+    idx = ledger.index()
+    done = idx.ids_with_status(DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",))
+    todo = pc.filter(scan.ids, pc.invert(pc.is_in(scan.ids, value_set=done.cast(pa.string()))))
+    todo_n = len(todo) if cfg.limit is None else min(len(todo), cfg.limit)
+    print(f"dry run: {len(scan.ids)} unique id(s) in the manifest, {len(done)} already done, {todo_n} to do")
+    print(f"settings: {_settings_line(cfg, storage)}")
+    sample = sample_rows(cfg, storage, scan, set(todo.slice(0, cfg.dry_run_sample).to_pylist()))
+    statuses = Counter(r["status"] if r["status"] != "error" else f"error:{r['error_kind']}" for r in sample)
+    print(f"sample of {len(sample)} row(s) fetched and decoded: "
+          + (", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none"))
+    for r in [r for r in sample if r["status"] == "error"][:5]:
+        print(f"  {r['id']}: {r['error_kind']}: {r['error']}")
+    print(estimate_line(cfg, todo_n))
+    return 0 if statuses.get("ready") or not sample else 1
+
+
+def _settings_line(cfg, storage) -> str:
+    settings = pixel_settings(cfg, model_identity(cfg, storage))
+    fs, path = filesystem(join_uri(cfg.output.rstrip("/"), SETTINGS_FILE), storage)
+    if not fs.exists(path):
+        return f"new output (fingerprint {fingerprint_of(settings)})"
+    recorded = json.loads(fs.cat_file(path))
+    diff = differences(recorded.get("settings", {}), settings)
+    return "same as the output's" if not diff else (
+        f"differ from the output's ({'; '.join(diff)}): a run would stop; use a new --output or --reprocess")
+
+
+def sample_rows(cfg, storage, scan, wanted: set) -> list[dict]:
+    """Prepared rows (status, error kind and message) for the manifest rows whose id is in `wanted`."""
+    out = []
+    settings = cfg.prepare_settings(storage)
+    for path in (p for group in scan.groups for p in group):
+        if len(out) >= len(wanted):
+            break
+        fs, p = filesystem(path, storage)
+        with fs.open(p, "rb") as f:
+            t = pq.read_table(f)
+        t = canonicalize(t, cfg.column_map(), source_column=None, base_dir=dirname_uri(path))
+        t = t.filter(pc.fill_null(pc.is_in(t.column("id"), value_set=pa.array(sorted(wanted), pa.string())), False))
+        out += [prepare_row(row, settings) for row in t.to_pylist()[: len(wanted) - len(out)]]
+    return out
+
+
+def estimate_line(cfg, rows: int) -> str:
+    if not cfg.bench_record:
+        return "GPU-hours: pass --bench-record FILE (the JSON line `rayinpaint bench` prints) for an estimate"
+    with open(cfg.bench_record) as f:
+        record = json.load(f)  # what `rayinpaint bench --json FILE` writes
+    e2e = record.get("e2e") or {}
+    if record.get("e2e_images_per_s"):  # the whole job, per model actor (one per GPU)
+        per_s, what = record["e2e_images_per_s"] / max(1, e2e.get("gpus") or 1), "the whole job"
+    else:
+        per_s, what = record.get("images_per_s"), "the model alone; loading and data stages add to it"
+    if not per_s:
+        return f"GPU-hours: {cfg.bench_record} has no images_per_s"
+    bench_steps = (record.get("settings") or {}).get("steps")
+    steps_note = ("" if bench_steps in (None, cfg.steps)
+                  else f"; measured at {bench_steps} steps, this run has {cfg.steps}")
+    return (f"GPU-hours: about {rows / per_s / 3600:.2f} for {rows} row(s) at {per_s:.2f} images/s per GPU on "
+            f"{record.get('device', 'an unrecorded device')} ({what}{steps_note})")
+

@@ -1,0 +1,120 @@
+"""The output as a whole, for the summary and the report: whatever run (or resume) writes them, they describe
+every row recorded so far, not only this run's part.
+
+- `{output}/_runs/<start>-<random>.json`: one record per run (when, how long, how many rows, the settings
+  fingerprint), written at the end of each run; rates over the output come from these.
+- the results rows: per-stage timings of `ok` rows (mean, p50, p95), error examples per kind with their message, and the
+  distribution of mask sizes (repainted share of each image), read column by column, shard by shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayinpaint.io.storage import filesystem, join_uri, write_bytes
+
+log = logging.getLogger("rayinpaint.job")
+
+RUNS = "_runs"
+STAGES = ("fetch", "decode", "prepare", "inpaint", "finish", "write")
+EXAMPLES_PER_KIND = 5
+_TIMING_SAMPLE = 100_000  # per stage: percentiles from at most this many rows (the newest shards first)
+# Upper edges of the mask-size bins, as a share of the image's pixels; `unchanged` rows (empty mask) count as 0.
+MASK_BINS = ((0.0, "0 (empty)"), (0.01, "up to 1%"), (0.05, "1-5%"), (0.2, "5-20%"), (0.5, "20-50%"),
+             (1.0, "over 50%"))
+_COLUMNS = ("id", "status", "error_kind", "error", "timings", "mask_pixels", "width", "height")
+
+
+def record_run(root: str, storage, record: dict) -> None:
+    """Write this run's record (`record`: started, elapsed_s, processed, by_status, settings_fingerprint)."""
+    name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(record['started']))}-{uuid.uuid4().hex[:8]}.json"
+    write_bytes(join_uri(root, RUNS, name), (json.dumps(record, default=str) + "\n").encode(), storage)
+
+
+def read_runs(root: str, storage) -> list[dict]:
+    fs, path = filesystem(join_uri(root, RUNS), storage)
+    try:
+        names = sorted(p for p in fs.ls(path, detail=False, refresh=True) if p.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    return [json.loads(fs.cat_file(p)) for p in names]
+
+
+def run_totals(runs: list[dict]) -> dict:
+    """Rows, images and wall-clock seconds of the runs that processed rows, and their rates."""
+    working = [r for r in runs if r.get("processed")]
+    seconds = sum(r.get("elapsed_s", 0.0) for r in working)
+    rows = sum(r["processed"] for r in working)
+    images = sum(r.get("by_status", {}).get(s, 0) for r in working for s in ("ok", "unchanged"))
+    return {"runs": len(runs), "runs_that_processed_rows": len(working), "processing_s": round(seconds, 3),
+            "rows_processed": rows, "rows_per_s": round(rows / seconds, 4) if seconds else None,
+            "images_per_s": round(images / seconds, 4) if seconds else None}
+
+
+def describe_output(root: str, storage, ledger, record: dict) -> dict:
+    """Record this run, then describe the output as a whole: run totals and rates plus `results_overview`."""
+    record_run(root, storage, record)
+    return {**run_totals(read_runs(root, storage)), **results_overview(ledger)}
+
+
+def results_overview(ledger) -> dict:
+    """Stage timings, error examples and mask sizes over every results row (see the module docstring)."""
+    timings = {s: [] for s in STAGES}
+    examples: dict = {}
+    bins = np.zeros(len(MASK_BINS), np.int64)
+    for path in reversed(ledger.shard_paths()):
+        with ledger.fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            t = pf.read(columns=[c for c in _COLUMNS if c in pf.schema_arrow.names])
+        _add_examples(t, examples)
+        if "timings" in t.column_names:  # rows that went through every stage (error and unchanged rows skip some)
+            _add_timings(t.filter(pc.equal(t.column("status"), "ok")).column("timings").combine_chunks(), timings)
+        if {"mask_pixels", "width", "height"} <= set(t.column_names):
+            bins += _mask_bins(t)
+    return {"stage_timings_s": {s: _stats(v) for s, v in timings.items() if v},
+            "error_examples": examples,
+            "mask_area": {label: int(n) for (_, label), n in zip(MASK_BINS, bins)}}
+
+
+def _add_examples(t: pa.Table, examples: dict) -> None:
+    errors = t.filter(pc.equal(t.column("status"), "error"))
+    for rid, kind, msg in zip(*(errors.column(c).to_pylist() for c in ("id", "error_kind", "error"))):
+        ex = examples.setdefault(kind or "unknown", {"ids": [], "message": msg})
+        if len(ex["ids"]) < EXAMPLES_PER_KIND:
+            ex["ids"].append(rid)
+
+
+def _add_timings(col: pa.StructArray, timings: dict) -> None:
+    for stage in STAGES:
+        if len(timings[stage]) >= _TIMING_SAMPLE or stage not in [f.name for f in col.type]:
+            continue
+        values = pc.drop_null(col.field(stage)).to_numpy(zero_copy_only=False)
+        timings[stage].extend(values[: _TIMING_SAMPLE - len(timings[stage])].tolist())
+
+
+def _stats(values: list) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"rows": int(a.size), "mean": round(float(a.mean()), 5), "p50": round(float(np.percentile(a, 50)), 5),
+            "p95": round(float(np.percentile(a, 95)), 5)}
+
+
+def _mask_bins(t: pa.Table) -> np.ndarray:
+    """Rows per mask-size bin: ok rows by their repainted share, unchanged rows in the first bin."""
+    status = t.column("status").to_numpy(zero_copy_only=False)
+    px = pc.fill_null(t.column("mask_pixels"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
+    area = (pc.fill_null(t.column("width"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
+            * pc.fill_null(t.column("height"), 0).to_numpy(zero_copy_only=False))
+    share = np.where(area > 0, px / np.maximum(area, 1), 0.0)[status == "ok"]
+    edges = np.array([e for e, _ in MASK_BINS])
+    index = np.minimum(np.searchsorted(edges, share, side="left"), len(MASK_BINS) - 1)
+    out = np.bincount(index, minlength=len(MASK_BINS))
+    out[0] += int(np.sum(status == "unchanged"))
+    return out

@@ -1,0 +1,59 @@
+"""Progress lines: counted from rows done before this run, rates and ETA over a recent window, a first line as
+soon as rows arrive, and lines from the ticker while none do."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rayinpaint.jobs.progress import Progress
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_counts_rows_done_before_and_rates_over_a_recent_window(caplog):
+    clock = Clock()
+    p = Progress(total=22, interval=10.0, clock=clock, before=8, window=60.0)
+    assert "rows 8/30 (26.7%); 8 done before this run" in p.line() and "waiting for the first rows" in p.line()
+    clock.t += 120.0  # two minutes of model loading: must not drag the rate down for the rest of the run
+    with caplog.at_level(logging.INFO, logger="rayinpaint.progress"):
+        p.update(["ok"] * 4)                      # the first rows: a line at once
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("rows 12/30 (40.0%)")
+    for _ in range(6):                            # then 2 rows every 10 s (one of them unchanged: no new pixels)
+        clock.t += 10.0
+        p.update(["ok", "unchanged"])
+    rows_s, images_s = p.rates()
+    assert abs(rows_s - 0.2) < 1e-9 and abs(images_s - 0.2) < 1e-9  # 12 rows in the last 60 s
+    line = p.line()
+    assert "rows 24/30 (80.0%)" in line and "0.20 rows/s" in line and "ETA 30s" in line  # 6 rows left at 0.2/s
+    assert line.endswith("[ok 10, unchanged 6]")
+
+
+def test_an_error_row_counts_as_a_row_but_not_as_an_image():
+    clock = Clock()
+    p = Progress(total=6, interval=10.0, clock=clock)
+    clock.t += 30.0
+    p.update(["ok", "ok"])
+    assert p.rates() == (0.0, 0.0) and "ETA ?" in p.line()  # one point: no rate yet (loading is not counted)
+    clock.t += 10.0
+    p.update(["ok", "error"])
+    assert p.rates() == (0.2, 0.1) and "ETA 10s" in p.line()
+
+
+def test_ticker_logs_while_no_rows_arrive(caplog):
+    p = Progress(total=5, interval=0.1)
+    with caplog.at_level(logging.INFO, logger="rayinpaint.progress"):
+        p.start_ticker()
+        time.sleep(0.5)
+        p.close()
+        time.sleep(0.15)
+        n = len(caplog.records)
+        time.sleep(0.3)
+    assert n >= 2 and len(caplog.records) == n  # lines while waiting; none after close
+    assert "rows 0/5" in caplog.records[0].getMessage()
