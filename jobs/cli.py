@@ -116,6 +116,9 @@ def _model_options(opt) -> None:
     opt("--speed", metavar="SWITCHES",
         help="speed switches, e.g. 'compile=0,cuda_graph=0,sdpa=flash' (channels_last, sdpa, compile, cuda_graph, "
              "fused_cfg, batch_vae, pinned, cudnn_benchmark; default: all on for CUDA; see BENCHMARKS.md)")
+    opt("--strict-speed", action=argparse.BooleanOptionalAction,
+        help="a compile or CUDA graph failure, or a fast step that fails its self-check against the plain one, "
+             "fails the model actor instead of being turned off (CI, benchmarks)")
 
 
 def _mask_options(opt) -> None:

@@ -59,6 +59,7 @@ class JobConfig:
     num_actors: int | None = None
     dtype: str = "auto"
     speed: str = ""
+    strict_speed: bool = False
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
@@ -131,7 +132,7 @@ class JobConfig:
                              resolution=self.resolution, pad_to=self.batch_size, cache_dir=self.weights_cache,
                              weights_sha256=self.weights_sha256,
                              storage_options=storage.fsspec_kwargs(protocol_of(self.weights)),
-                             model_config=self.model_config, speed=self.speed)
+                             model_config=self.model_config, speed=self.speed, strict_speed=self.strict_speed)
 
     def allowed_scheme_tuple(self) -> tuple:
         return tuple(x.strip().lower() for x in self.allowed_schemes.split(",") if x.strip())

@@ -41,6 +41,7 @@ class ModelSettings:
     storage_options: dict | None = None   # fsspec options for the weights' filesystem
     model_config: str = "sd2-inpainting"
     speed: str = ""
+    strict_speed: bool = False            # a fast path that fails or fails its self-check fails the actor
 
 
 def pick_device_and_dtype(dtype: str):
@@ -72,7 +73,8 @@ class InpaintPredictor:
         switches = parse_switches(settings.speed, "--speed") if settings.speed else {}
         self.inpainter = Inpainter(self.model, sampler=settings.sampler, steps=settings.steps,
                                    guidance=settings.guidance, eta=settings.eta, strength=settings.strength,
-                                   karras=settings.karras and settings.sampler != "ddim", speed=switches)
+                                   karras=settings.karras and settings.sampler != "ddim", speed=switches,
+                                   strict_speed=settings.strict_speed)
         self.res = settings.resolution
         self.pad_to = max(1, settings.pad_to)
         self.sha = self.model.sha256
@@ -82,17 +84,19 @@ class InpaintPredictor:
         self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
         if self.device == "cuda":
             self._warmup(switches)
+        log.info("speed switches in effect: %s", self.speed_text())
         log.info("model %s loaded on %s/%s in %.1fs", settings.weights, self.device, self.dtype,
                  time.perf_counter() - t0)
 
     def _warmup(self, switches: dict) -> None:
         """Compile, autotune and capture the CUDA graph for the fixed batch shape now, before streaming starts.
-        If compiling or capturing fails on this machine, fall back to the eager step (slower, same results)
-        rather than fail every batch."""
+        The Inpainter checks the fast step and turns off a switch that fails (model/selfcheck.py); anything else
+        that fails here with compile or CUDA graphs on is retried once without them (slower, same results)
+        rather than fail every batch, unless strict_speed."""
         try:
             info = self._warmup_fitting()
         except Exception as e:  # noqa: BLE001 - any compile/capture failure; the eager path is the fallback
-            if isinstance(e, self._oom):
+            if isinstance(e, self._oom) or self.inpainter.strict_speed:
                 raise
             log.warning("warm-up with %s failed (%s: %s); continuing without torch.compile and CUDA graphs",
                         self.inpainter.speed, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
@@ -168,7 +172,15 @@ class InpaintPredictor:
         batch = batch.append_column("t_inpaint", pa.array(t_inpaint, pa.float64()))
         batch = batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
         batch = batch.append_column("actor", pa.array([self.actor] * n, pa.string()))
+        batch = batch.append_column("speed", pa.array([self.speed_text()] * n, pa.string()))
         return batch.append_column("model_sha256", pa.array([self.sha] * n, pa.string()))
+
+    def speed_text(self) -> str:
+        """The switches in effect now (after any fallback), as RAYINPAINT_SPEED would spell them."""
+        from rayinpaint.model.speed import Speed, env_text
+
+        speed = getattr(self.inpainter, "speed", None)
+        return env_text(speed) if isinstance(speed, Speed) else ""
 
     def _inputs(self, batch: pa.Table, ready: list[int]) -> tuple:
         """(images [n,R,R,3], masks [n,R,R], prompts, negative prompts, seeds) of the ready rows."""
@@ -191,6 +203,10 @@ class InpaintPredictor:
             dt = (time.perf_counter() - t0) / n
             return [np.ascontiguousarray(o).tobytes() for o in out], [None] * n, [dt] * n
         except Exception as e:  # noqa: BLE001 - isolate the bad row(s) below
+            from rayinpaint.model.inpainter import SpeedCheckError
+
+            if isinstance(e, SpeedCheckError):  # strict_speed: the actor fails, not its rows
+                raise
             log.warning("model call on %d rows failed (%s); retrying rows one by one", n, e)
         outs, errs, times = [], [], []
         for j in range(n):

@@ -108,3 +108,27 @@ def test_warmup_out_of_memory_halves_the_batch_until_it_fits(predictor):
     predictor.inpainter.warmup = lambda b, r: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("still (simulated)"))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         predictor._warmup({})  # nothing smaller left to try
+
+
+def test_the_switches_in_effect_are_recorded_per_row_and_per_actor_in_the_tally(predictor):
+    from rayinpaint.jobs.accounting import RunTally
+
+    out = predictor(batch(2))
+    speed = out.column("speed").to_pylist()
+    assert speed[0] == speed[1] == predictor.speed_text()
+    assert "compile=0" in speed[0] and "cuda_graph=0" in speed[0] and "fused_cfg=1" in speed[0]  # CPU: resolved
+    tally = RunTally(preview_count=0)
+    tally.add(out.select(["id", "status", "error_kind", "error", "actor", "speed"]))
+    assert tally.this_run()["speed_by_actor"] == {predictor.actor: speed[0]}
+
+
+def test_strict_speed_fails_the_actor_not_the_rows(predictor):
+    """With strict_speed a fast path that fails its check raises out of the batch instead of erroring its rows."""
+    from rayinpaint.model.inpainter import SpeedCheckError
+
+    def refuse(*a):
+        raise SpeedCheckError("the compiled step is off the eager one (simulated)")
+
+    predictor.inpainter = refuse
+    with pytest.raises(SpeedCheckError):
+        predictor(batch(2))
