@@ -111,13 +111,11 @@ class InpaintPredictor:
             try:
                 return self.inpainter.warmup(self.pad_to, self.res)
             except self._oom:
-                import torch
-
-                torch.cuda.empty_cache()
                 if self.pad_to == 1:
                     raise
-                self.pad_to = (self.pad_to + 1) // 2
-                log.warning("CUDA out of memory at warm-up; using batches of %d", self.pad_to)
+            _release_memory()  # outside the except block: the failed call's frames are gone by now
+            self.pad_to = (self.pad_to + 1) // 2
+            log.warning("CUDA out of memory at warm-up; using batches of %d", self.pad_to)
 
     def _padded(self, images, masks, prompts, negs, seeds, size):
         n = len(seeds)
@@ -138,16 +136,16 @@ class InpaintPredictor:
         try:
             return self._padded(images, masks, prompts, negs, seeds, size)
         except self._oom:
-            import torch
-
-            torch.cuda.empty_cache()
             if size == 1:
                 raise
-            half = (size + 1) // 2
-            log.warning("CUDA out of memory at batch %d; splitting into batches of %d", size, half)
-            if size == self.pad_to:
-                self.pad_to = half  # keep the smaller shape instead of failing again on every batch
-            return self._run(images, masks, prompts, negs, seeds, half)
+        # Retry outside the except block: inside it, the exception's traceback keeps the failed call's frames, and
+        # with them its activations and step buffers, alive through the retry.
+        _release_memory()
+        half = (size + 1) // 2
+        log.warning("CUDA out of memory at batch %d; splitting into batches of %d", size, half)
+        if size == self.pad_to:
+            self.pad_to = half  # keep the smaller shape instead of failing again on every batch
+        return self._run(images, masks, prompts, negs, seeds, half)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -235,6 +233,17 @@ def _load(settings: ModelSettings, device: str, dtype):
     if not settings.weights.startswith("random:"):
         kwargs["config"] = settings.model_config
     return load_model(settings.weights, device=device, dtype=dtype, **kwargs)
+
+
+def _release_memory() -> None:
+    """Free what a failed call left behind: unreachable cycles, then the CUDA allocator's cached blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _actor_name() -> str:

@@ -132,3 +132,27 @@ def test_strict_speed_fails_the_actor_not_the_rows(predictor):
     predictor.inpainter = refuse
     with pytest.raises(SpeedCheckError):
         predictor(batch(2))
+
+
+def test_out_of_memory_releases_the_failed_batch_before_the_retry(predictor):
+    """What the failed call held (here one object in its frame, as activations are) is gone when the smaller
+    batches run: the retry does not happen inside the `except` whose traceback keeps that frame alive."""
+    import weakref
+
+    class Held:
+        pass
+
+    seen = []
+
+    class HoldingInpainter(FakeInpainter):
+        def __call__(self, images, masks, prompts, negs, seeds):
+            if len(seeds) > self.fits:
+                held = Held()  # noqa: F841 - alive in this frame while the error propagates
+                self.ref = weakref.ref(held)
+            elif hasattr(self, "ref"):
+                seen.append(self.ref() is None)
+            return super().__call__(images, masks, prompts, negs, seeds)
+
+    predictor.inpainter = fake = HoldingInpainter(fits=2)
+    predictor(batch(4))
+    assert fake.calls == [4, 2, 2] and seen == [True, True]
