@@ -117,22 +117,24 @@ class InpaintPredictor:
             self.pad_to = (self.pad_to + 1) // 2
             log.warning("CUDA out of memory at warm-up; using batches of %d", self.pad_to)
 
-    def _padded(self, images, masks, prompts, negs, seeds, size):
+    def _padded(self, images, masks, prompts, negs, seeds, size) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images, finite flags) of the rows, run as one batch of `size` rows."""
         n = len(seeds)
         if n >= size:
-            return self.inpainter(images, masks, prompts, negs, seeds)
+            return self.inpainter.generate(images, masks, prompts, negs, seeds)
         k = size - n
-        out = self.inpainter(np.concatenate([images, np.repeat(images[-1:], k, 0)]),
-                             np.concatenate([masks, np.repeat(masks[-1:], k, 0)]),
-                             prompts + prompts[-1:] * k, negs + negs[-1:] * k, seeds + seeds[-1:] * k)
-        return out[:n]
+        out, finite = self.inpainter.generate(np.concatenate([images, np.repeat(images[-1:], k, 0)]),
+                                              np.concatenate([masks, np.repeat(masks[-1:], k, 0)]),
+                                              prompts + prompts[-1:] * k, negs + negs[-1:] * k,
+                                              seeds + seeds[-1:] * k)
+        return out[:n], finite[:n]
 
     def _run(self, images, masks, prompts, negs, seeds, size=None):
         size = self.pad_to if size is None else size
         if len(seeds) > size:  # more rows than the fixed shape: run in chunks of it
             parts = [self._run(images[i:i + size], masks[i:i + size], prompts[i:i + size], negs[i:i + size],
                                seeds[i:i + size], size) for i in range(0, len(seeds), size)]
-            return np.concatenate(parts)
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         try:
             return self._padded(images, masks, prompts, negs, seeds, size)
         except self._oom:
@@ -193,13 +195,14 @@ class InpaintPredictor:
 
     def _run_rows(self, inputs: tuple) -> tuple[list, list, list]:
         """(output bytes or None, error message or None, seconds) per row: the whole batch in one call, or
-        when that fails, row by row so that only the rows that fail alone become errors."""
+        when that fails, row by row so that only the rows that fail alone become errors. A row whose output
+        is not finite (NaN or Inf) is an error, never an image."""
         n = len(inputs[4])
         t0 = time.perf_counter()
         try:
-            out = self._run(*inputs)
+            out, finite = self._run(*inputs)
             dt = (time.perf_counter() - t0) / n
-            return [np.ascontiguousarray(o).tobytes() for o in out], [None] * n, [dt] * n
+            return [self._row(o, f) for o, f in zip(out, finite)], [self._row_error(f) for f in finite], [dt] * n
         except Exception as e:  # noqa: BLE001 - isolate the bad row(s) below
             from rayinpaint.model.inpainter import SpeedCheckError
 
@@ -210,14 +213,24 @@ class InpaintPredictor:
         for j in range(n):
             t1 = time.perf_counter()
             try:
-                o = self._run(*(x[j:j + 1] for x in inputs))
-                outs.append(np.ascontiguousarray(o[0]).tobytes())
-                errs.append(None)
+                o, f = self._run(*(x[j:j + 1] for x in inputs))
+                outs.append(self._row(o[0], f[0]))
+                errs.append(self._row_error(f[0]))
             except Exception as e1:  # noqa: BLE001
                 outs.append(None)
                 errs.append(redact_uri(f"the model failed on this row: {type(e1).__name__}: {e1}"))
             times.append(time.perf_counter() - t1)
         return outs, errs, times
+
+    @staticmethod
+    def _row(image: np.ndarray, finite: bool) -> bytes | None:
+        return np.ascontiguousarray(image).tobytes() if finite else None
+
+    def _row_error(self, finite: bool) -> str | None:
+        if finite:
+            return None
+        return (f"the model's output for this row is not finite (NaN or Inf); speed switches in effect: "
+                f"{self.speed_text() or 'defaults'}, dtype {self.dtype}")
 
 
 def _load(settings: ModelSettings, device: str, dtype):

@@ -163,7 +163,7 @@ class Inpainter:
         masks = np.full((batch, height, width), 255, np.uint8)
         steps = max(2, math.ceil(1.0 / self.strength) + 1)  # at least one step survives the strength cut
         t0 = time.perf_counter()
-        self(imgs, masks, [""] * batch, seeds=list(range(batch)), steps=steps)
+        self.generate(imgs, masks, [""] * batch, seeds=list(range(batch)), steps=steps)
         out = {"seconds": time.perf_counter() - t0, **self._steps[(batch, height // 8, width // 8)].timings}
         if self.speed.compile and "first_call_s" in out:
             out["compile_s"] = max(0.0, out["first_call_s"] - out["second_call_s"])
@@ -272,13 +272,20 @@ class Inpainter:
 
     # ---- main entry ------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def __call__(self, images, masks, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
-                 seeds: Sequence[int] | None = None, *, steps: int | None = None,
-                 guidance: float | Sequence[float] | None = None, strength: float | None = None) -> np.ndarray:
+                 seeds: Sequence[int] | None = None, **kw) -> np.ndarray:
         """images uint8 [B,H,W,3] (numpy or torch), H and W multiples of 64; masks [B,H,W] uint8
         (>= 128 repaints) or bool; prompts: B strings; negative_prompts: B strings or None (empty);
         seeds: B ints (required); guidance: float or B floats. Returns uint8 [B,H,W,3] numpy."""
+        return self.generate(images, masks, prompts, negative_prompts, seeds, **kw)[0]
+
+    @torch.inference_mode()
+    def generate(self, images, masks, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None, *, steps: int | None = None,
+                 guidance: float | Sequence[float] | None = None,
+                 strength: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As __call__, and per row whether its final latent and decoded image were finite (bool [B]): a
+        non-finite value would otherwise be cast to some byte and pass for an image."""
         m = self.model
         steps = check_steps(self.steps if steps is None else steps)
         strength = check_strength(self.strength if strength is None else strength)
@@ -318,8 +325,9 @@ class Inpainter:
         z = samplers.to_vp(x, sigmas[-1])  # the latent diffusers decodes (differs only for DDIM)
 
         out = self._decode((z / scale).to(dt)).float()  # [B, 3, H, W] about [-1, 1]
+        finite = torch.isfinite(z).flatten(1).all(1) & torch.isfinite(out).flatten(1).all(1)
         out = ((out + 1) / 2).clamp(0, 1) * 255
-        return out.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return out.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy(), finite.cpu().numpy()
 
 
 def _one_line(e: BaseException) -> str:
