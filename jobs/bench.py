@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from rayinpaint.model.choices import DTYPES, SAMPLERS, SDPA_CHOICES, SWITCHES
+from rayinpaint.model.choices import COMPILE_MODES, DTYPES, SAMPLERS, SDPA_CHOICES, SWITCHES
 
 from .bench_timing import matmul_ceiling, release_memory, steady_rate, time_calls
 
@@ -53,8 +53,8 @@ def add_bench_arguments(p) -> None:
                        default=None, help=f"{name} on/off")
     s.add_argument("--sdpa", default="auto", choices=SDPA_CHOICES,
                    help="attention backend of the UNet (default: auto, PyTorch's choice)")
-    s.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode (default: default; e.g. max-autotune-no-cudagraphs)")
+    s.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
+                   help="torch.compile mode (default: default; reduce-overhead and max-autotune need --no-cuda-graph)")
     s.add_argument("--prompt-cache-size", type=int, default=1024, help="prompt embeddings kept (0 = no cache)")
 
     c = p.add_argument_group("comparisons")
@@ -90,9 +90,14 @@ def _inputs(b: int, r: int):
 
 
 def speed_from_args(args):
+    """The bench's Speed; a combination that cannot work is a SettingsError (exit 2, one line)."""
+    from rayinpaint.io.errors import SettingsError
     from rayinpaint.model.speed import Speed
 
-    return Speed(sdpa=args.sdpa, compile_mode=args.compile_mode, **{k: getattr(args, k) for k in SWITCHES})
+    try:
+        return Speed(sdpa=args.sdpa, compile_mode=args.compile_mode, **{k: getattr(args, k) for k in SWITCHES})
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
 
 
 def check_no_host_sync(inp, call) -> dict:

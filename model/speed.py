@@ -29,7 +29,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from .choices import SDPA_CHOICES, SETTINGS, SWITCH_AUTO, SWITCHES, check_sdpa, parse_switches
+from .choices import SDPA_CHOICES, SETTINGS, SWITCH_AUTO, SWITCHES, check_combination, check_sdpa, parse_switches
 
 ENV_VAR = "RAYINPAINT_SPEED"
 
@@ -55,6 +55,7 @@ class Speed:
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise ValueError(f"speed switch {name} must be true, false or None (auto), got {v!r}")
+        check_combination(dataclasses.asdict(self))
 
     @classmethod
     def coerce(cls, speed: "Speed | Mapping | None") -> "Speed":
