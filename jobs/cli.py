@@ -119,6 +119,9 @@ def _model_options(opt) -> None:
     opt("--strict-speed", action=argparse.BooleanOptionalAction,
         help="a compile or CUDA graph failure, or a fast step that fails its self-check against the plain one, "
              "fails the model actor instead of being turned off (CI, benchmarks)")
+    opt("--deterministic", action=argparse.BooleanOptionalAction,
+        help="fixed kernels: no cuDNN benchmarking or inductor autotuning, deterministic algorithms; with the same "
+             "GPU model and software a row's pixels are then bitwise the same on every run (slower)")
 
 
 def _mask_options(opt) -> None:

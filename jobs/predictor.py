@@ -42,6 +42,7 @@ class ModelSettings:
     model_config: str = "sd2-inpainting"
     speed: str = ""
     strict_speed: bool = False            # a fast path that fails or fails its self-check fails the actor
+    deterministic: bool = False           # fixed kernels (speed switch `deterministic`)
 
 
 def pick_device_and_dtype(dtype: str):
@@ -65,12 +66,15 @@ class InpaintPredictor:
         from rayinpaint.model.choices import parse_switches
 
         t0 = time.perf_counter()
+        switches = parse_switches(settings.speed, "--speed") if settings.speed else {}
+        if settings.deterministic:
+            switches["deterministic"] = True
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS makes its handle
         self.device, self.dtype = pick_device_and_dtype(settings.dtype)
         if self.device == "cpu":
             # Leave the other CPU stages room; one intra-op pool per actor.
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         self.model = _load(settings, self.device, self.dtype)
-        switches = parse_switches(settings.speed, "--speed") if settings.speed else {}
         self.inpainter = Inpainter(self.model, sampler=settings.sampler, steps=settings.steps,
                                    guidance=settings.guidance, eta=settings.eta, strength=settings.strength,
                                    karras=settings.karras and settings.sampler != "ddim", speed=switches,

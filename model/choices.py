@@ -11,7 +11,8 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")  # "auto": bfloat16 or float
 SDPA_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
 
 # The on/off speed switches (the boolean fields of model/speed.py's Speed, in its order) and what "auto" becomes:
-# "cuda": on for CUDA, off elsewhere; "cuda_only": the same, and off elsewhere even when asked for; "on": always.
+# "cuda": on for CUDA, off elsewhere; "cuda_only": the same, and off elsewhere even when asked for; "on": always;
+# "off": only when asked for.
 SWITCH_AUTO = {
     "channels_last": "cuda",
     "compile": "cuda",
@@ -20,6 +21,7 @@ SWITCH_AUTO = {
     "batch_vae": "on",
     "pinned": "cuda_only",
     "cudnn_benchmark": "cuda_only",
+    "deterministic": "off",  # fixed kernels: no cuDNN benchmarking, no inductor autotuning, deterministic algorithms
 }
 SWITCHES = tuple(SWITCH_AUTO)
 # Speed's valued settings; `SWITCHES + SETTINGS` are all the names RAYINPAINT_SPEED and --speed accept.
@@ -50,6 +52,11 @@ def check_combination(values: dict, where: str = "speed") -> None:
     if mode in INDUCTOR_GRAPH_MODES and values.get("cuda_graph") is not False and values.get("compile") is not False:
         raise ValueError(f"{where}: compile_mode={mode} captures inductor's own CUDA graphs, which would nest inside "
                          f"the captured step; use compile_mode=max-autotune-no-cudagraphs, or cuda_graph=0")
+    if values.get("deterministic"):
+        if values.get("cudnn_benchmark"):
+            raise ValueError(f"{where}: deterministic=1 fixes cuDNN's kernels; it cannot go with cudnn_benchmark=1")
+        if mode and mode.startswith("max-autotune"):
+            raise ValueError(f"{where}: deterministic=1 turns autotuning off; it cannot go with compile_mode={mode}")
 
 
 def parse_switches(text: str, where: str) -> dict:

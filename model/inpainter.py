@@ -41,7 +41,7 @@ from .choices import SAMPLERS
 from .denoiser import GuidedStep, InpaintDenoiser
 from .selfcheck import CheckReport, check_step, synthetic_batches
 from .schedule import DEFAULT_SPACING, SPACINGS, Schedule, truncate_for_strength
-from .speed import Speed, compile_module, forbid_host_sync, set_memory_format, to_device
+from .speed import Speed, apply_determinism, compile_module, forbid_host_sync, set_memory_format, to_device
 
 log = logging.getLogger("rayinpaint.model")
 
@@ -143,8 +143,7 @@ class Inpainter:
         self.speed = s = Speed.coerce(speed).with_env().resolve(m.device)
         set_memory_format(m.unet, s.channels_last)
         set_memory_format(m.vae, s.channels_last)
-        if m.device.type == "cuda":
-            torch.backends.cudnn.benchmark = s.cudnn_benchmark
+        apply_determinism(s, m.device)
         self.unet: Callable = compile_module(m.unet, s) if s.compile else m.unet
         self._steps.clear()  # buffers, graphs and compiled code of the old settings
         return self

@@ -11,6 +11,8 @@ beyond dtype tolerance (tests/test_model_parity.py on CPU, tests/test_gpu_model.
 | batch_vae         | one VAE call per batch (both encodes together when strength < 1)     | on               |
 | pinned            | host->device copies from pinned memory, non-blocking                  | on for CUDA only |
 | cudnn_benchmark   | cuDNN picks the fastest conv algorithm per shape                      | on for CUDA only |
+| deterministic     | fixed kernels: no cuDNN benchmarking or inductor autotuning (both     | off              |
+|                   | choose kernels by timing), deterministic cuDNN and torch algorithms   |                  |
 
 Precedence: a value given explicitly > the environment variable RAYINPAINT_SPEED (e.g.
 "compile=0,sdpa=flash", lets an operator or the benchmark flip a switch in every Ray actor without new options)
@@ -48,6 +50,7 @@ class Speed:
     batch_vae: bool | None = None
     pinned: bool | None = None
     cudnn_benchmark: bool | None = None
+    deterministic: bool | None = None
 
     def __post_init__(self) -> None:
         check_sdpa(self.sdpa)
@@ -83,8 +86,10 @@ class Speed:
         vals = {}
         for name, auto in SWITCH_AUTO.items():
             v = getattr(self, name)
-            default = True if auto == "on" else cuda
+            default = True if auto == "on" else False if auto == "off" else cuda
             vals[name] = (default if v is None else v) and (cuda or auto != "cuda_only")
+        if vals["deterministic"]:
+            vals["cudnn_benchmark"] = False
         vals["compile_mode"] = self.compile_mode or "default"
         vals["compile_backend"] = self.compile_backend or "inductor"
         return dataclasses.replace(self, **vals)
@@ -172,6 +177,35 @@ def configure_compile_cache() -> str:
     return root
 
 
+def apply_determinism(speed: Speed, device: torch.device | str) -> None:
+    """Process-wide kernel choice for `speed` (a resolved Speed): cuDNN benchmarking, and with `deterministic`
+    the deterministic cuDNN and torch algorithms and inductor without timing-based choices. cuBLAS reads
+    CUBLAS_WORKSPACE_CONFIG when its handle is made: set here, it holds if no matmul ran on the GPU before."""
+    det = bool(speed.deterministic)
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = bool(speed.cudnn_benchmark) and not det
+        torch.backends.cudnn.deterministic = det
+        if det:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(det, warn_only=True)  # warn_only: an op without one warns, not fails
+
+
+def _inductor_determinism(deterministic: bool) -> None:
+    """Inductor picks kernels (matmul templates, pointwise configs, fusions) by timing them unless told not to."""
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    for key in ("deterministic",):
+        if key in known:
+            setattr(inductor_config, key, deterministic)
+    if deterministic:
+        for key in ("max_autotune", "max_autotune_pointwise", "max_autotune_gemm", "coordinate_descent_tuning",
+                    "benchmark_fusion", "benchmark_epilogue_fusion"):
+            if key in known:
+                setattr(inductor_config, key, False)
+        inductor_config.triton.autotune_pointwise = False
+
+
 def compile_module(module: torch.nn.Module, speed: Speed):
     """torch.compile for fixed shapes (a new batch shape compiles once more), the whole forward as one graph."""
     backend = speed.compile_backend or "inductor"
@@ -180,6 +214,7 @@ def compile_module(module: torch.nn.Module, speed: Speed):
     configure_compile_cache()
     import torch._inductor.config as inductor_config
 
+    _inductor_determinism(bool(speed.deterministic))
     inductor_config.conv_1x1_as_mm = True  # the UNet's 1x1 skip convs as matmuls (fusable epilogues)
     return torch.compile(module, backend="inductor", mode=speed.compile_mode or "default", fullgraph=True,
                          dynamic=False)
@@ -218,4 +253,4 @@ def synchronize(device: torch.device | str) -> None:
 
 __all__ = ["Speed", "SDPA_CHOICES", "ENV_VAR", "auto_dtype", "sdpa_context", "set_memory_format", "to_device",
            "compile_module", "configure_compile_cache", "compile_cache_dir", "compile_cache_counters",
-           "forbid_host_sync", "synchronize", "parse_switches", "env_text"]
+           "forbid_host_sync", "synchronize", "parse_switches", "env_text", "apply_determinism"]
