@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import math
 import time
+import weakref
 from collections import OrderedDict
 from typing import Callable, Mapping, Sequence
 
@@ -41,9 +42,15 @@ from .choices import SAMPLERS
 from .denoiser import GuidedStep, InpaintDenoiser
 from .selfcheck import CheckReport, check_step, synthetic_batches
 from .schedule import DEFAULT_SPACING, SPACINGS, Schedule, truncate_for_strength
-from .speed import Speed, apply_determinism, compile_module, forbid_host_sync, set_memory_format, to_device
+from .speed import (Speed, apply_determinism, compile_module, forbid_host_sync, set_memory_format, to_device,
+                    weights_channels_last)
 
 log = logging.getLogger("rayinpaint.model")
+
+# model -> the Inpainters built on it (weakly), to see which hold captured graphs over its weights.
+_GRAPH_HOLDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# The VAE in channels_last too when the UNet is (see docs/performance.md: its GroupNorms and the layout).
+VAE_CHANNELS_LAST = True
 
 
 class SpeedCheckError(RuntimeError):
@@ -140,13 +147,32 @@ class Inpainter:
     def set_speed(self, speed: Speed | Mapping | None = None) -> "Inpainter":
         """Apply speed switches: given values > $RAYINPAINT_SPEED > the device's defaults. Returns self."""
         m = self.model
-        self.speed = s = Speed.coerce(speed).with_env().resolve(m.device)
-        set_memory_format(m.unet, s.channels_last)
-        set_memory_format(m.vae, s.channels_last)
+        s = Speed.coerce(speed).with_env().resolve(m.device)
+        self.speed = s = dataclasses.replace(s, channels_last=self._layout(s.channels_last))
         apply_determinism(s, m.device)
         self.unet: Callable = compile_module(m.unet, s) if s.compile else m.unet
         self._steps.clear()  # buffers, graphs and compiled code of the old settings
         return self
+
+    def _layout(self, channels_last: bool) -> bool:
+        """Lay the UNet's conv weights out as asked, unless another live Inpainter of this model holds a captured
+        CUDA graph: that graph reads the weights at fixed addresses, and re-laying them out would move them
+        (their data_ptr changes) under it. Then the current layout stays, and is what this Inpainter uses."""
+        m = self.model
+        holders = _GRAPH_HOLDERS.setdefault(m, weakref.WeakSet())
+        holders.add(self)
+        current = weights_channels_last(m.unet)
+        if current is not None and current != channels_last and any(
+                other is not self and other._holds_graph() for other in holders):
+            log.warning("keeping the model's %s weight layout: another Inpainter's captured CUDA graph reads it",
+                        "channels_last" if current else "contiguous")
+            channels_last = current
+        set_memory_format(m.unet, channels_last)
+        set_memory_format(m.vae, channels_last and VAE_CHANNELS_LAST)
+        return channels_last
+
+    def _holds_graph(self) -> bool:
+        return any(step._cuda_graph is not None for step in self._steps.values())
 
     def optimize(self, channels_last: bool = False, compile: bool = False, **switches) -> "Inpainter":
         """The current switches with these replaced (see set_speed). Returns self."""

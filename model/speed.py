@@ -143,6 +143,15 @@ def set_memory_format(module: torch.nn.Module, channels_last: bool) -> None:
         module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def weights_channels_last(module) -> bool | None:
+    """Whether the first 4-D parameter (a conv weight) is channels_last; None for a module without one."""
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            if p.dim() == 4:
+                return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return None
+
+
 def to_device(t: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:
     """Host tensor -> device. Pinned: staged in page-locked memory and copied without blocking the host (the
     caching host allocator keeps the staging block until the copy is done); else an ordinary copy."""
@@ -253,4 +262,5 @@ def synchronize(device: torch.device | str) -> None:
 
 __all__ = ["Speed", "SDPA_CHOICES", "ENV_VAR", "auto_dtype", "sdpa_context", "set_memory_format", "to_device",
            "compile_module", "configure_compile_cache", "compile_cache_dir", "compile_cache_counters",
-           "forbid_host_sync", "synchronize", "parse_switches", "env_text", "apply_determinism"]
+           "forbid_host_sync", "synchronize", "parse_switches", "env_text", "apply_determinism",
+           "weights_channels_last"]
