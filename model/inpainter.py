@@ -43,14 +43,12 @@ from .denoiser import GuidedStep, InpaintDenoiser
 from .selfcheck import CheckReport, check_step, synthetic_batches
 from .schedule import DEFAULT_SPACING, SPACINGS, Schedule, truncate_for_strength
 from .speed import (Speed, apply_determinism, compile_module, forbid_host_sync, set_memory_format, to_device,
-                    weights_channels_last)
+                    vae_channels_last, weights_channels_last)
 
 log = logging.getLogger("rayinpaint.model")
 
 # model -> the Inpainters built on it (weakly), to see which hold captured graphs over its weights.
 _GRAPH_HOLDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-# The VAE in channels_last too when the UNet is (see docs/performance.md: its GroupNorms and the layout).
-VAE_CHANNELS_LAST = True
 
 
 class SpeedCheckError(RuntimeError):
@@ -168,7 +166,7 @@ class Inpainter:
                         "channels_last" if current else "contiguous")
             channels_last = current
         set_memory_format(m.unet, channels_last)
-        set_memory_format(m.vae, channels_last and VAE_CHANNELS_LAST)
+        set_memory_format(m.vae, vae_channels_last(channels_last, m.device))
         return channels_last
 
     def _holds_graph(self) -> bool:

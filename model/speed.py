@@ -143,6 +143,14 @@ def set_memory_format(module: torch.nn.Module, channels_last: bool) -> None:
         module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def vae_channels_last(channels_last: bool, device: torch.device | str) -> bool:
+    """The VAE's layout: it runs eagerly, and half its layers are GroupNorms. PyTorch's CUDA GroupNorm works on
+    contiguous tensors only, so in channels_last each one copies its input to contiguous and the next conv copies
+    back; its CPU kernel takes channels_last as is (measured on CPU: fewer copies and faster in channels_last,
+    docs/performance.md). So: channels_last with the UNet on CPU, contiguous on CUDA."""
+    return channels_last and torch.device(device).type != "cuda"
+
+
 def weights_channels_last(module) -> bool | None:
     """Whether the first 4-D parameter (a conv weight) is channels_last; None for a module without one."""
     if isinstance(module, torch.nn.Module):
@@ -263,4 +271,4 @@ def synchronize(device: torch.device | str) -> None:
 __all__ = ["Speed", "SDPA_CHOICES", "ENV_VAR", "auto_dtype", "sdpa_context", "set_memory_format", "to_device",
            "compile_module", "configure_compile_cache", "compile_cache_dir", "compile_cache_counters",
            "forbid_host_sync", "synchronize", "parse_switches", "env_text", "apply_determinism",
-           "weights_channels_last"]
+           "weights_channels_last", "vae_channels_last"]

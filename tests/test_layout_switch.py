@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from rayinpaint.model import Inpainter, load_model
-from rayinpaint.model.speed import weights_channels_last
+from rayinpaint.model.speed import vae_channels_last, weights_channels_last
 
 
 def conv(m) -> torch.Tensor:
@@ -44,3 +44,12 @@ def test_weights_a_captured_graph_reads_stay_where_they_are():
     gc.collect()
     c = Inpainter(m, speed=dict(channels_last=False))
     assert conv(m).data_ptr() != ptr and c.speed.channels_last is False
+
+
+def test_the_vae_follows_the_unet_on_cpu_and_stays_contiguous_on_cuda():
+    """CUDA's GroupNorm is contiguous-only (each of the VAE's GroupNorms would copy twice in channels_last)."""
+    assert vae_channels_last(True, "cpu") and not vae_channels_last(False, "cpu")
+    assert not vae_channels_last(True, "cuda") and not vae_channels_last(False, "cuda")
+    m = load_model("random:tiny")
+    Inpainter(m, speed=dict(channels_last=True))
+    assert weights_channels_last(m.unet) and weights_channels_last(m.vae)
