@@ -56,6 +56,8 @@ def add_bench_arguments(p) -> None:
     s.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                    help="torch.compile mode (default: default; reduce-overhead and max-autotune need --no-cuda-graph)")
     s.add_argument("--prompt-cache-size", type=int, default=1024, help="prompt embeddings kept (0 = no cache)")
+    s.add_argument("--strict-speed", action="store_true",
+                   help="a fast path that fails or fails its self-check fails the run instead of being turned off")
 
     c = p.add_argument_group("comparisons")
     c.add_argument("--against", choices=("diffusers",), default=None,
@@ -68,6 +70,13 @@ def add_bench_arguments(p) -> None:
     c.add_argument("--ceiling-size", type=int, default=None,
                    help="matrix size of the matmul ceiling (default: 8192 on CUDA, 1024 on CPU)")
     c.add_argument("--json", default=None, help="also write the result to this file")
+    c.add_argument("--verify", action="store_true",
+                   help="the GPU verification run, one JSON written as it goes (jobs/verify.py): versions and matmul "
+                        "ceiling, the self-check at this shape, the GPU tests, DDIM --steps and DPM++(2M) --steps/2 "
+                        "against diffusers, the Ray job on --e2e rows (default 160); exit 1 if a correctness check "
+                        "fails")
+    c.add_argument("--verify-tests-timeout", type=float, default=300,
+                   help="with --verify: seconds allowed for the GPU tests (default: 300)")
     # Older spellings, kept working: --diffusers == --against diffusers, --job-rows N == --e2e N.
     c.add_argument("--diffusers", dest="against", action="store_const", const="diffusers", help=argparse.SUPPRESS)
     c.add_argument("--job-rows", dest="e2e", type=int, help=argparse.SUPPRESS)
@@ -122,7 +131,7 @@ def bench_model(args, model, speed, prompt_cache_size: int | None = None, check_
     B, r = args.batch_size, args.resolution
     size = args.prompt_cache_size if prompt_cache_size is None else prompt_cache_size
     inp = Inpainter(model, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                    prompt_cache_size=size, speed=speed)
+                    prompt_cache_size=size, speed=speed, strict_speed=getattr(args, "strict_speed", False))
     warm = inp.warmup(B, r)
     images, masks = _inputs(B, r)
     prompts, seeds = ["a photo of a room"] * B, list(range(B))
@@ -133,7 +142,8 @@ def bench_model(args, model, speed, prompt_cache_size: int | None = None, check_
     res = time_calls(call, model.device, args.warmup, args.iters)
     res["images_per_s"] = B / res["s_per_batch_median"]
     res.update(warmup_call_s=warm["seconds"], compile_s=warm.get("compile_s", 0.0),
-               graph_capture_s=warm.get("capture_s"), speed=inp.speed.as_dict(), prompt_cache_size=size)
+               graph_capture_s=warm.get("capture_s"), speed=inp.speed.as_dict(), prompt_cache_size=size,
+               self_check=inp.checks)  # speed: the switches in effect after the self-check
     if inp.speed.compile:
         res["compile_cache"] = {"dir": compile_cache_dir(), **compile_cache_counters()}
     if check_sync:
@@ -251,7 +261,8 @@ def time_e2e(args, rows: int, dtype, speed) -> dict:
         cfg = JobConfig(manifest=(make_dataset(os.path.join(d, "input"), rows=rows),), output=out_dir,
                         weights=args.weights, sampler=args.sampler, karras=False, steps=args.steps,
                         guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
-                        dtype=str(dtype).replace("torch.", ""), max_error_rate=1.0, preview_count=0)
+                        dtype=str(dtype).replace("torch.", ""), max_error_rate=1.0, preview_count=0,
+                        strict_speed=bool(getattr(args, "strict_speed", False)))
         env = {ENV_VAR: env_text(speed)} if env_text(speed) else {}
         t0 = time.perf_counter()
         with _environ(env):

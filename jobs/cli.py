@@ -184,8 +184,9 @@ def main(argv=None) -> int:
             return run_demo(args.output, rows=args.rows, weights=args.weights)
         if args.cmd == "bench":
             from .bench import run_bench
+            from .verify import run_verify
 
-            return run_bench(args)
+            return run_verify(args) if args.verify else run_bench(args)
     except (SettingsError, ManifestError) as e:
         print(f"rayinpaint: error: {e}", file=sys.stderr)
         return 2

@@ -154,3 +154,14 @@ def test_a_failure_at_a_later_shape_falls_back_too(tiny, monkeypatch):
     assert inp.speed.compile is False
     ref = Inpainter(tiny, sampler="ddim", steps=2, speed=OFF)(IMGS[:1], MASKS[:1], ["a"], seeds=[1])
     assert np.array_equal(one, ref)
+
+
+def test_an_fp32_step_that_cannot_run_leaves_the_default_bound(paths):
+    """The fp32 step only calibrates: out of memory (or any failure) there is not a fault of the fast path."""
+    eager, direct, replay, batches = paths
+
+    def no_memory(b):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    r = check_fast_path(eager, direct, replay, batches, fp32=no_memory, dtype=torch.bfloat16)
+    assert r.ok and r.numbers["tol"] == DEFAULT_TOL[torch.bfloat16] and "OutOfMemory" in r.numbers["fp32_error"]
