@@ -107,8 +107,11 @@ class Inpainter:
     sampler's diffusers default (DEFAULT_SPACING), or "leading" | "trailing" | "linspace".
     speed: a `Speed` or a dict of its switches (model/speed.py); unset switches come from
     $RAYINPAINT_SPEED, then the device's default (everything fast on CUDA, the portable ones on CPU).
-    Speed switches set the model's conv memory format in place: the last Inpainter built on a model decides it.
+    Speed switches set the model's conv memory format in place: the last Inpainter built on a model decides it,
+    unless another live one holds a captured CUDA graph over the weights (then the layout stays, see _layout).
     `self.unet` is the callable the denoiser uses (the compiled UNet when `compile` is on).
+    strict_speed: a fast path that fails, or fails its self-check (selfcheck.py), raises SpeedCheckError instead
+    of being turned off. self_check: False skips the check (the step is still prepared on synthetic inputs).
     """
 
     def __init__(self, model, sampler: str = "ddim", steps: int = 50, guidance: float = 7.5, eta: float = 0.0,

@@ -148,6 +148,9 @@ def test_ablation_flips_one_switch_at_a_time():
         else:
             assert changed == {name} and getattr(speed, name) == value and cache == 1024
     assert {r[0]: r[1] for r in rows}["sdpa"] == "math"
+    # deterministic cannot go with cuDNN benchmarking: flipping it on turns that off too (else Speed refuses it)
+    (_, value, speed, _), = ablation_variants(base, ["deterministic"], prompt_cache_size=1024)
+    assert value is True and speed.deterministic and speed.cudnn_benchmark is False
 
 
 def test_steady_rate_from_results_shards(tmp_path):
