@@ -27,6 +27,7 @@ class RunTally:
     processed: int = 0                    # rows recorded
     by_status: Counter = field(default_factory=Counter)
     rows_by_actor: Counter = field(default_factory=Counter)
+    speed_by_actor: dict = field(default_factory=dict)  # actor -> the speed switches last in effect there
     examples: dict = field(default_factory=dict)   # error kind -> {"ids": [...], "message": first message}
     previews: list = field(default_factory=list)   # (id, status, jpeg)
     model_sha256: str | None = None
@@ -48,6 +49,9 @@ class RunTally:
         names = batch.column_names
         if "actor" in names:
             self.rows_by_actor.update(a for a in batch.column("actor").to_pylist() if a)
+            if "speed" in names:
+                self.speed_by_actor.update((a, s) for a, s in zip(batch.column("actor").to_pylist(),
+                                                                   batch.column("speed").to_pylist()) if a and s)
         if "model_sha256" in names and not self.model_sha256:
             shas = pc.drop_null(batch.column("model_sha256"))
             self.model_sha256 = shas[0].as_py() if len(shas) else None
@@ -91,7 +95,7 @@ class RunTally:
 
     def this_run(self) -> dict:
         return {"processed": self.processed, "by_status": dict(self.by_status),
-                "rows_by_actor": dict(self.rows_by_actor)}
+                "rows_by_actor": dict(self.rows_by_actor), "speed_by_actor": dict(self.speed_by_actor)}
 
 
 @dataclass(frozen=True)

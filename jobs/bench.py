@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from rayinpaint.model.choices import DTYPES, SAMPLERS, SDPA_CHOICES, SWITCHES
+from rayinpaint.model.choices import COMPILE_MODES, DTYPES, SAMPLERS, SDPA_CHOICES, SWITCHES
 
 from .bench_timing import matmul_ceiling, release_memory, steady_rate, time_calls
 
@@ -53,9 +53,11 @@ def add_bench_arguments(p) -> None:
                        default=None, help=f"{name} on/off")
     s.add_argument("--sdpa", default="auto", choices=SDPA_CHOICES,
                    help="attention backend of the UNet (default: auto, PyTorch's choice)")
-    s.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode (default: default; e.g. max-autotune-no-cudagraphs)")
+    s.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
+                   help="torch.compile mode (default: default; reduce-overhead and max-autotune need --no-cuda-graph)")
     s.add_argument("--prompt-cache-size", type=int, default=1024, help="prompt embeddings kept (0 = no cache)")
+    s.add_argument("--strict-speed", action="store_true",
+                   help="a fast path that fails or fails its self-check fails the run instead of being turned off")
 
     c = p.add_argument_group("comparisons")
     c.add_argument("--against", choices=("diffusers",), default=None,
@@ -68,6 +70,13 @@ def add_bench_arguments(p) -> None:
     c.add_argument("--ceiling-size", type=int, default=None,
                    help="matrix size of the matmul ceiling (default: 8192 on CUDA, 1024 on CPU)")
     c.add_argument("--json", default=None, help="also write the result to this file")
+    c.add_argument("--verify", action="store_true",
+                   help="the GPU verification run, one JSON written as it goes (jobs/verify.py): versions and matmul "
+                        "ceiling, the self-check at this shape, the GPU tests, DDIM --steps and DPM++(2M) --steps/2 "
+                        "against diffusers, the Ray job on --e2e rows (default 160); exit 1 if a correctness check "
+                        "fails")
+    c.add_argument("--verify-tests-timeout", type=float, default=300,
+                   help="with --verify: seconds allowed for the GPU tests (default: 300)")
     from .cpu_bench import add_cpu_bench_arguments
 
     add_cpu_bench_arguments(p)
@@ -93,9 +102,14 @@ def _inputs(b: int, r: int):
 
 
 def speed_from_args(args):
+    """The bench's Speed; a combination that cannot work is a SettingsError (exit 2, one line)."""
+    from rayinpaint.io.errors import SettingsError
     from rayinpaint.model.speed import Speed
 
-    return Speed(sdpa=args.sdpa, compile_mode=args.compile_mode, **{k: getattr(args, k) for k in SWITCHES})
+    try:
+        return Speed(sdpa=args.sdpa, compile_mode=args.compile_mode, **{k: getattr(args, k) for k in SWITCHES})
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
 
 
 def check_no_host_sync(inp, call) -> dict:
@@ -120,7 +134,7 @@ def bench_model(args, model, speed, prompt_cache_size: int | None = None, check_
     B, r = args.batch_size, args.resolution
     size = args.prompt_cache_size if prompt_cache_size is None else prompt_cache_size
     inp = Inpainter(model, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                    prompt_cache_size=size, speed=speed)
+                    prompt_cache_size=size, speed=speed, strict_speed=getattr(args, "strict_speed", False))
     warm = inp.warmup(B, r)
     images, masks = _inputs(B, r)
     prompts, seeds = ["a photo of a room"] * B, list(range(B))
@@ -131,7 +145,8 @@ def bench_model(args, model, speed, prompt_cache_size: int | None = None, check_
     res = time_calls(call, model.device, args.warmup, args.iters)
     res["images_per_s"] = B / res["s_per_batch_median"]
     res.update(warmup_call_s=warm["seconds"], compile_s=warm.get("compile_s", 0.0),
-               graph_capture_s=warm.get("capture_s"), speed=inp.speed.as_dict(), prompt_cache_size=size)
+               graph_capture_s=warm.get("capture_s"), speed=inp.speed.as_dict(), prompt_cache_size=size,
+               self_check=inp.checks)  # speed: the switches in effect after the self-check
     if inp.speed.compile:
         res["compile_cache"] = {"dir": compile_cache_dir(), **compile_cache_counters()}
     if check_sync:
@@ -153,7 +168,8 @@ def ablation_variants(base, names: list[str], prompt_cache_size: int) -> list[tu
             out.append((name, value, dataclasses.replace(base, sdpa=value), prompt_cache_size))
         else:
             value = not getattr(base, name)
-            out.append((name, value, dataclasses.replace(base, **{name: value}), prompt_cache_size))
+            extra = {"cudnn_benchmark": False} if name == "deterministic" and value else {}  # it fixes cuDNN's choice
+            out.append((name, value, dataclasses.replace(base, **{name: value}, **extra), prompt_cache_size))
     return out
 
 
@@ -249,14 +265,16 @@ def time_e2e(args, rows: int, dtype, speed) -> dict:
         cfg = JobConfig(manifest=(make_dataset(os.path.join(d, "input"), rows=rows),), output=out_dir,
                         weights=args.weights, sampler=args.sampler, karras=False, steps=args.steps,
                         guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
-                        dtype=str(dtype).replace("torch.", ""), max_error_rate=1.0, preview_count=0)
+                        dtype=str(dtype).replace("torch.", ""), max_error_rate=1.0, preview_count=0,
+                        strict_speed=bool(getattr(args, "strict_speed", False)))
         env = {ENV_VAR: env_text(speed)} if env_text(speed) else {}
         t0 = time.perf_counter()
         with _environ(env):
             rc = run_job(cfg)
         wall = time.perf_counter() - t0
         with open(os.path.join(out_dir, "_SUMMARY.json")) as f:
-            counts = json.load(f)["counts_by_status"]
+            summary = json.load(f)
+        counts = summary["counts_by_status"]
         steady = steady_rate(os.path.join(out_dir, "results"))
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -269,7 +287,8 @@ def time_e2e(args, rows: int, dtype, speed) -> dict:
             "images_per_s_wall": rate_wall, "images_per_s_steady": steady,
             "images_per_s": steady if steady is not None else rate_wall,
             "basis": "steady (between first and last results shard)" if steady is not None else "wall",
-            "speed_env": env.get(ENV_VAR, "")}
+            "speed_env": env.get(ENV_VAR, ""),
+            "speed_by_actor": summary.get("this_run", {}).get("speed_by_actor")}  # in effect, after any fallback
 
 
 # ---- the record ------------------------------------------------------------------------------------------

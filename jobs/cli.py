@@ -173,6 +173,12 @@ def _model_options(opt) -> None:
     opt("--speed", metavar="SWITCHES",
         help="speed switches, e.g. 'compile=0,cuda_graph=0,sdpa=flash' (channels_last, sdpa, compile, cuda_graph, "
              "fused_cfg, batch_vae, pinned, cudnn_benchmark; default: all on for CUDA; see BENCHMARKS.md)")
+    opt("--strict-speed", action=argparse.BooleanOptionalAction,
+        help="a compile or CUDA graph failure, or a fast step that fails its self-check against the plain one, "
+             "fails the model actor instead of being turned off (CI, benchmarks)")
+    opt("--deterministic", action=argparse.BooleanOptionalAction,
+        help="fixed kernels: no cuDNN benchmarking or inductor autotuning, deterministic algorithms; with the same "
+             "GPU model and software a row's pixels are then bitwise the same on every run (slower)")
 
 
 def _mask_options(opt) -> None:
@@ -246,8 +252,9 @@ def main(argv=None) -> int:
             return run_demo(args.output, rows=args.rows, weights=args.weights)
         if args.cmd == "bench":
             from .bench import run_bench
+            from .verify import run_verify
 
-            return run_bench(args)
+            return run_verify(args) if args.verify else run_bench(args)
     except (SettingsError, ManifestError) as e:
         print(f"rayinpaint: error: {e}", file=sys.stderr)
         return 2

@@ -66,6 +66,8 @@ class JobConfig:
     num_actors: int | None = None
     dtype: str = "auto"
     speed: str = ""
+    strict_speed: bool = False
+    deterministic: bool = False
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
@@ -150,7 +152,8 @@ class JobConfig:
                              resolution=self.resolution, pad_to=self.batch_size, cache_dir=self.weights_cache,
                              weights_sha256=self.weights_sha256,
                              storage_options=storage.fsspec_kwargs(protocol_of(self.weights)),
-                             model_config=self.model_config, speed=self.speed)
+                             model_config=self.model_config, speed=self.speed, strict_speed=self.strict_speed,
+                             deterministic=self.deterministic)
 
     def allowed_scheme_tuple(self) -> tuple:
         return tuple(x.strip().lower() for x in self.allowed_schemes.split(",") if x.strip())
@@ -300,6 +303,13 @@ def _check_model(c: JobConfig) -> None:
 
         try:
             parse_switches(c.speed, "--speed")
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+    if c.deterministic:
+        from rayinpaint.model.choices import check_combination, parse_switches
+
+        try:
+            check_combination({**parse_switches(c.speed, "--speed"), "deterministic": True}, "--deterministic")
         except ValueError as e:
             raise SettingsError(str(e)) from None
 

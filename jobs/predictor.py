@@ -41,6 +41,8 @@ class ModelSettings:
     storage_options: dict | None = None   # fsspec options for the weights' filesystem
     model_config: str = "sd2-inpainting"
     speed: str = ""
+    strict_speed: bool = False            # a fast path that fails or fails its self-check fails the actor
+    deterministic: bool = False           # fixed kernels (speed switch `deterministic`)
 
 
 def pick_device_and_dtype(dtype: str):
@@ -64,15 +66,19 @@ class InpaintPredictor:
         from rayinpaint.model.choices import parse_switches
 
         t0 = time.perf_counter()
+        switches = parse_switches(settings.speed, "--speed") if settings.speed else {}
+        if settings.deterministic:
+            switches["deterministic"] = True
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS makes its handle
         self.device, self.dtype = pick_device_and_dtype(settings.dtype)
         if self.device == "cpu":
             # Leave the other CPU stages room; one intra-op pool per actor.
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         self.model = _load(settings, self.device, self.dtype)
-        switches = parse_switches(settings.speed, "--speed") if settings.speed else {}
         self.inpainter = Inpainter(self.model, sampler=settings.sampler, steps=settings.steps,
                                    guidance=settings.guidance, eta=settings.eta, strength=settings.strength,
-                                   karras=settings.karras and settings.sampler != "ddim", speed=switches)
+                                   karras=settings.karras and settings.sampler != "ddim", speed=switches,
+                                   strict_speed=settings.strict_speed)
         self.res = settings.resolution
         self.pad_to = max(1, settings.pad_to)
         self.sha = self.model.sha256
@@ -82,17 +88,19 @@ class InpaintPredictor:
         self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
         if self.device == "cuda":
             self._warmup(switches)
+        log.info("speed switches in effect: %s", self.speed_text())
         log.info("model %s loaded on %s/%s in %.1fs", settings.weights, self.device, self.dtype,
                  time.perf_counter() - t0)
 
     def _warmup(self, switches: dict) -> None:
         """Compile, autotune and capture the CUDA graph for the fixed batch shape now, before streaming starts.
-        If compiling or capturing fails on this machine, fall back to the eager step (slower, same results)
-        rather than fail every batch."""
+        The Inpainter checks the fast step and turns off a switch that fails (model/selfcheck.py); anything else
+        that fails here with compile or CUDA graphs on is retried once without them (slower, same results)
+        rather than fail every batch, unless strict_speed."""
         try:
             info = self._warmup_fitting()
         except Exception as e:  # noqa: BLE001 - any compile/capture failure; the eager path is the fallback
-            if isinstance(e, self._oom):
+            if isinstance(e, self._oom) or self.inpainter.strict_speed:
                 raise
             log.warning("warm-up with %s failed (%s: %s); continuing without torch.compile and CUDA graphs",
                         self.inpainter.speed, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
@@ -107,43 +115,43 @@ class InpaintPredictor:
             try:
                 return self.inpainter.warmup(self.pad_to, self.res)
             except self._oom:
-                import torch
-
-                torch.cuda.empty_cache()
                 if self.pad_to == 1:
                     raise
-                self.pad_to = (self.pad_to + 1) // 2
-                log.warning("CUDA out of memory at warm-up; using batches of %d", self.pad_to)
+            _release_memory()  # outside the except block: the failed call's frames are gone by now
+            self.pad_to = (self.pad_to + 1) // 2
+            log.warning("CUDA out of memory at warm-up; using batches of %d", self.pad_to)
 
-    def _padded(self, images, masks, prompts, negs, seeds, size):
+    def _padded(self, images, masks, prompts, negs, seeds, size) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images, finite flags) of the rows, run as one batch of `size` rows."""
         n = len(seeds)
         if n >= size:
-            return self.inpainter(images, masks, prompts, negs, seeds)
+            return self.inpainter.generate(images, masks, prompts, negs, seeds)
         k = size - n
-        out = self.inpainter(np.concatenate([images, np.repeat(images[-1:], k, 0)]),
-                             np.concatenate([masks, np.repeat(masks[-1:], k, 0)]),
-                             prompts + prompts[-1:] * k, negs + negs[-1:] * k, seeds + seeds[-1:] * k)
-        return out[:n]
+        out, finite = self.inpainter.generate(np.concatenate([images, np.repeat(images[-1:], k, 0)]),
+                                              np.concatenate([masks, np.repeat(masks[-1:], k, 0)]),
+                                              prompts + prompts[-1:] * k, negs + negs[-1:] * k,
+                                              seeds + seeds[-1:] * k)
+        return out[:n], finite[:n]
 
     def _run(self, images, masks, prompts, negs, seeds, size=None):
         size = self.pad_to if size is None else size
         if len(seeds) > size:  # more rows than the fixed shape: run in chunks of it
             parts = [self._run(images[i:i + size], masks[i:i + size], prompts[i:i + size], negs[i:i + size],
                                seeds[i:i + size], size) for i in range(0, len(seeds), size)]
-            return np.concatenate(parts)
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         try:
             return self._padded(images, masks, prompts, negs, seeds, size)
         except self._oom:
-            import torch
-
-            torch.cuda.empty_cache()
             if size == 1:
                 raise
-            half = (size + 1) // 2
-            log.warning("CUDA out of memory at batch %d; splitting into batches of %d", size, half)
-            if size == self.pad_to:
-                self.pad_to = half  # keep the smaller shape instead of failing again on every batch
-            return self._run(images, masks, prompts, negs, seeds, half)
+        # Retry outside the except block: inside it, the exception's traceback keeps the failed call's frames, and
+        # with them its activations and step buffers, alive through the retry.
+        _release_memory()
+        half = (size + 1) // 2
+        log.warning("CUDA out of memory at batch %d; splitting into batches of %d", size, half)
+        if size == self.pad_to:
+            self.pad_to = half  # keep the smaller shape instead of failing again on every batch
+        return self._run(images, masks, prompts, negs, seeds, half)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -168,7 +176,15 @@ class InpaintPredictor:
         batch = batch.append_column("t_inpaint", pa.array(t_inpaint, pa.float64()))
         batch = batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
         batch = batch.append_column("actor", pa.array([self.actor] * n, pa.string()))
+        batch = batch.append_column("speed", pa.array([self.speed_text()] * n, pa.string()))
         return batch.append_column("model_sha256", pa.array([self.sha] * n, pa.string()))
+
+    def speed_text(self) -> str:
+        """The switches in effect now (after any fallback), as RAYINPAINT_SPEED would spell them."""
+        from rayinpaint.model.speed import Speed, env_text
+
+        speed = getattr(self.inpainter, "speed", None)
+        return env_text(speed) if isinstance(speed, Speed) else ""
 
     def _inputs(self, batch: pa.Table, ready: list[int]) -> tuple:
         """(images [n,R,R,3], masks [n,R,R], prompts, negative prompts, seeds) of the ready rows."""
@@ -183,27 +199,42 @@ class InpaintPredictor:
 
     def _run_rows(self, inputs: tuple) -> tuple[list, list, list]:
         """(output bytes or None, error message or None, seconds) per row: the whole batch in one call, or
-        when that fails, row by row so that only the rows that fail alone become errors."""
+        when that fails, row by row so that only the rows that fail alone become errors. A row whose output
+        is not finite (NaN or Inf) is an error, never an image."""
         n = len(inputs[4])
         t0 = time.perf_counter()
         try:
-            out = self._run(*inputs)
+            out, finite = self._run(*inputs)
             dt = (time.perf_counter() - t0) / n
-            return [np.ascontiguousarray(o).tobytes() for o in out], [None] * n, [dt] * n
+            return [self._row(o, f) for o, f in zip(out, finite)], [self._row_error(f) for f in finite], [dt] * n
         except Exception as e:  # noqa: BLE001 - isolate the bad row(s) below
+            from rayinpaint.model.inpainter import SpeedCheckError
+
+            if isinstance(e, SpeedCheckError):  # strict_speed: the actor fails, not its rows
+                raise
             log.warning("model call on %d rows failed (%s); retrying rows one by one", n, e)
         outs, errs, times = [], [], []
         for j in range(n):
             t1 = time.perf_counter()
             try:
-                o = self._run(*(x[j:j + 1] for x in inputs))
-                outs.append(np.ascontiguousarray(o[0]).tobytes())
-                errs.append(None)
+                o, f = self._run(*(x[j:j + 1] for x in inputs))
+                outs.append(self._row(o[0], f[0]))
+                errs.append(self._row_error(f[0]))
             except Exception as e1:  # noqa: BLE001
                 outs.append(None)
                 errs.append(redact_uri(f"the model failed on this row: {type(e1).__name__}: {e1}"))
             times.append(time.perf_counter() - t1)
         return outs, errs, times
+
+    @staticmethod
+    def _row(image: np.ndarray, finite: bool) -> bytes | None:
+        return np.ascontiguousarray(image).tobytes() if finite else None
+
+    def _row_error(self, finite: bool) -> str | None:
+        if finite:
+            return None
+        return (f"the model's output for this row is not finite (NaN or Inf); speed switches in effect: "
+                f"{self.speed_text() or 'defaults'}, dtype {self.dtype}")
 
 
 def _load(settings: ModelSettings, device: str, dtype):
@@ -219,6 +250,17 @@ def _load(settings: ModelSettings, device: str, dtype):
     if not settings.weights.startswith("random:"):
         kwargs["config"] = settings.model_config
     return load_model(settings.weights, device=device, dtype=dtype, **kwargs)
+
+
+def _release_memory() -> None:
+    """Free what a failed call left behind: unreachable cycles, then the CUDA allocator's cached blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _actor_name() -> str:

@@ -33,6 +33,7 @@ DRIVER_SCHEMA = pa.schema([
     ("model_sha256", pa.string()),
     ("prompt_truncated", pa.bool_()),
     ("actor", pa.string()),
+    ("speed", pa.string()),  # the speed switches in effect in the actor that ran the row
     ("preview_jpeg", pa.binary()),
 ])
 
@@ -119,10 +120,12 @@ def _finish_one(row: dict, ctx: FinishContext) -> dict:
     info["model_sha256"] = row.pop("model_sha256", None)
     info["t_inpaint"] = row.pop("t_inpaint", None) or 0.0
     actor = row.pop("actor", None)
+    speed = row.pop("speed", None)
     want = row["status"] != "error" and preview_wanted(row["id"], ctx.preview_probability)
     try:
         r = finish_row(row, arr, ctx.rows, ctx.out, info, preview=want)
     except OutputWriteError as e:
         r = {"id": row["id"], "status": UNWRITTEN, "error": str(e)}
     r["actor"] = actor
+    r["speed"] = speed
     return r

@@ -25,8 +25,10 @@ so a row's output does not depend on the batch it is in, its position, the worke
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
+import weakref
 from collections import OrderedDict
 from typing import Callable, Mapping, Sequence
 
@@ -35,10 +37,22 @@ import torch
 import torch.nn.functional as F
 
 from . import samplers
+from .arguments import check_guidance, check_images_masks, check_steps, check_strength, check_strings, generators
 from .choices import SAMPLERS
 from .denoiser import GuidedStep, InpaintDenoiser
+from .selfcheck import CheckReport, check_step, synthetic_batches
 from .schedule import DEFAULT_SPACING, SPACINGS, Schedule, truncate_for_strength
-from .speed import Speed, compile_module, forbid_host_sync, set_memory_format, to_device
+from .speed import (Speed, apply_determinism, compile_module, forbid_host_sync, set_memory_format, to_device,
+                    vae_channels_last, weights_channels_last)
+
+log = logging.getLogger("rayinpaint.model")
+
+# model -> the Inpainters built on it (weakly), to see which hold captured graphs over its weights.
+_GRAPH_HOLDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class SpeedCheckError(RuntimeError):
+    """A fast path (compile, CUDA graph) failed or failed its self-check, and strict_speed forbids falling back."""
 
 
 class PromptCache:
@@ -93,13 +107,17 @@ class Inpainter:
     sampler's diffusers default (DEFAULT_SPACING), or "leading" | "trailing" | "linspace".
     speed: a `Speed` or a dict of its switches (model/speed.py); unset switches come from
     $RAYINPAINT_SPEED, then the device's default (everything fast on CUDA, the portable ones on CPU).
-    Speed switches set the model's conv memory format in place: the last Inpainter built on a model decides it.
+    Speed switches set the model's conv memory format in place: the last Inpainter built on a model decides it,
+    unless another live one holds a captured CUDA graph over the weights (then the layout stays, see _layout).
     `self.unet` is the callable the denoiser uses (the compiled UNet when `compile` is on).
+    strict_speed: a fast path that fails, or fails its self-check (selfcheck.py), raises SpeedCheckError instead
+    of being turned off. self_check: False skips the check (the step is still prepared on synthetic inputs).
     """
 
     def __init__(self, model, sampler: str = "ddim", steps: int = 50, guidance: float = 7.5, eta: float = 0.0,
                  karras: bool = False, strength: float = 1.0, *, timestep_spacing: str | None = None,
-                 prompt_cache_size: int = 1024, speed: Speed | Mapping | None = None):
+                 prompt_cache_size: int = 1024, speed: Speed | Mapping | None = None, strict_speed: bool = False,
+                 self_check: bool = True):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
         if karras and sampler == "ddim":
@@ -110,16 +128,19 @@ class Inpainter:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS} or None, got {timestep_spacing!r}")
         self.model = model
         self.sampler = sampler
-        self.steps = _check_steps(steps)
+        self.steps = check_steps(steps)
         self.guidance = guidance
         self.eta = float(eta)
         self.karras = bool(karras)
-        self.strength = _check_strength(strength)
+        self.strength = check_strength(strength)
         self.spacing = timestep_spacing or DEFAULT_SPACING[sampler]
         self.schedule = Schedule()
         self.prompts = PromptCache(model, prompt_cache_size)
         self.forbid_host_sync = False  # True: any host<->GPU synchronisation inside the step loop raises (CUDA)
         self._steps: OrderedDict[tuple, GuidedStep] = OrderedDict()  # per batch shape, static buffers + graph
+        self.strict_speed = strict_speed  # a failed fast path raises SpeedCheckError instead of being turned off
+        self.self_check = self_check  # check each new shape's fast step against the plain one (selfcheck.py)
+        self.checks: list[dict] = []  # the self-check's reports, one per check
         self.set_speed(speed)
 
     # ---- speed switches (model/speed.py) ----------------------------------------------------------
@@ -127,14 +148,32 @@ class Inpainter:
     def set_speed(self, speed: Speed | Mapping | None = None) -> "Inpainter":
         """Apply speed switches: given values > $RAYINPAINT_SPEED > the device's defaults. Returns self."""
         m = self.model
-        self.speed = s = Speed.coerce(speed).with_env().resolve(m.device)
-        set_memory_format(m.unet, s.channels_last)
-        set_memory_format(m.vae, s.channels_last)
-        if m.device.type == "cuda":
-            torch.backends.cudnn.benchmark = s.cudnn_benchmark
+        s = Speed.coerce(speed).with_env().resolve(m.device)
+        self.speed = s = dataclasses.replace(s, channels_last=self._layout(s.channels_last))
+        apply_determinism(s, m.device)
         self.unet: Callable = compile_module(m.unet, s) if s.compile else m.unet
         self._steps.clear()  # buffers, graphs and compiled code of the old settings
         return self
+
+    def _layout(self, channels_last: bool) -> bool:
+        """Lay the UNet's conv weights out as asked, unless another live Inpainter of this model holds a captured
+        CUDA graph: that graph reads the weights at fixed addresses, and re-laying them out would move them
+        (their data_ptr changes) under it. Then the current layout stays, and is what this Inpainter uses."""
+        m = self.model
+        holders = _GRAPH_HOLDERS.setdefault(m, weakref.WeakSet())
+        holders.add(self)
+        current = weights_channels_last(m.unet)
+        if current is not None and current != channels_last and any(
+                other is not self and other._holds_graph() for other in holders):
+            log.warning("keeping the model's %s weight layout: another Inpainter's captured CUDA graph reads it",
+                        "channels_last" if current else "contiguous")
+            channels_last = current
+        set_memory_format(m.unet, channels_last)
+        set_memory_format(m.vae, vae_channels_last(channels_last, m.device))
+        return channels_last
+
+    def _holds_graph(self) -> bool:
+        return any(step._cuda_graph is not None for step in self._steps.values())
 
     def optimize(self, channels_last: bool = False, compile: bool = False, **switches) -> "Inpainter":
         """The current switches with these replaced (see set_speed). Returns self."""
@@ -150,7 +189,7 @@ class Inpainter:
         masks = np.full((batch, height, width), 255, np.uint8)
         steps = max(2, math.ceil(1.0 / self.strength) + 1)  # at least one step survives the strength cut
         t0 = time.perf_counter()
-        self(imgs, masks, [""] * batch, seeds=list(range(batch)), steps=steps)
+        self.generate(imgs, masks, [""] * batch, seeds=list(range(batch)), steps=steps)
         out = {"seconds": time.perf_counter() - t0, **self._steps[(batch, height // 8, width // 8)].timings}
         if self.speed.compile and "first_call_s" in out:
             out["compile_s"] = max(0.0, out["first_call_s"] - out["second_call_s"])
@@ -164,14 +203,64 @@ class Inpainter:
         key = (batch, h, w)
         step = self._steps.pop(key, None)
         if step is None:
-            m, s = self.model, self.speed
-            step = GuidedStep(self.unet, batch, (h, w), (m.config.text.context_length, m.config.unet.context_dim),
-                              m.dtype, m.device, fused_cfg=s.fused_cfg, channels_last=s.channels_last,
-                              sdpa=s.sdpa, graph=s.cuda_graph, warm=s.compile or s.cuda_graph)
+            step = self._checked_step(batch, h, w)
         self._steps[key] = step
         while len(self._steps) > 2:
             self._steps.popitem(last=False)
         return step
+
+    def _make_step(self, unet, dtype: torch.dtype, batch: int, h: int, w: int, fast: bool) -> GuidedStep:
+        m, s = self.model, self.speed
+        return GuidedStep(unet, batch, (h, w), (m.config.text.context_length, m.config.unet.context_dim), dtype,
+                          m.device, fused_cfg=s.fused_cfg, channels_last=s.channels_last, sdpa=s.sdpa,
+                          graph=fast and s.cuda_graph, warm=fast and (s.compile or s.cuda_graph))
+
+    def _checked_step(self, batch: int, h: int, w: int) -> GuidedStep:
+        """A new shape's step, compiled and captured now (on synthetic inputs) and self-checked (selfcheck.py).
+        A failure of either, at warm-up or at any later shape, turns the offending switch off and tries again;
+        with strict_speed it raises SpeedCheckError instead. Out of memory is the caller's to handle."""
+        while True:
+            try:
+                step = self._make_step(self.unet, self.model.dtype, batch, h, w, fast=True)
+                report = self._self_check(step)
+            except Exception as e:  # noqa: BLE001 - any compile or capture failure; the plain path is the fallback
+                if isinstance(e, torch.cuda.OutOfMemoryError) or not self._fall_back(None, _one_line(e)):
+                    raise
+                continue
+            if report is None or report.ok:
+                return step
+            if report.turn_off is None:  # the plain step itself: no switch can fix it (rows are guarded)
+                log.warning("speed self-check at batch %d, latent %dx%d: %s %s", batch, h, w, report.reason,
+                            report.numbers)
+                if self.strict_speed:
+                    raise SpeedCheckError(report.reason)
+                return step
+            self._fall_back(report.turn_off, report.reason, report.numbers)
+
+    def _self_check(self, step: GuidedStep) -> CheckReport | None:
+        """Prepare the new step (compile, capture) on synthetic inputs; check it when a fast path is on."""
+        s = self.speed
+        if not self.self_check or not (s.compile or s.cuda_graph):
+            step.load(*synthetic_batches(step.batch, step.input.shape[2:], step.context.shape[1:], step.device)[0][:4])
+            return None
+        h, w = step.input.shape[2:]
+        report = check_step(step, lambda unet, dt: self._make_step(unet, dt, step.batch, h, w, fast=False),
+                            self.model.unet)
+        self.checks.append({"shape": [step.batch, h, w], "compile": s.compile, "cuda_graph": s.cuda_graph,
+                            **report.as_dict()})
+        return report
+
+    def _fall_back(self, switch: str | None, reason: str, numbers: dict | None = None) -> bool:
+        """Turn `switch` off (None: CUDA graph, else compile, whichever is on). False when none is on."""
+        on = [n for n in ("cuda_graph", "compile") if getattr(self.speed, n)]
+        switch = switch if switch in on else (on[0] if on else None)
+        if switch is None:
+            return False
+        if self.strict_speed:
+            raise SpeedCheckError(f"{reason}; strict speed: not turning {switch} off")
+        log.warning("fast path failed (%s) %s; turning %s off and going on", reason, numbers or "", switch)
+        self.set_speed(dataclasses.replace(self.speed, **{switch: False}))
+        return True
 
     def _encode(self, images: list[torch.Tensor], noises: list[torch.Tensor]) -> list[torch.Tensor]:
         """VAE posterior samples mean + std * noise (docs/model.md §3.3), fp32 [B, 4, h, w] per image batch: one
@@ -209,22 +298,29 @@ class Inpainter:
 
     # ---- main entry ------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def __call__(self, images, masks, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
-                 seeds: Sequence[int] | None = None, *, steps: int | None = None,
-                 guidance: float | Sequence[float] | None = None, strength: float | None = None) -> np.ndarray:
+                 seeds: Sequence[int] | None = None, **kw) -> np.ndarray:
         """images uint8 [B,H,W,3] (numpy or torch), H and W multiples of 64; masks [B,H,W] uint8
         (>= 128 repaints) or bool; prompts: B strings; negative_prompts: B strings or None (empty);
         seeds: B ints (required); guidance: float or B floats. Returns uint8 [B,H,W,3] numpy."""
+        return self.generate(images, masks, prompts, negative_prompts, seeds, **kw)[0]
+
+    @torch.inference_mode()
+    def generate(self, images, masks, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None, *, steps: int | None = None,
+                 guidance: float | Sequence[float] | None = None,
+                 strength: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As __call__, and per row whether its final latent and decoded image were finite (bool [B]): a
+        non-finite value would otherwise be cast to some byte and pass for an image."""
         m = self.model
-        steps = _check_steps(self.steps if steps is None else steps)
-        strength = _check_strength(self.strength if strength is None else strength)
-        img, mask = _check_images_masks(images, masks)
+        steps = check_steps(self.steps if steps is None else steps)
+        strength = check_strength(self.strength if strength is None else strength)
+        img, mask = check_images_masks(images, masks)
         B, _, H, W = img.shape
-        prompts = _check_strings(prompts, B, "prompts")
-        negative = [""] * B if negative_prompts is None else _check_strings(negative_prompts, B, "negative_prompts")
-        gens = _generators(seeds, B)
-        g = _check_guidance(self.guidance if guidance is None else guidance, B)
+        prompts = check_strings(prompts, B, "prompts")
+        negative = [""] * B if negative_prompts is None else check_strings(negative_prompts, B, "negative_prompts")
+        gens = generators(seeds, B)
+        g = check_guidance(self.guidance if guidance is None else guidance, B)
         dt = m.dtype
         h, w = H // 8, W // 8
 
@@ -255,82 +351,11 @@ class Inpainter:
         z = samplers.to_vp(x, sigmas[-1])  # the latent diffusers decodes (differs only for DDIM)
 
         out = self._decode((z / scale).to(dt)).float()  # [B, 3, H, W] about [-1, 1]
+        finite = torch.isfinite(z).flatten(1).all(1) & torch.isfinite(out).flatten(1).all(1)
         out = ((out + 1) / 2).clamp(0, 1) * 255
-        return out.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return out.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy(), finite.cpu().numpy()
 
 
-# ---- argument checks (clear ValueErrors before any work) -------------------------------------------
-
-
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    return int(steps)
-
-
-def _check_strength(strength) -> float:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.integer, np.floating)) \
-            or not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-    return float(strength)
-
-
-def _as_tensor(a, what: str) -> torch.Tensor:
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(a))
-    if isinstance(a, torch.Tensor):
-        return a.detach().cpu()
-    raise ValueError(f"{what} must be a numpy array or torch tensor, got {type(a).__name__}")
-
-
-def _check_images_masks(images, masks) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> img uint8 [B, 3, H, W] (a permuted view), mask bool [B, 1, H, W] (True = repaint), both CPU."""
-    img = _as_tensor(images, "images")
-    if img.dtype != torch.uint8 or img.ndim != 4 or img.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 [B, H, W, 3], got {img.dtype} {tuple(img.shape)}")
-    B, H, W, _ = img.shape
-    if B == 0:
-        raise ValueError("empty batch")
-    if H % 64 or W % 64 or H == 0 or W == 0:
-        raise ValueError(f"image height and width must be positive multiples of 64, got {H}x{W}")
-    mask = _as_tensor(masks, "masks")
-    if tuple(mask.shape) != (B, H, W):
-        raise ValueError(f"masks must be [B, H, W] = {(B, H, W)}, got {tuple(mask.shape)}")
-    if mask.dtype == torch.bool:
-        rep = mask
-    elif mask.dtype == torch.uint8:
-        rep = mask >= 128  # x/255 binarised at 0.5 (docs/model.md §6.1): 127 -> 0.498 keeps, 128 -> 0.502 repaints
-    else:
-        raise ValueError(f"masks must be uint8 or bool, got {mask.dtype}")
-    return img.permute(0, 3, 1, 2), rep[:, None]
-
-
-def _check_strings(xs, B: int, what: str) -> list[str]:
-    if isinstance(xs, str) or not isinstance(xs, Sequence) or not all(isinstance(x, str) for x in xs):
-        raise ValueError(f"{what} must be a list of {B} strings")
-    if len(xs) != B:
-        raise ValueError(f"{what} has {len(xs)} entries for a batch of {B}")
-    return list(xs)
-
-
-def _generators(seeds, B: int) -> list[torch.Generator]:
-    if seeds is None:
-        raise ValueError("seeds are required: one int per row")
-    seeds = list(seeds.tolist() if isinstance(seeds, (np.ndarray, torch.Tensor)) else seeds)
-    if len(seeds) != B:
-        raise ValueError(f"seeds has {len(seeds)} entries for a batch of {B}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**64:
-            raise ValueError(f"seeds must be ints in [0, 2**64), got {s!r}")
-    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-
-
-def _check_guidance(guidance, B: int) -> torch.Tensor:
-    if isinstance(guidance, (int, float, np.floating, np.integer)) and not isinstance(guidance, bool):
-        return torch.full((B,), float(guidance))
-    g = torch.as_tensor(np.asarray(guidance, dtype=np.float64), dtype=torch.float32)
-    if g.shape != (B,):
-        raise ValueError(f"guidance must be a float or {B} floats, got shape {tuple(g.shape)}")
-    if not torch.isfinite(g).all():
-        raise ValueError("guidance must be finite")
-    return g
+def _one_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0][:300] if str(e) else ""
+    return f"{type(e).__name__}: {text}"

@@ -11,6 +11,8 @@ beyond dtype tolerance (tests/test_model_parity.py on CPU, tests/test_gpu_model.
 | batch_vae         | one VAE call per batch (both encodes together when strength < 1)     | on               |
 | pinned            | host->device copies from pinned memory, non-blocking                  | on for CUDA only |
 | cudnn_benchmark   | cuDNN picks the fastest conv algorithm per shape                      | on for CUDA only |
+| deterministic     | fixed kernels: no cuDNN benchmarking or inductor autotuning (both     | off              |
+|                   | choose kernels by timing), deterministic cuDNN and torch algorithms   |                  |
 
 Precedence: a value given explicitly > the environment variable RAYINPAINT_SPEED (e.g.
 "compile=0,sdpa=flash", lets an operator or the benchmark flip a switch in every Ray actor without new options)
@@ -29,7 +31,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from .choices import SDPA_CHOICES, SETTINGS, SWITCH_AUTO, SWITCHES, check_sdpa, parse_switches
+from .choices import SDPA_CHOICES, SETTINGS, SWITCH_AUTO, SWITCHES, check_combination, check_sdpa, parse_switches
 
 ENV_VAR = "RAYINPAINT_SPEED"
 
@@ -48,6 +50,7 @@ class Speed:
     batch_vae: bool | None = None
     pinned: bool | None = None
     cudnn_benchmark: bool | None = None
+    deterministic: bool | None = None
 
     def __post_init__(self) -> None:
         check_sdpa(self.sdpa)
@@ -55,6 +58,7 @@ class Speed:
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise ValueError(f"speed switch {name} must be true, false or None (auto), got {v!r}")
+        check_combination(dataclasses.asdict(self))
 
     @classmethod
     def coerce(cls, speed: "Speed | Mapping | None") -> "Speed":
@@ -82,8 +86,10 @@ class Speed:
         vals = {}
         for name, auto in SWITCH_AUTO.items():
             v = getattr(self, name)
-            default = True if auto == "on" else cuda
+            default = True if auto == "on" else False if auto == "off" else cuda
             vals[name] = (default if v is None else v) and (cuda or auto != "cuda_only")
+        if vals["deterministic"]:
+            vals["cudnn_benchmark"] = False
         vals["compile_mode"] = self.compile_mode or "default"
         vals["compile_backend"] = self.compile_backend or "inductor"
         return dataclasses.replace(self, **vals)
@@ -137,6 +143,23 @@ def set_memory_format(module: torch.nn.Module, channels_last: bool) -> None:
         module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def vae_channels_last(channels_last: bool, device: torch.device | str) -> bool:
+    """The VAE's layout: it runs eagerly, and half its layers are GroupNorms. PyTorch's CUDA GroupNorm works on
+    contiguous tensors only, so in channels_last each one copies its input to contiguous and the next conv copies
+    back; its CPU kernel takes channels_last as is (measured on CPU: fewer copies and faster in channels_last,
+    docs/performance.md). So: channels_last with the UNet on CPU, contiguous on CUDA."""
+    return channels_last and torch.device(device).type != "cuda"
+
+
+def weights_channels_last(module) -> bool | None:
+    """Whether the first 4-D parameter (a conv weight) is channels_last; None for a module without one."""
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            if p.dim() == 4:
+                return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return None
+
+
 def to_device(t: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:
     """Host tensor -> device. Pinned: staged in page-locked memory and copied without blocking the host (the
     caching host allocator keeps the staging block until the copy is done); else an ordinary copy."""
@@ -171,6 +194,35 @@ def configure_compile_cache() -> str:
     return root
 
 
+def apply_determinism(speed: Speed, device: torch.device | str) -> None:
+    """Process-wide kernel choice for `speed` (a resolved Speed): cuDNN benchmarking, and with `deterministic`
+    the deterministic cuDNN and torch algorithms and inductor without timing-based choices. cuBLAS reads
+    CUBLAS_WORKSPACE_CONFIG when its handle is made: set here, it holds if no matmul ran on the GPU before."""
+    det = bool(speed.deterministic)
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = bool(speed.cudnn_benchmark) and not det
+        torch.backends.cudnn.deterministic = det
+        if det:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(det, warn_only=True)  # warn_only: an op without one warns, not fails
+
+
+def _inductor_determinism(deterministic: bool) -> None:
+    """Inductor picks kernels (matmul templates, pointwise configs, fusions) by timing them unless told not to."""
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    for key in ("deterministic",):
+        if key in known:
+            setattr(inductor_config, key, deterministic)
+    if deterministic:
+        for key in ("max_autotune", "max_autotune_pointwise", "max_autotune_gemm", "coordinate_descent_tuning",
+                    "benchmark_fusion", "benchmark_epilogue_fusion"):
+            if key in known:
+                setattr(inductor_config, key, False)
+        inductor_config.triton.autotune_pointwise = False
+
+
 def compile_module(module: torch.nn.Module, speed: Speed):
     """torch.compile for fixed shapes (a new batch shape compiles once more), the whole forward as one graph."""
     backend = speed.compile_backend or "inductor"
@@ -179,6 +231,7 @@ def compile_module(module: torch.nn.Module, speed: Speed):
     configure_compile_cache()
     import torch._inductor.config as inductor_config
 
+    _inductor_determinism(bool(speed.deterministic))
     inductor_config.conv_1x1_as_mm = True  # the UNet's 1x1 skip convs as matmuls (fusable epilogues)
     return torch.compile(module, backend="inductor", mode=speed.compile_mode or "default", fullgraph=True,
                          dynamic=False)
@@ -217,4 +270,5 @@ def synchronize(device: torch.device | str) -> None:
 
 __all__ = ["Speed", "SDPA_CHOICES", "ENV_VAR", "auto_dtype", "sdpa_context", "set_memory_format", "to_device",
            "compile_module", "configure_compile_cache", "compile_cache_dir", "compile_cache_counters",
-           "forbid_host_sync", "synchronize", "parse_switches", "env_text"]
+           "forbid_host_sync", "synchronize", "parse_switches", "env_text", "apply_determinism",
+           "weights_channels_last", "vae_channels_last"]

@@ -148,6 +148,9 @@ def test_ablation_flips_one_switch_at_a_time():
         else:
             assert changed == {name} and getattr(speed, name) == value and cache == 1024
     assert {r[0]: r[1] for r in rows}["sdpa"] == "math"
+    # deterministic cannot go with cuDNN benchmarking: flipping it on turns that off too (else Speed refuses it)
+    (_, value, speed, _), = ablation_variants(base, ["deterministic"], prompt_cache_size=1024)
+    assert value is True and speed.deterministic and speed.cudnn_benchmark is False
 
 
 def test_steady_rate_from_results_shards(tmp_path):
@@ -240,3 +243,34 @@ def test_bench_on_gpu_uses_every_switch_and_never_syncs_in_the_step_loop(tmp_pat
     assert r["compile_s"] > 0 and r["model"]["graph_capture_s"] > 0
     assert r["model"]["peak_memory_kind"] == "cuda_max_reserved"
     assert r["peak_memory_bytes"] >= r["model"]["peak_allocated_bytes"] > 0
+
+
+# ---- settings that cannot work, refused before any work ------------------------------------------------------
+
+
+def test_compile_settings_that_cannot_work_are_refused_in_the_option_parsing():
+    with pytest.raises(ValueError, match="nest inside the captured step"):
+        parse_switches("compile_mode=reduce-overhead", "--speed")  # cuda_graph on by default on CUDA
+    with pytest.raises(ValueError, match="nest inside"):
+        Speed(compile_mode="max-autotune")
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        parse_switches("compile_mode=max_autotune", "--speed")  # misspelt: it used to fail inside the actor
+    with pytest.raises(ValueError, match="compile_backend must be one of"):
+        parse_switches("compile_backend=inductr", "--speed")
+    assert parse_switches("compile_mode=max-autotune,cuda_graph=0", "--speed")["compile_mode"] == "max-autotune"
+    assert Speed(compile_mode="max-autotune-no-cudagraphs").resolve("cuda").cuda_graph
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--manifest", "m.parquet", "--output", "out", "--speed", "compile_mode=reduce-overhead"],
+    ["run", "--manifest", "m.parquet", "--output", "out", "--speed", "compile_mode=fastest"],
+    ["bench", "--weights", "random:tiny", "--compile-mode", "max-autotune"],
+], ids=["run-nested-graphs", "run-misspelt", "bench-nested-graphs"])
+def test_the_command_line_exits_2_with_one_line(argv, capsys, tmp_path, monkeypatch):
+    from rayinpaint.jobs.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compile_mode" in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -13,18 +13,20 @@ R = 64
 
 
 class FakeInpainter:
-    """Records each call's batch size; fails like CUDA when a batch is larger than `fits`."""
+    """Records each call's batch size; fails like CUDA when a batch is larger than `fits`; the row of `nan_seed`
+    comes back not finite."""
 
-    def __init__(self, fits: int, bad_seed: int | None = None):
-        self.fits, self.bad_seed, self.calls = fits, bad_seed, []
+    def __init__(self, fits: int, bad_seed: int | None = None, nan_seed: int | None = None):
+        self.fits, self.bad_seed, self.nan_seed, self.calls = fits, bad_seed, nan_seed, []
 
-    def __call__(self, images, masks, prompts, negs, seeds):
+    def generate(self, images, masks, prompts, negs, seeds):
         self.calls.append(len(seeds))
         if len(seeds) > self.fits:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         if self.bad_seed in seeds:
             raise RuntimeError("kernel failure (simulated)")
-        return np.stack([np.full((R, R, 3), s % 256, np.uint8) for s in seeds])
+        return (np.stack([np.full((R, R, 3), s % 256, np.uint8) for s in seeds]),
+                np.array([s != self.nan_seed for s in seeds]))
 
 
 @pytest.fixture()
@@ -108,3 +110,82 @@ def test_warmup_out_of_memory_halves_the_batch_until_it_fits(predictor):
     predictor.inpainter.warmup = lambda b, r: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("still (simulated)"))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         predictor._warmup({})  # nothing smaller left to try
+
+
+def test_the_switches_in_effect_are_recorded_per_row_and_per_actor_in_the_tally(predictor):
+    from rayinpaint.jobs.accounting import RunTally
+
+    out = predictor(batch(2))
+    speed = out.column("speed").to_pylist()
+    assert speed[0] == speed[1] == predictor.speed_text()
+    assert "compile=0" in speed[0] and "cuda_graph=0" in speed[0] and "fused_cfg=1" in speed[0]  # CPU: resolved
+    tally = RunTally(preview_count=0)
+    tally.add(out.select(["id", "status", "error_kind", "error", "actor", "speed"]))
+    assert tally.this_run()["speed_by_actor"] == {predictor.actor: speed[0]}
+
+
+def test_strict_speed_fails_the_actor_not_the_rows(predictor):
+    """With strict_speed a fast path that fails its check raises out of the batch instead of erroring its rows."""
+    from rayinpaint.model.inpainter import SpeedCheckError
+
+    class Refusing(FakeInpainter):
+        def generate(self, *a):
+            raise SpeedCheckError("the compiled step is off the eager one (simulated)")
+
+    predictor.inpainter = Refusing(fits=8)
+    with pytest.raises(SpeedCheckError):
+        predictor(batch(2))
+
+
+def test_out_of_memory_releases_the_failed_batch_before_the_retry(predictor):
+    """What the failed call held (here one object in its frame, as activations are) is gone when the smaller
+    batches run: the retry does not happen inside the `except` whose traceback keeps that frame alive."""
+    import weakref
+
+    class Held:
+        pass
+
+    seen = []
+
+    class HoldingInpainter(FakeInpainter):
+        def generate(self, images, masks, prompts, negs, seeds):
+            if len(seeds) > self.fits:
+                held = Held()  # noqa: F841 - alive in this frame while the error propagates
+                self.ref = weakref.ref(held)
+            elif hasattr(self, "ref"):
+                seen.append(self.ref() is None)
+            return super().generate(images, masks, prompts, negs, seeds)
+
+    predictor.inpainter = fake = HoldingInpainter(fits=2)
+    predictor(batch(4))
+    assert fake.calls == [4, 2, 2] and seen == [True, True]
+
+
+def test_a_row_whose_output_is_not_finite_becomes_an_error_row(predictor):
+    predictor.inpainter = FakeInpainter(fits=8, nan_seed=11)
+    out = predictor(batch(3))
+    assert out.column("status").to_pylist() == ["ready", "error", "ready"]
+    assert out.column("error_kind").to_pylist()[1] == "model_error"
+    assert "not finite" in out.column("error").to_pylist()[1]
+    assert out.column("result").to_pylist()[1] is None
+    assert np.frombuffer(out.column("result").to_pylist()[2], np.uint8)[0] == 12
+
+
+def test_the_inpainter_flags_rows_that_are_not_finite():
+    """The real Inpainter: a UNet whose output is NaN for the second row only gives that row finite=False."""
+    from rayinpaint.model import Inpainter, load_model
+
+    m = load_model("random:tiny")
+    forward = m.unet.forward
+
+    def nan_second_row(x, t, ctx):
+        out = forward(x, t, ctx).clone()
+        out[1::2] = float("nan")  # row 1 of each CFG half: batch row 1
+        return out
+
+    m.unet.forward = nan_second_row
+    inp = Inpainter(m, sampler="ddim", steps=2, speed=dict(compile=False, cuda_graph=False))
+    images = np.zeros((2, R, R, 3), np.uint8)
+    masks = np.full((2, R, R), 255, np.uint8)
+    out, finite = inp.generate(images, masks, ["a", "b"], None, [1, 2])
+    assert finite.tolist() == [True, False] and out.shape == (2, R, R, 3)
