@@ -341,9 +341,15 @@ def test_output_unwritable_from_the_start(tmp_path, reliability):
     manifest = make_dataset(str(tmp_path / "in"), rows=2)
     blocker = tmp_path / "out"
     blocker.write_text("a file where the output folder should be")
-    r = run_cli(*job(manifest, blocker), timeout=300)
+    # A file where a folder above the output should be: nothing can be written under --output.
+    r = run_cli(*job(manifest, blocker / "run"), timeout=300)
     assert r.returncode == 3 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("rayinpaint: error: cannot write to --output") and str(blocker) in last
     assert blocker.read_text().startswith("a file")
+    # --output itself a file: a bad option, named as such (exit 2), not a failed write of an internal probe.
+    r = run_cli(*job(manifest, blocker), timeout=300)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith(f"rayinpaint: error: --output {blocker} is a file")
+    assert "_write_probe" not in r.stderr and blocker.read_text().startswith("a file")
     reliability.record("fault", "output path not writable at start", 1, "exit 3 before any work, one clear line")
