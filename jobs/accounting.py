@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from .preflight import OutputUnwritable
 from .progress import Progress
 from .stages import UNWRITTEN
+
 _EXAMPLES_PER_KIND = 5
 
 

@@ -46,6 +46,15 @@ def batch(n: int, statuses=None) -> pa.Table:
     })
 
 
+def assert_only_the_middle_row_failed(out: pa.Table, words: str) -> None:
+    """Of three ready rows (seeds 10, 11, 12), the middle one is a model_error row naming `words`; the others ran."""
+    assert out.column("status").to_pylist() == ["ready", "error", "ready"]
+    assert out.column("error_kind").to_pylist()[1] == "model_error"
+    assert words in out.column("error").to_pylist()[1]
+    assert out.column("result").to_pylist()[1] is None
+    assert np.frombuffer(out.column("result").to_pylist()[2], np.uint8)[0] == 12
+
+
 def test_short_batches_are_padded_to_the_fixed_shape(predictor):
     predictor.inpainter = fake = FakeInpainter(fits=8)
     out = predictor(batch(3, ["ready", "error", "ready"]))
@@ -68,12 +77,7 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_smaller_shape(predictor):
 
 def test_a_failing_row_becomes_an_error_row_and_the_others_finish(predictor):
     predictor.inpainter = FakeInpainter(fits=8, bad_seed=11)
-    out = predictor(batch(3))
-    assert out.column("status").to_pylist() == ["ready", "error", "ready"]
-    assert out.column("error_kind").to_pylist()[1] == "model_error"
-    assert "kernel failure" in out.column("error").to_pylist()[1]
-    assert out.column("result").to_pylist()[1] is None
-    assert np.frombuffer(out.column("result").to_pylist()[2], np.uint8)[0] == 12
+    assert_only_the_middle_row_failed(predictor(batch(3)), "kernel failure")
 
 
 def test_warmup_failure_falls_back_to_the_eager_step(predictor):
@@ -163,12 +167,7 @@ def test_out_of_memory_releases_the_failed_batch_before_the_retry(predictor):
 
 def test_a_row_whose_output_is_not_finite_becomes_an_error_row(predictor):
     predictor.inpainter = FakeInpainter(fits=8, nan_seed=11)
-    out = predictor(batch(3))
-    assert out.column("status").to_pylist() == ["ready", "error", "ready"]
-    assert out.column("error_kind").to_pylist()[1] == "model_error"
-    assert "not finite" in out.column("error").to_pylist()[1]
-    assert out.column("result").to_pylist()[1] is None
-    assert np.frombuffer(out.column("result").to_pylist()[2], np.uint8)[0] == 12
+    assert_only_the_middle_row_failed(predictor(batch(3)), "not finite")
 
 
 def test_the_inpainter_flags_rows_that_are_not_finite():
