@@ -57,6 +57,8 @@ def results_chunk(start: int, n: int) -> pa.Table:
         "resolution": pa.array(np.full(n, 512, np.int32)),
         "window": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 512, 512], n).astype(np.int32)), 4),
         "mask_pixels": pa.array(i % 50_000), "model_sha256": pa.array(np.full(n, "ab" * 32)), "timings": timings,
+        # null: an output from before settings were fingerprinted, which a rerun adopts (jobs/fingerprint.py)
+        "settings_fingerprint": pa.nulls(n, pa.string()),
     }
     return pa.table([cols[f.name].cast(f.type) for f in RESULTS_SCHEMA], schema=RESULTS_SCHEMA)
 
