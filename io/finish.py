@@ -18,12 +18,12 @@ import io
 import time
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import OutputWriteError, RowError, redact_uri
-from .geometry import paste_back, window_inside
+from .geometry import paste_into, window_inside
 from .images import decode_image, encode_image
-from .masks import bbox, feather_alpha
+from .masks import feather_alpha
 from .naming import image_path, output_name
 from .settings import OutputSettings, PrepareSettings
 from .storage import join_uri, write_bytes
@@ -38,18 +38,34 @@ def _decode_repaint(png: bytes, width: int, height: int) -> np.ndarray:
     return m
 
 
-def _check_result(result, resolution: int) -> np.ndarray:
+def _check_result(result, side: int, where: str) -> np.ndarray:
+    """One region's model output (bytes or an array) as uint8 [side, side, 3]."""
     if result is None:
-        raise RowError("bad_result", "no model output for a ready row")
+        raise RowError("bad_result", f"{where}: no model output")
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        if len(result) != side * side * 3:
+            raise RowError("bad_result", f"{where}: model output is {len(result)} bytes, not {side}x{side}x3")
+        return np.frombuffer(result, np.uint8).reshape(side, side, 3)
     arr = np.asarray(result)
-    if arr.dtype != np.uint8 or arr.shape != (resolution, resolution, 3):
-        raise RowError("bad_result", f"model output must be uint8 [{resolution}, {resolution}, 3], "
+    if arr.dtype != np.uint8 or arr.shape != (side, side, 3):
+        raise RowError("bad_result", f"{where}: model output must be uint8 [{side}, {side}, 3], "
                                      f"got {arr.dtype} {list(arr.shape)}")
     return arr
 
 
-def composite(prepared: dict, result, settings: PrepareSettings) -> tuple[np.ndarray, np.ndarray]:
-    """(final uint8 [H, W, 3], original uint8 [H, W, 3]) for a prepared row and its model output."""
+def _region_outputs(prepared: dict, results) -> list[tuple[tuple, np.ndarray]]:
+    """(window, output uint8 [r, r, 3]) of each region of a ready row."""
+    windows, sides = prepared.get("windows") or [], prepared.get("region_res") or []
+    results = [] if results is None else list(results)
+    if not windows or len(results) != len(windows) or len(sides) != len(windows):
+        raise RowError("bad_result", f"{len(results)} model output(s) for {len(windows)} region(s)")
+    return [(tuple(int(v) for v in w), _check_result(r, int(side), f"region {k + 1} of {len(windows)}"))
+            for k, (w, side, r) in enumerate(zip(windows, sides, results))]
+
+
+def composite(prepared: dict, results, settings: PrepareSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(final uint8 [H, W, 3], original uint8 [H, W, 3]) for a prepared row and its regions' model outputs
+    (a list, one per region, in region order: bytes or uint8 [r, r, 3])."""
     rgb = decode_image(prepared["source"], "image", settings.max_pixels)
     h, w = rgb.shape[:2]
     if (w, h) != (prepared["width"], prepared["height"]):
@@ -57,21 +73,25 @@ def composite(prepared: dict, result, settings: PrepareSettings) -> tuple[np.nda
                                         f"{prepared['width']}x{prepared['height']}")
     if prepared["status"] == "unchanged":
         return rgb, rgb
-    arr = _check_result(result, int(prepared.get("resolution") or settings.resolution))
+    regions = _region_outputs(prepared, results)
     repaint = _decode_repaint(prepared["repaint_mask"], w, h)
-    window = tuple(int(v) for v in prepared["window"])
-    ix0, iy0, ix1, iy1 = window_inside(window, w, h)
-    box = bbox(repaint)
-    # The window was built to hold the dilated mask plus the feather band (geometry.py); the
-    # feather distances are computed on that part only, so check it really holds the mask.
-    if box is None or box[0] < ix0 or box[1] < iy0 or box[2] > ix1 or box[3] > iy1:
-        raise RowError("finish_failed", f"repaint mask {box} is not inside the window {list(window)}")
-    alpha = feather_alpha(repaint[iy0:iy1, ix0:ix1], settings.feather)
-    return paste_back(rgb, arr, window, alpha), rgb
+    final, covered = rgb.copy(), 0
+    for window, arr in regions:
+        ix0, iy0, ix1, iy1 = window_inside(window, w, h)
+        part = repaint[iy0:iy1, ix0:ix1]
+        covered += int(part.sum())
+        paste_into(final, arr, window, feather_alpha(part, settings.feather))
+    # Each window holds its region's mask plus the feather band and the windows do not overlap (io/regions.py);
+    # the feather distances are computed inside each window only, so check every mask pixel lies in exactly one.
+    if covered != int(repaint.sum()):
+        raise RowError("finish_failed", f"the regions' windows {[list(w) for w, _ in regions]} hold {covered} of "
+                                        f"the mask's {int(repaint.sum())} pixels")
+    return final, rgb
 
 
-def preview_jpeg(original: np.ndarray, final: np.ndarray, repaint: np.ndarray | None) -> bytes:
-    """Side-by-side thumbnail: input | input with the repaint outline in red | output."""
+def preview_jpeg(original: np.ndarray, final: np.ndarray, repaint: np.ndarray | None, windows=()) -> bytes:
+    """Side-by-side thumbnail: input | input with the repaint outline in red and each region's window in
+    yellow | output."""
     h, w = original.shape[:2]
     tw = max(1, round(w * PREVIEW_HEIGHT / h))
     size = (tw, PREVIEW_HEIGHT)
@@ -84,6 +104,10 @@ def preview_jpeg(original: np.ndarray, final: np.ndarray, repaint: np.ndarray | 
         arr = np.asarray(b).copy()
         arr[edge] = (255, 0, 0)
         b = Image.fromarray(arr)
+    draw = ImageDraw.Draw(b)
+    for x0, y0, x1, y1 in windows:
+        k = PREVIEW_HEIGHT / h
+        draw.rectangle([round(x0 * k), round(y0 * k), round(x1 * k) - 1, round(y1 * k) - 1], outline=(255, 210, 0))
     sheet = Image.new("RGB", (3 * tw + 8, PREVIEW_HEIGHT), (255, 255, 255))
     for i, im in enumerate((a, b, c)):
         sheet.paste(im, (i * (tw + 4), 0))
@@ -94,18 +118,21 @@ def preview_jpeg(original: np.ndarray, final: np.ndarray, repaint: np.ndarray | 
 
 def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSettings,
                run_info: dict | None = None, preview: bool = False) -> dict:
-    """Prepared row + model output (uint8 [R, R, 3] or None) -> one results row (RESULTS_SCHEMA)."""
+    """Prepared row + its regions' model outputs (see `composite`; None unless ready) -> one results row
+    (RESULTS_SCHEMA)."""
     t0 = time.perf_counter()
     run_info = run_info or {}
     row = _results_row(prepared, settings, run_info)
     t_write = 0.0
     final = original = repaint = None
+    windows = []
     try:
         status = prepared.get("status")
         if status in ("ready", "unchanged"):
             final, original = composite(prepared, result, settings)
             if status == "ready" and preview:
                 repaint = _decode_repaint(prepared["repaint_mask"], original.shape[1], original.shape[0])
+                windows = prepared.get("windows") or []
             uri, hashed, t_write = _write_image(final, row["id"], out)
             row.update(status="ok" if status == "ready" else "unchanged", output_uri=redact_uri(uri),
                        output_name_hashed=hashed)
@@ -114,10 +141,10 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
     except OutputWriteError:
         raise
     except RowError as e:
-        row.update(status="error", error_kind=e.kind, error=e.message, output_uri=None, window=None)
+        row.update(status="error", error_kind=e.kind, error=e.message, output_uri=None, window=None, regions=None)
         final = None
     except Exception as e:  # noqa: BLE001 - one row must never stop the job
-        row.update(status="error", error_kind="finish_failed", output_uri=None, window=None,
+        row.update(status="error", error_kind="finish_failed", output_uri=None, window=None, regions=None,
                    error=f"unexpected {type(e).__name__} while finishing: {redact_uri(str(e))[:300]}")
         final = None
     row["timings"] = {
@@ -126,7 +153,7 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
         "finish": time.perf_counter() - t0, "write": t_write,
     }
     if preview:
-        row["preview_jpeg"] = preview_jpeg(original, final, repaint) if final is not None else None
+        row["preview_jpeg"] = preview_jpeg(original, final, repaint, windows) if final is not None else None
     return row
 
 
@@ -143,9 +170,18 @@ def _results_row(prepared: dict, settings: PrepareSettings, run_info: dict) -> d
         "guidance": run_info.get("guidance"), "strength": run_info.get("strength"),
         "resolution": prepared.get("resolution") or settings.resolution,
         "window": prepared.get("window") if prepared.get("status") == "ready" else None,
+        "regions": _regions_column(prepared),
         "mask_pixels": prepared.get("mask_pixels"), "model_sha256": run_info.get("model_sha256"),
         "settings_fingerprint": run_info.get("settings_fingerprint"),
     }
+
+
+def _regions_column(prepared: dict) -> list[dict] | None:
+    """The results row's `regions`: each region's window and model side, in region order; null unless ready."""
+    if prepared.get("status") != "ready":
+        return None
+    return [{"window": list(w), "resolution": int(r)}
+            for w, r in zip(prepared.get("windows") or [], prepared.get("region_res") or [])]
 
 
 def _write_image(final: np.ndarray, row_id: str, out: OutputSettings) -> tuple[str, bool, float]:

@@ -22,32 +22,42 @@ other pixel keeps the decoded input's bytes.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from PIL import Image
 
 
 
+def window_side(bw, bh, width: int, height: int, resolution: int, context: float = 0.25, min_context: int = 32,
+                feather: int = 0):
+    """Side of the square window around a box of bw x bh (steps 2 and 3 of the module docstring); numpy
+    arrays of box sizes give an array of sides (io/regions.py compares many candidate windows at once)."""
+    bw, bh = np.asarray(bw, dtype=np.int64), np.asarray(bh, dtype=np.int64)
+    mx = np.maximum(np.maximum(np.ceil(context * bw).astype(np.int64), min_context), feather)
+    my = np.maximum(np.maximum(np.ceil(context * bh).astype(np.int64), min_context), feather)
+    wanted = np.maximum(bw + 2 * mx, bh + 2 * my)
+    return np.maximum(resolution, np.minimum(wanted, max(width, height)))
+
+
+def crop_windows(boxes: np.ndarray, width: int, height: int, resolution: int, context: float = 0.25,
+                 min_context: int = 32, feather: int = 0) -> np.ndarray:
+    """Square windows int64 [n, 4] (x0, y0, x1, y1) around mask boxes int [n, 4]; see the module docstring."""
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    side = window_side(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1], width, height, resolution, context, min_context,
+                       feather)
+
+    def place(lo: np.ndarray, hi: np.ndarray, dim: int) -> np.ndarray:
+        inside = np.minimum(np.maximum((lo + hi - side) // 2, 0), dim - side)  # floor of centre - side/2, shifted in
+        return np.where(side >= dim, -((side - dim) // 2), inside)  # whole axis inside: padding split evenly
+
+    x0, y0 = place(b[:, 0], b[:, 2], width), place(b[:, 1], b[:, 3], height)
+    return np.stack([x0, y0, x0 + side, y0 + side], axis=1)
+
+
 def crop_window(mask_box: tuple[int, int, int, int], width: int, height: int, resolution: int,
                 context: float = 0.25, min_context: int = 32, feather: int = 0) -> tuple[int, int, int, int]:
     """Square window (x0, y0, x1, y1) around ``mask_box``; see the module docstring."""
-    bx0, by0, bx1, by1 = mask_box
-    bw, bh = bx1 - bx0, by1 - by0
-    mx = max(math.ceil(context * bw), min_context, feather)
-    my = max(math.ceil(context * bh), min_context, feather)
-    wanted = max(bw + 2 * mx, bh + 2 * my)
-    side = max(resolution, min(wanted, max(width, height)))
-
-    def place(lo: int, hi: int, dim: int) -> int:
-        if side >= dim:
-            return -((side - dim) // 2)  # whole axis inside, padding split evenly
-        start = (lo + hi - side) // 2  # floor of centre - side/2
-        return min(max(start, 0), dim - side)
-
-    x0 = place(bx0, bx1, width)
-    y0 = place(by0, by1, height)
-    return x0, y0, x0 + side, y0 + side
+    w = crop_windows(np.array([mask_box]), width, height, resolution, context, min_context, feather)[0]
+    return int(w[0]), int(w[1]), int(w[2]), int(w[3])
 
 
 def window_inside(window, width: int, height: int) -> tuple[int, int, int, int]:
@@ -90,18 +100,24 @@ def model_inputs(rgb: np.ndarray, repaint: np.ndarray, window, resolution: int) 
 
 
 def paste_back(original: np.ndarray, result: np.ndarray, window, alpha: np.ndarray) -> np.ndarray:
-    """Blend the model output into a copy of ``original`` inside ``window``.
+    """A copy of ``original`` with the model output blended in inside ``window`` (``paste_into``)."""
+    out = original.copy()
+    paste_into(out, result, window, alpha)
+    return out
 
-    original uint8 [H, W, 3]; result uint8 [R, R, 3]; alpha float32 in [0, 1] (1 = take the
+
+def paste_into(out: np.ndarray, result: np.ndarray, window, alpha: np.ndarray) -> np.ndarray:
+    """Blend the model output into ``out`` (in place) inside ``window``.
+
+    out uint8 [H, W, 3]; result uint8 [r, r, 3]; alpha float32 in [0, 1] (1 = take the
     model's pixel), either [H, W] or already cut to the window's part of the image. Only pixels
     inside the window with alpha > 0 are written; alpha == 1 pixels take the resized result
-    exactly, partial ones round(a * new + (1 - a) * old). All other bytes are the original's.
+    exactly, partial ones round(a * new + (1 - a) * old). All other bytes are left as they are.
     """
-    h, w = original.shape[:2]
+    h, w = out.shape[:2]
     x0, y0, x1, y1 = window
     side = x1 - x0
     ix0, iy0, ix1, iy1 = window_inside(window, w, h)
-    out = original.copy()
     a = alpha[iy0:iy1, ix0:ix1] if alpha.shape == (h, w) else alpha
     if a.shape != (iy1 - iy0, ix1 - ix0):
         raise ValueError(f"alpha shape {alpha.shape} fits neither the image {(h, w)} nor the window part")

@@ -17,9 +17,10 @@ import pyarrow as pa
 from PIL import Image
 
 from .errors import RowError, redact_uri
-from .geometry import crop_window, model_inputs
+from .geometry import model_inputs
 from .images import decode_image
 from .masks import bbox, boxes_to_mask, decode_mask_values, dilate, threshold_mask
+from .regions import region_resolution, region_seed, region_windows
 from .rle import rle_to_mask
 from .settings import PrepareSettings
 from .storage import protocol_of, read_bytes
@@ -34,10 +35,16 @@ PREPARED_SCHEMA = pa.schema([
     ("prompt", pa.string()),
     ("negative_prompt", pa.string()),
     ("image_uri", pa.string()),         # redacted
-    ("model_image", pa.binary()),       # [R, R, 3] (b"" unless ready)
-    ("model_mask", pa.binary()),        # [R, R] in {0, 255}, 255 = repaint (b"" unless ready)
-    ("window", pa.list_(pa.int64())),   # [x0, y0, x1, y1] crop window in original pixels; may extend past
-                                        # the image where the crop was reflect-padded (geometry.py); null unless ready
+    # One entry per region (io/regions.py), in region order; empty lists unless ready. r is the region's model
+    # side (R, or more under --max-resolution).
+    ("model_image", pa.list_(pa.binary())),   # [r, r, 3]
+    ("model_mask", pa.list_(pa.binary())),    # [r, r] in {0, 255}, 255 = repaint
+    ("windows", pa.list_(pa.list_(pa.int64()))),  # [x0, y0, x1, y1] crop window in original pixels; may extend
+                                        # past the image where the crop was reflect-padded (geometry.py)
+    ("region_res", pa.list_(pa.int64())),     # r
+    ("region_seeds", pa.list_(pa.int64())),   # regions.region_seed(seed, k)
+    ("window", pa.list_(pa.int64())),   # the box around every region's window (the window itself for one
+                                        # region); null unless ready
     ("width", pa.int64()),              # decoded (EXIF-oriented) size; null if the image did not decode
     ("height", pa.int64()),
     ("resolution", pa.int64()),         # R
@@ -131,7 +138,22 @@ def _fill_row_fields(row: dict, settings: PrepareSettings, out: dict) -> None:
     out["seed"] = int(seed)
 
 
-_EMPTY = {"model_image": b"", "model_mask": b"", "window": None, "repaint_mask": b"", "source": b""}
+_EMPTY = {"model_image": [], "model_mask": [], "windows": [], "region_res": [], "region_seeds": [], "window": None,
+          "repaint_mask": b"", "source": b""}
+
+
+def _regions(rgb: np.ndarray, repaint: np.ndarray, seed: int, settings: PrepareSettings) -> dict:
+    """The prepared fields of the mask's regions: windows, model inputs, sides and seeds (io/regions.py)."""
+    R = settings.resolution
+    windows = region_windows(repaint, R, settings.context, settings.min_context, settings.feather,
+                             settings.max_regions)
+    sides = [region_resolution(w[2] - w[0], R, settings.max_resolution) for w in windows]
+    inputs = [model_inputs(rgb, repaint, w, r) for w, r in zip(windows, sides)]
+    return {"windows": [list(w) for w in windows], "region_res": sides,
+            "region_seeds": [region_seed(seed, k) for k in range(len(windows))],
+            "model_image": [i.tobytes() for i, _ in inputs], "model_mask": [m.tobytes() for _, m in inputs],
+            "window": [min(w[0] for w in windows), min(w[1] for w in windows),
+                       max(w[2] for w in windows), max(w[3] for w in windows)]}
 
 
 def prepare_row(row: dict, settings: PrepareSettings) -> dict:
@@ -141,9 +163,8 @@ def prepare_row(row: dict, settings: PrepareSettings) -> dict:
     out = {
         "id": None, "status": "error", "error_kind": None, "error": None, "seed": None,
         "prompt": None, "negative_prompt": None, "image_uri": redact_uri(row.get("image_uri")),
-        "model_image": b"", "model_mask": b"", "window": None, "width": None, "height": None,
-        "resolution": R, "source": b"", "repaint_mask": b"", "mask_pixels": None,
-        "t_fetch": 0.0, "t_decode": 0.0, "t_prepare": 0.0,
+        "width": None, "height": None, "resolution": R, "mask_pixels": None,
+        "t_fetch": 0.0, "t_decode": 0.0, "t_prepare": 0.0, **_EMPTY,
     }
     try:
         _fill_row_fields(row, settings, out)
@@ -168,13 +189,10 @@ def prepare_row(row: dict, settings: PrepareSettings) -> dict:
         if box is None:
             out["status"] = "unchanged"
         else:
-            window = crop_window(box, width, height, R, settings.context, settings.min_context, settings.feather)
-            image_r, mask_r = model_inputs(rgb, repaint, window, R)
+            out.update(_regions(rgb, repaint, out["seed"], settings))
             png = io.BytesIO()
             Image.fromarray(repaint).save(png, "PNG", optimize=False)  # bool -> mode "1"
-            out.update(status="ready", window=[int(v) for v in window],
-                       model_image=image_r.tobytes(), model_mask=mask_r.tobytes(),
-                       repaint_mask=png.getvalue())
+            out.update(status="ready", repaint_mask=png.getvalue())
     except RowError as e:
         out.update(status="error", error_kind=e.kind, error=e.message, **_EMPTY)
     except MemoryError:

@@ -2,8 +2,10 @@
 
 One results row per input row, whatever happened to it: ``status`` is ``"ok"`` (inpainted
 and written), ``"unchanged"`` (empty mask: the decoded original was written) or ``"error"``
-(``error_kind`` + ``error``; no image written). ``window`` is the crop window in original pixels
-[x0, y0, x1, y1] (may extend past the image where it was padded; null unless inpainted).
+(``error_kind`` + ``error``; no image written). ``regions`` lists each region of the mask (io/regions.py) with
+its crop window in original pixels [x0, y0, x1, y1] (may extend past the image where it was padded) and the model
+side it ran at; ``window`` is the box around every region's window, which for a row of one region is that
+region's window (both null unless inpainted).
 ``timings`` are seconds per stage for this row.
 """
 
@@ -16,6 +18,8 @@ TIMINGS_TYPE = pa.struct([
     ("fetch", pa.float64()), ("decode", pa.float64()), ("prepare", pa.float64()),
     ("inpaint", pa.float64()), ("finish", pa.float64()), ("write", pa.float64()),
 ])
+
+REGION_TYPE = pa.struct([("window", pa.list_(pa.int32(), 4)), ("resolution", pa.int32())])
 
 RESULTS_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -36,7 +40,8 @@ RESULTS_SCHEMA = pa.schema([
     ("guidance", pa.float64()),
     ("strength", pa.float64()),
     ("resolution", pa.int32()),
-    ("window", pa.list_(pa.int32(), 4)),  # [x0, y0, x1, y1]
+    ("window", pa.list_(pa.int32(), 4)),  # [x0, y0, x1, y1] around every region's window
+    ("regions", pa.list_(REGION_TYPE)),   # one per region, in region order
     ("mask_pixels", pa.int64()),          # repaint pixels after dilation
     ("model_sha256", pa.string()),
     ("settings_fingerprint", pa.string()),  # the run's pixel settings (jobs/fingerprint.py); null: not a model row

@@ -13,6 +13,7 @@ from PIL import Image
 from .errors import SettingsError
 from .images import EXTENSIONS, MAX_PNG_LEVEL, PNG_LEVEL
 from .naming import LAYOUTS
+from .regions import DEFAULT_MAX_REGIONS, MAX_PARTS as MAX_REGIONS
 from .schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
 from .storage import StorageOptions
 
@@ -33,6 +34,8 @@ class PrepareSettings:
     feather: int = 8               # px, outward from the dilated mask
     context: float = 0.25          # margin as a fraction of the mask box
     min_context: int = 32          # px, minimum margin
+    max_regions: int = DEFAULT_MAX_REGIONS  # windows per row (io/regions.py)
+    max_resolution: int = 0        # model side for regions larger than R (0: off, they are resized to R)
     max_pixels: int = 50_000_000   # refuse larger images before decoding
     resize_mask: bool = False      # resize a mask of another size instead of failing the row
     default_prompt: str = ""
@@ -49,6 +52,12 @@ class PrepareSettings:
         if not isinstance(r, int) or not RESOLUTION_STEP <= r <= MAX_RESOLUTION or r % RESOLUTION_STEP:
             bad(f"resolution must be a multiple of {RESOLUTION_STEP} between {RESOLUTION_STEP} and "
                 f"{MAX_RESOLUTION}, got {r!r}")
+        if not isinstance(self.max_regions, int) or not 1 <= self.max_regions <= MAX_REGIONS:
+            bad(f"max_regions must be an integer in 1..{MAX_REGIONS}, got {self.max_regions!r}")
+        m = self.max_resolution
+        if m and (not isinstance(m, int) or not r <= m <= MAX_RESOLUTION or m % RESOLUTION_STEP):
+            bad(f"max_resolution must be 0 (off) or a multiple of {RESOLUTION_STEP} between the resolution {r} "
+                f"and {MAX_RESOLUTION}, got {m!r}")
         if not (0.0 < float(self.mask_threshold) <= 1.0):
             bad(f"mask_threshold must be in (0, 1], got {self.mask_threshold!r}")
         for name, hi in (("mask_dilate", MAX_GROW_PX), ("feather", MAX_GROW_PX), ("min_context", MAX_MIN_CONTEXT_PX)):

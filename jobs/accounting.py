@@ -25,6 +25,7 @@ class RunTally:
     preview_count: int
     progress: Progress | None = None
     received: int = 0                     # rows received, recorded or not
+    regions: int = 0                      # regions inpainted (rows of status ok have one or more)
     processed: int = 0                    # rows recorded
     by_status: Counter = field(default_factory=Counter)
     rows_by_actor: Counter = field(default_factory=Counter)
@@ -45,9 +46,11 @@ class RunTally:
                                    f"recorded and are redone when the same command is rerun")
         self.processed += len(status)
         self.by_status.update(status)
-        if self.progress is not None:
-            self.progress.update(status)
         names = batch.column_names
+        regions = int(pc.sum(batch.column("region_count")).as_py() or 0) if "region_count" in names else 0
+        self.regions += regions
+        if self.progress is not None:
+            self.progress.update(status, regions)
         if "actor" in names:
             self.rows_by_actor.update(a for a in batch.column("actor").to_pylist() if a)
             if "speed" in names:
@@ -95,7 +98,7 @@ class RunTally:
                 self.previews.append((rid, status, jpeg))
 
     def this_run(self) -> dict:
-        return {"processed": self.processed, "by_status": dict(self.by_status),
+        return {"processed": self.processed, "regions": self.regions, "by_status": dict(self.by_status),
                 "rows_by_actor": dict(self.rows_by_actor), "speed_by_actor": dict(self.speed_by_actor)}
 
 

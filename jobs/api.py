@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 
 from rayinpaint.io.errors import SettingsError
@@ -53,9 +52,8 @@ def finish_results(batch: pa.Table, rows, out, run: dict) -> pa.Table:
     caller's pipeline fails, as any of its writes would)."""
     results = []
     for row in batch.to_pylist():
-        res = row.pop("result", None)
-        arr = np.frombuffer(res, np.uint8).reshape(rows.resolution, rows.resolution, 3) if res else None
+        res = row.pop("result", None)  # one output per region (bytes), or None
         info = {**run, "model_sha256": row.pop("model_sha256", None), "t_inpaint": row.pop("t_inpaint", None) or 0.0}
         row.pop("actor", None)
-        results.append(finish_row(row, arr, rows, out, info))
+        results.append(finish_row(row, res, rows, out, info))
     return results_table(results)

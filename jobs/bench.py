@@ -282,8 +282,9 @@ def time_e2e(args, rows: int, dtype, speed) -> dict:
 
     ok = counts.get("ok", 0)
     rate_wall = ok / wall
+    regions = summary.get("this_run", {}).get("regions", 0)
     return {"rows": rows, "ok_rows": ok, "counts": counts, "exit_code": rc, "gpus": torch.cuda.device_count(),
-            "wall_s": wall,
+            "wall_s": wall, "rows_per_s_wall": rows / wall, "regions": regions, "regions_per_s_wall": regions / wall,
             "images_per_s_wall": rate_wall, "images_per_s_steady": steady,
             "images_per_s": steady if steady is not None else rate_wall,
             "basis": "steady (between first and last results shard)" if steady is not None else "wall",
@@ -323,6 +324,10 @@ def run_bench(args) -> int:
         from .cpu_bench import run_cpu_bench_cli
 
         return run_cpu_bench_cli(args)
+    if args.regions:  # detail and splitting cost of regions (jobs/region_bench.py)
+        from .region_bench import run_region_bench_cli
+
+        return run_region_bench_cli(args)
     import torch
 
     from rayinpaint.model import load_model

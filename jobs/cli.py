@@ -188,6 +188,11 @@ def _mask_options(opt) -> None:
     opt("--feather", type=int, help="blend width in pixels outward from the dilated mask; pixels beyond are untouched")
     opt("--context", type=float, help="crop margin around the mask box, as a fraction of the box size")
     opt("--min-context", type=int, help="minimum crop margin in pixels")
+    opt("--max-regions", type=int, help="most windows per row: the mask's parts are inpainted each in its own window "
+                                        "at native resolution; beyond this many, the closest are joined (README: Regions)")
+    opt("--max-resolution", type=int,
+        help="run regions larger than --resolution at up to this side (multiple of 64; 0 = off: they are resized "
+             "to --resolution); batched by size")
     opt("--max-pixels", type=int, help="images with more pixels are refused (decompression bombs)")
     opt("--resize-mask", action=argparse.BooleanOptionalAction,
         help="resize masks whose size differs from the image instead of failing the row")

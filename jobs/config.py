@@ -16,6 +16,7 @@ from typing import Any
 from rayinpaint.io.errors import SettingsError
 from rayinpaint.io.images import MAX_PNG_LEVEL, PNG_LEVEL
 from rayinpaint.io.naming import LAYOUTS
+from rayinpaint.io.regions import DEFAULT_MAX_REGIONS, MAX_PARTS as MAX_REGIONS
 from rayinpaint.io.schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
 from rayinpaint.io.settings import (FORMATS, MAX_GROW_PX, MAX_MIN_CONTEXT_PX, MAX_RESOLUTION, RESOLUTION_STEP,
                                     OutputSettings, PrepareSettings)
@@ -57,6 +58,8 @@ class JobConfig:
     feather: int = 8
     context: float = 0.25
     min_context: int = 32
+    max_regions: int = DEFAULT_MAX_REGIONS
+    max_resolution: int = 0
     max_pixels: int = 50_000_000
     resize_mask: bool = False
     columns: str = ""
@@ -127,6 +130,8 @@ class JobConfig:
             feather=self.feather,
             context=self.context,
             min_context=self.min_context,
+            max_regions=self.max_regions,
+            max_resolution=self.max_resolution,
             max_pixels=self.max_pixels,
             resize_mask=self.resize_mask,
             default_prompt=self.prompt,
@@ -323,6 +328,11 @@ def _check_rows(c: JobConfig) -> None:
     _check(0 <= c.min_context <= MAX_MIN_CONTEXT_PX,
            f"--min-context must be between 0 and {MAX_MIN_CONTEXT_PX}, got {c.min_context}")
     _check(c.max_pixels >= 1, f"--max-pixels must be >= 1, got {c.max_pixels}")
+    _check(1 <= c.max_regions <= MAX_REGIONS, f"--max-regions must be between 1 and {MAX_REGIONS}, got {c.max_regions}")
+    _check(c.max_resolution == 0 or (c.resolution <= c.max_resolution <= MAX_RESOLUTION
+                                     and c.max_resolution % RESOLUTION_STEP == 0),
+           f"--max-resolution must be 0 (off) or a multiple of {RESOLUTION_STEP} from --resolution ({c.resolution}) "
+           f"to {MAX_RESOLUTION}, got {c.max_resolution}")
     _check(c.format in FORMATS,
            f"--format must be one of {', '.join(FORMATS)}, got {c.format!r}{did_you_mean(c.format, FORMATS)}")
     _check(1 <= c.quality <= 100, f"--quality must be between 1 and 100, got {c.quality}")

@@ -66,8 +66,8 @@ def bench_size(mp: int, outputs: list[tuple[str, dict]], images_per_s: float, re
     settings = PrepareSettings()
     prepare_ms, prepared = _median_ms(lambda: prepare_row(dict(row), settings), repeat)
     assert prepared["status"] == "ready", prepared.get("error")
-    R = settings.resolution
-    result = np.frombuffer(prepared["model_image"], np.uint8).reshape(R, R, 3)
+    result = [np.frombuffer(m, np.uint8).reshape(r, r, 3)  # the model's output stands in as its own input
+              for m, r in zip(prepared["model_image"], prepared["region_res"])]
     rec = {"megapixels": round(width * height / 1e6, 1), "size": f"{width}x{height}",
            "source_bytes": len(row["image_bytes"]), "prepare_ms": prepare_ms,
            "decode_source_ms": _median_ms(lambda: decode_image(prepared["source"]), repeat)[0],
@@ -117,6 +117,9 @@ def add_cpu_bench_arguments(p) -> None:
                    help="one GPU's model rate, for cores per GPU (default: 6)")
     g.add_argument("--png-levels", default="1,6", help="PNG levels to time (default: 1,6)")
     g.add_argument("--repeat", type=int, default=3, help="timed repeats per measure; the median (default: 3)")
+    g.add_argument("--regions", action="store_true",
+                   help="regions: detail inside small marks far apart with regions vs one window (through the model "
+                        "of --weights), and the cost of splitting 12-MP masks (jobs/region_bench.py)")
 
 
 def run_cpu_bench_cli(args) -> int:

@@ -1,4 +1,5 @@
-"""`rayinpaint demo`: a synthetic dataset (varied sizes, masks, prompts, a few bad rows) and a full offline run."""
+"""`rayinpaint demo`: a synthetic dataset (varied sizes, masks, prompts, rows with several marks far apart, a few
+bad rows) and a full offline run."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def _mask(w: int, h: int, rng: np.random.Generator) -> Image.Image:
     return m
 
 
+def _marks_mask(w: int, h: int) -> Image.Image:
+    """Dataset-cleanup marks far apart: a 'watermark' top left, a 'logo' bottom right, a 'caption' bottom left."""
+    m = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(m)
+    s = max(6, min(w, h) // 12)
+    d.rectangle([4, 4, 4 + 2 * s, 4 + s], fill=255)
+    d.ellipse([w - 5 - s, h - 5 - s, w - 5, h - 5], fill=255)
+    d.rectangle([8, h - 6 - s // 2, 8 + 3 * s, h - 6], fill=255)
+    return m
+
+
 def _encode(im: Image.Image, fmt: str) -> bytes:
     b = io.BytesIO()
     im.save(b, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
@@ -65,8 +77,9 @@ def make_dataset(folder: str, rows: int = 24, seed: int = 0) -> str:
             bw, bh = w // 4, h // 5
             rec["boxes"] = [[float(w // 3), float(h // 3), float(w // 3 + bw), float(h // 3 + bh)]]
         else:
+            mask = _marks_mask(w, h) if i % 4 == 2 else _mask(w, h, rng)  # every 4th row: several marks
             with open(os.path.join(folder, "masks", f"{rid}.png"), "wb") as f:
-                f.write(_encode(_mask(w, h, rng), "PNG"))
+                f.write(_encode(mask, "PNG"))
             rec["mask"] = f"masks/{rid}.png"
         if i % 5 == 0:
             rec["seed"] = 1000 + i

@@ -38,7 +38,11 @@ def dry_run(cfg, storage, scan, ledger) -> int:
           + (", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none"))
     for r in [r for r in sample if r["status"] == "error"][:5]:
         print(f"  {r['id']}: {r['error_kind']}: {r['error']}")
-    print(estimate_line(cfg, todo_n))
+    ready = [len(r["windows"]) for r in sample if r["status"] == "ready"]
+    per_row = sum(ready) / len(ready) if ready else 1.0
+    if ready:
+        print(f"regions: {per_row:.2f} per repainted row in the sample (the model's unit of work; README, Regions)")
+    print(estimate_line(cfg, todo_n, per_row))
     return 0 if statuses.get("ready") or not sample else 1
 
 
@@ -69,7 +73,9 @@ def sample_rows(cfg, storage, scan, wanted: set) -> list[dict]:
     return out
 
 
-def estimate_line(cfg, rows: int) -> str:
+def estimate_line(cfg, rows: int, regions_per_row: float = 1.0) -> str:
+    """GPU-hours for `rows` rows from a bench record: the whole job's rate as measured, or the model's rate
+    (one region per image) times the regions per row."""
     if not cfg.bench_record:
         return "GPU-hours: pass --bench-record FILE (the JSON line `rayinpaint bench` prints) for an estimate"
     with open(cfg.bench_record) as f:
@@ -77,13 +83,16 @@ def estimate_line(cfg, rows: int) -> str:
     e2e = record.get("e2e") or {}
     if record.get("e2e_images_per_s"):  # the whole job, per model actor (one per GPU)
         per_s, what = record["e2e_images_per_s"] / max(1, e2e.get("gpus") or 1), "the whole job"
+    elif record.get("images_per_s"):
+        per_s = record["images_per_s"] / max(regions_per_row, 1e-9)
+        what = f"the model alone at {regions_per_row:.2f} regions per row; loading and data stages add to it"
     else:
-        per_s, what = record.get("images_per_s"), "the model alone; loading and data stages add to it"
+        per_s = None
     if not per_s:
         return f"GPU-hours: {cfg.bench_record} has no images_per_s"
     bench_steps = (record.get("settings") or {}).get("steps")
     steps_note = ("" if bench_steps in (None, cfg.steps)
                   else f"; measured at {bench_steps} steps, this run has {cfg.steps}")
-    return (f"GPU-hours: about {rows / per_s / 3600:.2f} for {rows} row(s) at {per_s:.2f} images/s per GPU on "
+    return (f"GPU-hours: about {rows / per_s / 3600:.2f} for {rows} row(s) at {per_s:.2f} rows/s per GPU on "
             f"{record.get('device', 'an unrecorded device')} ({what}{steps_note})")
 

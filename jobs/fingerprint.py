@@ -32,6 +32,7 @@ SETTINGS_FILE = "_SETTINGS.json"
 SUPERSEDED = "_superseded"
 PIXEL_SETTINGS = ("model_config", "sampler", "karras", "eta", "steps", "guidance", "strength", "resolution",
                   "mask_threshold", "mask_invert", "mask_dilate", "feather", "context", "min_context",
+                  "max_regions", "max_resolution",
                   "resize_mask", "prompt", "negative_prompt", "seed", "format", "quality", "lossless")
 
 

@@ -169,7 +169,8 @@ def write_outputs(cfg: JobConfig, storage, summary: dict, previews: list, succes
         log.warning(warning)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts_by_status"].items()))
     left = summary["unique_ids"] - sum(summary["counts_by_status"].values())
-    log.info("done: %s; error rate %.4f (limit %s); %s", counts, summary["error_rate"], cfg.max_error_rate,
+    log.info("done: %s; %d region(s) inpainted this run; error rate %.4f (limit %s); %s", counts,
+             summary["this_run"]["regions"], summary["error_rate"], cfg.max_error_rate,
              "complete" if summary["complete"] else f"{left} id(s) not yet done")
     print(f"results: {join_uri(root, 'results')}  summary: {join_uri(root, '_SUMMARY.json')}  "
           f"report: {join_uri(root, '_REPORT.html')}  success: {success}", file=sys.stderr)

@@ -54,9 +54,13 @@ def run_totals(runs: list[dict]) -> dict:
     seconds = sum(r.get("elapsed_s", 0.0) for r in working)
     rows = sum(r["processed"] for r in working)
     images = sum(r.get("by_status", {}).get(s, 0) for r in working for s in ("ok", "unchanged"))
+    counted = [r for r in working if "regions" in r]  # runs recorded before regions were counted have none
+    region_s = sum(r.get("elapsed_s", 0.0) for r in counted)
+    regions = sum(r["regions"] for r in counted)
     return {"runs": len(runs), "runs_that_processed_rows": len(working), "processing_s": round(seconds, 3),
             "rows_processed": rows, "rows_per_s": round(rows / seconds, 4) if seconds else None,
-            "images_per_s": round(images / seconds, 4) if seconds else None}
+            "images_per_s": round(images / seconds, 4) if seconds else None, "regions": regions,
+            "regions_per_s": round(regions / region_s, 4) if region_s else None}
 
 
 def describe_output(root: str, storage, ledger, record: dict) -> dict:

@@ -1,11 +1,14 @@
 """The model actor: one per GPU (or one CPU actor), holding the model for its whole life.
 
-Rows arrive prepared (`model_image`/`model_mask` bytes at the model resolution); rows whose status is not
-`ready` pass through untouched. Every model call has the same batch shape (`pad_to` rows; short batches are
-padded with copies of their last row): kernels pick their reduction order by shape, so a fixed shape is what
-makes a row's output bitwise independent of which rows share its batch (checked in tests/test_job.py). A CUDA
-out-of-memory error splits the batch in halves and retries; any other exception in a batch retries its rows one
-at a time, so one bad row becomes one error row, not a failed job.
+Rows arrive prepared: one or more regions each (io/regions.py), each region's `model_image`/`model_mask` bytes
+at its model side; rows whose status is not `ready` pass through untouched. The unit of model work is the region:
+the regions of every ready row of a block run together, in batches of one side at a time, so regions of different
+rows share a batch. Every model call has the same batch shape (`pad_to` regions; short batches are padded with
+copies of their last region): kernels pick their reduction order by shape, so a fixed shape, with each region's
+noise drawn from its own seed, is what makes a row's output bitwise independent of which rows and regions share
+its batch (checked in tests/test_job.py and tests/test_regions_job.py). A CUDA out-of-memory error splits the
+batch in halves and retries; any other exception in a batch retries its regions one at a time, so one bad region
+makes one error row (naming the region), not a failed job.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class InpaintPredictor:
                                    karras=settings.karras and settings.sampler != "ddim", speed=switches,
                                    strict_speed=settings.strict_speed)
         self.res = settings.resolution
-        self.pad_to = max(1, settings.pad_to)
+        self.pad_to = max(1, settings.pad_to)   # regions per model call at side self.res
+        self._pads: dict[int, int] = {}         # per larger side (--max-resolution), once out of memory there
         self.sha = self.model.sha256
         self.actor = _actor_name()
         self._tokens = _token_counter()
@@ -133,8 +137,12 @@ class InpaintPredictor:
                                               seeds + seeds[-1:] * k)
         return out[:n], finite[:n]
 
+    def _pad(self, side: int) -> int:
+        return self.pad_to if side == self.res else self._pads.get(side, self.pad_to)
+
     def _run(self, images, masks, prompts, negs, seeds, size=None):
-        size = self.pad_to if size is None else size
+        side = images.shape[1]
+        size = self._pad(side) if size is None else size
         if len(seeds) > size:  # more rows than the fixed shape: run in chunks of it
             parts = [self._run(images[i:i + size], masks[i:i + size], prompts[i:i + size], negs[i:i + size],
                                seeds[i:i + size], size) for i in range(0, len(seeds), size)]
@@ -149,30 +157,36 @@ class InpaintPredictor:
         _release_memory()
         half = (size + 1) // 2
         log.warning("CUDA out of memory at batch %d; splitting into batches of %d", size, half)
-        if size == self.pad_to:
-            self.pad_to = half  # keep the smaller shape instead of failing again on every batch
+        if size == self._pad(side):  # keep the smaller shape instead of failing again on every batch
+            if side == self.res:
+                self.pad_to = half
+            else:
+                self._pads[side] = half
         return self._run(images, masks, prompts, negs, seeds, half)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         status = batch.column("status").to_pylist()
         ready = [i for i in range(n) if status[i] == "ready"]
-        results: list[bytes | None] = [None] * n
+        results: list[list[bytes] | None] = [None] * n
         errors: dict[int, tuple[str, str]] = {}
         t_inpaint = [0.0] * n
         truncated: list[bool | None] = [None] * n
         if ready:
-            inputs = self._inputs(batch, ready)
-            prompts, negs = inputs[2], inputs[3]
-            for j, i in enumerate(ready):
-                truncated[i] = max(self._tokens(prompts[j]), self._tokens(negs[j])) > self._context
-            outs, errs, times = self._run_rows(inputs)
-            for j, i in enumerate(ready):
-                results[i], t_inpaint[i] = outs[j], times[j]
-                if errs[j]:
-                    errors[i] = ("model_error", errs[j])
+            regions = self._regions(batch, ready)
+            for row, k, _, _, _, _, prompt, neg, _ in regions:
+                if k == 0:  # one prompt per row
+                    truncated[row] = max(self._tokens(prompt), self._tokens(neg)) > self._context
+            outs, errs, times = self._run_regions(regions)
+            for j, (row, k, count, window, *_rest) in enumerate(regions):
+                t_inpaint[row] += times[j]
+                results[row] = (results[row] or []) + [outs[j]]
+                if errs[j] and row not in errors:
+                    errors[row] = ("model_error", f"region {k + 1} of {count} (window {window}): {errs[j]}")
+            for row in errors:
+                results[row] = None
         batch = _with_errors(batch.drop_columns(["model_image", "model_mask"]), errors)
-        batch = batch.append_column("result", pa.array(results, pa.binary()))
+        batch = batch.append_column("result", pa.array(results, pa.list_(pa.binary())))
         batch = batch.append_column("t_inpaint", pa.array(t_inpaint, pa.float64()))
         batch = batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
         batch = batch.append_column("actor", pa.array([self.actor] * n, pa.string()))
@@ -186,21 +200,39 @@ class InpaintPredictor:
         speed = getattr(self.inpainter, "speed", None)
         return env_text(speed) if isinstance(speed, Speed) else ""
 
-    def _inputs(self, batch: pa.Table, ready: list[int]) -> tuple:
-        """(images [n,R,R,3], masks [n,R,R], prompts, negative prompts, seeds) of the ready rows."""
-        R = self.res
-        img_col, msk_col = batch.column("model_image"), batch.column("model_mask")
-        images = np.stack([np.frombuffer(img_col[i].as_py(), np.uint8).reshape(R, R, 3) for i in ready])
-        masks = np.stack([np.frombuffer(msk_col[i].as_py(), np.uint8).reshape(R, R) for i in ready])
-        prompts = [batch.column("prompt")[i].as_py() or "" for i in ready]
-        negs = [batch.column("negative_prompt")[i].as_py() or "" for i in ready]
-        seeds = [int(batch.column("seed")[i].as_py()) for i in ready]
-        return images, masks, prompts, negs, seeds
+    @staticmethod
+    def _regions(batch: pa.Table, ready: list[int]) -> list[tuple]:
+        """(row index, region index, regions in the row, window, image, mask, prompt, negative prompt, seed) of
+        every region of the ready rows, row by row in region order; images [r, r, 3] and masks [r, r] uint8."""
+        cols = {name: batch.column(name) for name in ("model_image", "model_mask", "region_res", "region_seeds",
+                                                       "windows", "prompt", "negative_prompt")}
+        regions = []
+        for i in ready:
+            images, masks = cols["model_image"][i].as_py(), cols["model_mask"][i].as_py()
+            sides, seeds = cols["region_res"][i].as_py(), cols["region_seeds"][i].as_py()
+            windows = cols["windows"][i].as_py()
+            prompt, neg = cols["prompt"][i].as_py() or "", cols["negative_prompt"][i].as_py() or ""
+            for k, r in enumerate(sides):
+                regions.append((i, k, len(sides), windows[k], np.frombuffer(images[k], np.uint8).reshape(r, r, 3),
+                                np.frombuffer(masks[k], np.uint8).reshape(r, r), prompt, neg, int(seeds[k])))
+        return regions
+
+    def _run_regions(self, regions: list[tuple]) -> tuple[list, list, list]:
+        """As _run_rows, per region: the regions of each model side run as one list (batches of one shape)."""
+        outs, errs, times = [None] * len(regions), [None] * len(regions), [0.0] * len(regions)
+        for side in sorted({r[4].shape[0] for r in regions}):
+            idx = [j for j, r in enumerate(regions) if r[4].shape[0] == side]
+            inputs = (np.stack([regions[j][4] for j in idx]), np.stack([regions[j][5] for j in idx]),
+                      [regions[j][6] for j in idx], [regions[j][7] for j in idx], [regions[j][8] for j in idx])
+            o, e, t = self._run_rows(inputs)
+            for n, j in enumerate(idx):
+                outs[j], errs[j], times[j] = o[n], e[n], t[n]
+        return outs, errs, times
 
     def _run_rows(self, inputs: tuple) -> tuple[list, list, list]:
-        """(output bytes or None, error message or None, seconds) per row: the whole batch in one call, or
-        when that fails, row by row so that only the rows that fail alone become errors. A row whose output
-        is not finite (NaN or Inf) is an error, never an image."""
+        """(output bytes or None, error message or None, seconds) per input (a region): the whole list in
+        one call, or when that fails, one by one so that only the inputs that fail alone become errors. An
+        output that is not finite (NaN or Inf) is an error, never an image."""
         n = len(inputs[4])
         t0 = time.perf_counter()
         try:
@@ -222,7 +254,7 @@ class InpaintPredictor:
                 errs.append(self._row_error(f[0]))
             except Exception as e1:  # noqa: BLE001
                 outs.append(None)
-                errs.append(redact_uri(f"the model failed on this row: {type(e1).__name__}: {e1}"))
+                errs.append(redact_uri(f"the model failed: {type(e1).__name__}: {e1}"))
             times.append(time.perf_counter() - t1)
         return outs, errs, times
 
@@ -233,7 +265,7 @@ class InpaintPredictor:
     def _row_error(self, finite: bool) -> str | None:
         if finite:
             return None
-        return (f"the model's output for this row is not finite (NaN or Inf); speed switches in effect: "
+        return (f"the model's output is not finite (NaN or Inf); speed switches in effect: "
                 f"{self.speed_text() or 'defaults'}, dtype {self.dtype}")
 
 

@@ -40,22 +40,25 @@ class Progress:
         self.last = self.start
         self.done = 0
         self.images = 0
+        self.regions = 0
         self.by_status: dict[str, int] = {}
-        self.points: deque = deque([(self.start, 0, 0)])  # (time, done, images), oldest first
+        self.points: deque = deque([(self.start, 0, 0, 0)])  # (time, done, images, regions), oldest first
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
-    def update(self, statuses) -> None:
+    def update(self, statuses, regions: int = 0) -> None:
+        """Rows received (their statuses) and the regions inpainted in them."""
         with self._lock:
             first = self.done == 0
             for s in statuses:
                 self.done += 1
                 self.images += s in IMAGE_STATUSES
                 self.by_status[s] = self.by_status.get(s, 0) + 1
+            self.regions += regions
             now = self.clock()
             if first:  # the window starts at the first rows: model loading is not part of the rate
                 self.points.clear()
-            self.points.append((now, self.done, self.images))
+            self.points.append((now, self.done, self.images, self.regions))
             while len(self.points) > 2 and self.points[1][0] <= now - self.window:
                 self.points.popleft()
             due = first or now - self.last >= self.interval
@@ -66,16 +69,18 @@ class Progress:
         self.last = now
         log.info(self.line())
 
-    def rates(self) -> tuple[float, float]:
-        """(rows/s, images/s) over the recent window (since the oldest kept point)."""
+    def rates(self) -> tuple[float, float, float]:
+        """(rows/s, images/s, regions/s) over the recent window (since the oldest kept point)."""
         with self._lock:
-            t0, d0, i0 = self.points[0]
+            t0, d0, i0, r0 = self.points[0]
             el = self.clock() - t0
-            return ((self.done - d0) / el, (self.images - i0) / el) if el > 0 else (0.0, 0.0)
+            if el <= 0:
+                return 0.0, 0.0, 0.0
+            return (self.done - d0) / el, (self.images - i0) / el, (self.regions - r0) / el
 
     def line(self) -> str:
         el = self.clock() - self.start
-        rate, images = self.rates()
+        rate, images, regions = self.rates()
         total, done = self.before + self.total, self.before + self.done
         pct = 100.0 * done / total if total else 100.0
         left = self.total - self.done
@@ -83,7 +88,8 @@ class Progress:
         st = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items()))
         before = f"; {self.before} done before this run" if self.before else ""
         waiting = "" if self.done else " (waiting for the first rows: model loading)"
-        return (f"{self.label} {done}/{total} ({pct:.1f}%){before}; {rate:.2f} rows/s, {images:.2f} images/s over "
+        return (f"{self.label} {done}/{total} ({pct:.1f}%){before}; {rate:.2f} rows/s, {images:.2f} images/s, "
+                f"{regions:.2f} regions/s over "
                 f"the last {_hms(min(el, self.window))}; elapsed {_hms(el)} ETA {eta}" + (f" [{st}]" if st else "")
                 + waiting)
 

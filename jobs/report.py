@@ -55,7 +55,8 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
     written = tally.by_status.get("ok", 0) + tally.by_status.get("unchanged", 0)
     this_run = {**tally.this_run(), "elapsed_s": round(elapsed, 3),
                 "rows_per_s": round(tally.processed / elapsed, 4) if elapsed > 0 else None,
-                "images_per_s": round(written / elapsed, 4) if elapsed > 0 else None}
+                "images_per_s": round(written / elapsed, 4) if elapsed > 0 else None,
+                "regions_per_s": round(tally.regions / elapsed, 4) if elapsed > 0 else None}
     return {
         "success": outcome.success,
         "complete": outcome.complete,
@@ -81,6 +82,8 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
         "elapsed_s": whole.get("processing_s", this_run["elapsed_s"]),
         "rows_per_s": whole.get("rows_per_s", this_run["rows_per_s"]),
         "images_per_s": whole.get("images_per_s", this_run["images_per_s"]),
+        "regions": whole.get("regions", this_run["regions"]),
+        "regions_per_s": whole.get("regions_per_s", this_run["regions_per_s"]),
         "runs": {k: whole[k] for k in ("runs", "runs_that_processed_rows", "rows_processed") if k in whole},
         "stage_timings_s": whole.get("stage_timings_s", {}),
         "mask_area": whole.get("mask_area", {}),
@@ -124,6 +127,7 @@ def _throughput(s: dict) -> str:
     """Rates over the whole output, this run's part, and per-stage timings of ok rows."""
     runs, this = s.get("runs", {}), s["this_run"]
     rate = (f"<p>Throughput over the output: {s.get('rows_per_s')} rows/s, {s.get('images_per_s')} images/s, "
+            f"{s.get('regions_per_s')} regions/s ({s.get('regions')} regions inpainted), "
             f"{s.get('elapsed_s')} s of processing in {runs.get('runs_that_processed_rows', '?')} of "
             f"{runs.get('runs', '?')} run(s). This run: {this.get('processed', 0)} rows in {this.get('elapsed_s')} s "
             f"({this.get('rows_per_s')} rows/s).</p>")

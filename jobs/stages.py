@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,6 +33,7 @@ DRIVER_SCHEMA = pa.schema([
     ("prompt_truncated", pa.bool_()),
     ("actor", pa.string()),
     ("speed", pa.string()),  # the speed switches in effect in the actor that ran the row
+    ("region_count", pa.int32()),  # regions the row was inpainted in (0 unless ok)
     ("preview_jpeg", pa.binary()),
 ])
 
@@ -113,9 +113,7 @@ def finish_and_write(batch: pa.Table, ctx: FinishContext) -> pa.Table:
 
 def _finish_one(row: dict, ctx: FinishContext) -> dict:
     """One row's results row, plus the driver's `actor` and `preview_jpeg` keys (not ledger columns)."""
-    R = ctx.rows.resolution
-    res = row.pop("result", None)
-    arr = np.frombuffer(res, np.uint8).reshape(R, R, 3) if res else None
+    res = row.pop("result", None)  # one output per region (bytes), or None
     info = dict(ctx.run)
     info["model_sha256"] = row.pop("model_sha256", None)
     info["t_inpaint"] = row.pop("t_inpaint", None) or 0.0
@@ -123,9 +121,10 @@ def _finish_one(row: dict, ctx: FinishContext) -> dict:
     speed = row.pop("speed", None)
     want = row["status"] != "error" and preview_wanted(row["id"], ctx.preview_probability)
     try:
-        r = finish_row(row, arr, ctx.rows, ctx.out, info, preview=want)
+        r = finish_row(row, res, ctx.rows, ctx.out, info, preview=want)
     except OutputWriteError as e:
         r = {"id": row["id"], "status": UNWRITTEN, "error": str(e)}
     r["actor"] = actor
     r["speed"] = speed
+    r["region_count"] = len(r.get("regions") or []) if r["status"] == "ok" else 0
     return r

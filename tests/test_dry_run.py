@@ -29,8 +29,13 @@ def test_dry_run_reports_rows_sample_settings_and_estimate(tmp_path, capsys):
     sample = lines[2]
     assert sample.startswith("sample of 9 row(s) fetched and decoded: ") and "ready 4" in sample
     assert "unchanged 1" in sample and all(f"error:{k} 1" in sample for k in BAD.values()), sample
-    assert lines[-1] == ("GPU-hours: about 0.00 for 9 row(s) at 2.00 images/s per GPU on NVIDIA H100 (the model "
-                         "alone; loading and data stages add to it)")
+    assert lines[-2] == "regions: 1.00 per repainted row in the sample (the model's unit of work; README, Regions)"
+    assert lines[-1] == ("GPU-hours: about 0.00 for 9 row(s) at 2.00 rows/s per GPU on NVIDIA H100 (the model "
+                         "alone at 1.00 regions per row; loading and data stages add to it)")
+    # At 256 px the demo's row of three marks far apart (img-0002) is three regions: 6 regions for 4 rows.
+    assert main(args + ["--resolution", "256"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("regions: 1.50 per repainted row") and "at 1.33 rows/s per GPU" in lines[-1]
     assert not out.exists() or list(out.iterdir()) == []  # nothing recorded (the write probe is removed)
 
     # Two rows done, and the output recorded with other settings: both are reported.

@@ -136,8 +136,8 @@ def test_bad_input_outcome(name, tmp_path):
     if words is not None:
         assert words in p["error"], p["error"]
     if status == "error":
-        assert p["model_image"] == b"" and p["window"] is None
-    r = finish_row(p, np.full((64, 64, 3), 128, np.uint8) if status == "ready" else None, s,
+        assert p["model_image"] == [] and p["window"] is None and p["windows"] == []
+    r = finish_row(p, [np.full((64, 64, 3), 128, np.uint8)] * len(p["windows"]) if status == "ready" else None, s,
                    OutputSettings(root=str(tmp_path)), {})
     assert r["status"] == {"ready": "ok", "unchanged": "unchanged", "error": "error"}[status]
     assert r["error_kind"] == kind

@@ -58,30 +58,34 @@ def test_window_contains_mask_and_untouched_pixels_are_untouched(case, resolutio
     p = prepare_row({"id": "x", "image_bytes": encode(img, "PNG"), "mask_bytes": mask_png}, s)
     assert p["status"] == "ready", p["error"]
 
-    # window: square, at least R, no larger than needed, inside the image where it fits
-    x0, y0, x1, y1 = p["window"]
-    side = x1 - x0
-    assert y1 - y0 == side and resolution <= side <= max(w, h, resolution)
-    for lo, hi, dim in ((x0, x1, w), (y0, y1, h)):
-        if side <= dim:
-            assert 0 <= lo and hi <= dim
-        else:
-            assert lo <= 0 and hi >= dim
+    # each region's window: square, at least R, no larger than needed, inside the image where it fits;
+    # the windows' parts on the image do not overlap
+    covered = np.zeros((h, w), np.int32)
+    for x0, y0, x1, y1 in p["windows"]:
+        side = x1 - x0
+        assert y1 - y0 == side and resolution <= side <= max(w, h, resolution)
+        for lo, hi, dim in ((x0, x1, w), (y0, y1, h)):
+            if side <= dim:
+                assert 0 <= lo and hi <= dim
+            else:
+                assert lo <= 0 and hi >= dim
+        covered[max(0, y0):y1, max(0, x0):x1] += 1
+    assert covered.max() == 1 and p["region_res"] == [resolution] * len(p["windows"])
 
     # brute-force regions
     d2 = brute_distance2_bounded(mask, dil + feather)
     dilated = d2 <= dil * dil
     reach = dil + feather
     touched_max = d2 < reach * reach if reach > 0 else mask
-    ys, xs = np.nonzero(touched_max | dilated)
-    assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
+    assert covered[touched_max | dilated].all()  # every pixel a region may write lies in a window
     assert p["mask_pixels"] == int(dilated.sum())
-    model_mask = np.frombuffer(p["model_mask"], np.uint8).reshape(resolution, resolution)
-    assert set(np.unique(model_mask)) <= {0, 255} and (model_mask == 255).any() or side > resolution
+    for (x0, _, x1, _), mm in zip(p["windows"], p["model_mask"]):
+        model_mask = np.frombuffer(mm, np.uint8).reshape(resolution, resolution)
+        assert set(np.unique(model_mask)) <= {0, 255} and (model_mask == 255).any() or x1 - x0 > resolution
 
     result = np.empty((resolution, resolution, 3), np.uint8)
     result[:] = color
-    final, original = composite(p, result, s)
+    final, original = composite(p, [result] * len(p["windows"]), s)
     np.testing.assert_array_equal(original, img)
     untouched = ~touched_max & ~dilated
     np.testing.assert_array_equal(final[untouched], img[untouched])      # the key promise
@@ -101,9 +105,9 @@ def test_crop_is_exact_when_window_equals_resolution():
     x0, y0, x1, y1 = p["window"]
     assert (x1 - x0, y1 - y0) == (64, 64)
     assert x0 <= 136 and x1 >= 164 and y0 <= 86 and y1 >= 104
-    model_image = np.frombuffer(p["model_image"], np.uint8).reshape(64, 64, 3)
+    model_image = np.frombuffer(p["model_image"][0], np.uint8).reshape(64, 64, 3)
     np.testing.assert_array_equal(model_image, img[y0:y1, x0:x1])
-    model_mask = np.frombuffer(p["model_mask"], np.uint8).reshape(64, 64)
+    model_mask = np.frombuffer(p["model_mask"][0], np.uint8).reshape(64, 64)
     np.testing.assert_array_equal(model_mask, mask[y0:y1, x0:x1])
 
 
@@ -115,7 +119,7 @@ def test_small_image_is_reflect_padded_not_stretched():
     p = prepare_row({"id": "a", "image_bytes": encode(img, "PNG"), "mask_bytes": encode(mask, "PNG")}, s)
     x0, y0, x1, y1 = p["window"]
     assert (x1 - x0, y1 - y0) == (64, 64) and x0 == -12 and y0 == -17
-    mi = np.frombuffer(p["model_image"], np.uint8).reshape(64, 64, 3)
+    mi = np.frombuffer(p["model_image"][0], np.uint8).reshape(64, 64, 3)
     np.testing.assert_array_equal(mi[-y0:-y0 + 30, -x0:-x0 + 40], img)            # 1:1, no resampling
     np.testing.assert_array_equal(mi[-y0 - 1, -x0:-x0 + 40], img[1])              # reflected row above
     np.testing.assert_array_equal(mi[:, -x0 + 40], mi[:, -x0 + 38])               # reflected column right
@@ -129,7 +133,7 @@ def test_large_mask_window_is_downscaled_to_resolution():
     p = prepare_row({"id": "a", "image_bytes": encode(img, "PNG"), "mask_bytes": encode(mask, "PNG")}, s)
     x0, y0, x1, y1 = p["window"]
     assert x1 - x0 == 360 and x0 == 70 and y0 == -30 and y1 == 330   # 300 + 2 * 30, centred
-    assert len(p["model_image"]) == 128 * 128 * 3
+    assert len(p["model_image"]) == 1 and len(p["model_image"][0]) == 128 * 128 * 3
 
 
 @pytest.mark.parametrize("box, W, H, R, expect", [
@@ -150,7 +154,7 @@ def test_paste_back_end_to_end_png_written(memfs_root):
     p = prepare_row({"id": "e", "image_bytes": encode(img, "PNG"), "mask_bytes": encode(mask, "PNG")}, s)
     result = np.full((64, 64, 3), 200, np.uint8)
     out = OutputSettings(root=memfs_root, format="png")
-    row = finish_row(p, result, s, out, {})
+    row = finish_row(p, [result], s, out, {})
     assert row["status"] == "ok"
     from rayinpaint.io.storage import read_bytes
     final = decode_png(read_bytes(row["output_uri"]))

@@ -69,7 +69,8 @@ def test_prepare_defaults_and_row_values():
     assert p["status"] == "ready" and p["error"] is None
     assert (p["prompt"], p["negative_prompt"], p["seed"]) == ("clean", "blur", row_seed(3, "r"))
     assert (p["width"], p["height"], p["resolution"]) == (80, 60, 64)
-    assert len(p["model_image"]) == 64 * 64 * 3 and len(p["model_mask"]) == 64 * 64
+    assert len(p["model_image"]) == 1 and len(p["model_image"][0]) == 64 * 64 * 3 and len(p["model_mask"][0]) == 64 * 64
+    assert p["windows"] == [p["window"]] and p["region_seeds"] == [p["seed"]]  # one region: the row's own seed
     p2 = prepare_row({**row, "prompt": "sky", "negative_prompt": "", "seed": 42}, s)
     assert (p2["prompt"], p2["negative_prompt"], p2["seed"]) == ("sky", "", 42)
     # deterministic
@@ -90,7 +91,7 @@ def test_finish_writes_each_format(tmp_path, fmt, ext):
     s = PrepareSettings(resolution=64)
     p = prepare_row({"id": "a/../b", "image_bytes": make_png(90, 70), "boxes": [[20, 20, 40, 40]]}, s)
     out = OutputSettings(root=str(tmp_path / "out"), format=fmt, quality=80)
-    r = finish_row(p, np.zeros((64, 64, 3), np.uint8), s, out, RUN, preview=True)
+    r = finish_row(p, [np.zeros((64, 64, 3), np.uint8)], s, out, RUN, preview=True)
     assert r["status"] == "ok" and r["output_name_hashed"] is True
     assert r["output_uri"] == str(tmp_path / "out" / "images" / f"{output_name('a/../b')[0]}.{ext}")
     im = Image.open(io.BytesIO(read_bytes(r["output_uri"])))
@@ -104,6 +105,7 @@ def test_finish_writes_each_format(tmp_path, fmt, ext):
     assert [str(w) for w in written] == [f"out/images/{output_name('a/../b')[0]}.{ext}"]
     table = results_table([r])
     assert table.schema == RESULTS_SCHEMA and table.column("window").to_pylist()[0] == p["window"]
+    assert table.column("regions").to_pylist()[0] == [{"window": p["window"], "resolution": 64}]
 
 
 def test_unchanged_and_error_rows(memfs_root):
@@ -111,9 +113,9 @@ def test_unchanged_and_error_rows(memfs_root):
     out = OutputSettings(root=memfs_root)
     img = rand_rgb(50, 40, 9)
     p = prepare_row({"id": "u", "image_bytes": encode(img, "PNG"), "mask_bytes": make_mask_png(50, 40)}, s)
-    assert p["status"] == "unchanged" and p["model_image"] == b"" and p["window"] is None
+    assert p["status"] == "unchanged" and p["model_image"] == [] and p["window"] is None
     r = finish_row(p, None, s, out, RUN)
-    assert r["status"] == "unchanged" and r["window"] is None
+    assert r["status"] == "unchanged" and r["window"] is None and r["regions"] is None
     np.testing.assert_array_equal(decode_png(read_bytes(r["output_uri"])), img)
     pe = prepare_row({"id": "e", "image_bytes": b"junk"}, s)
     re_ = finish_row(pe, None, s, out, RUN, preview=True)
@@ -127,10 +129,14 @@ def test_finish_failures_become_error_rows(tmp_path, monkeypatch):
     s = PrepareSettings(resolution=64)
     p = prepare_row({"id": "a", "image_bytes": make_png(60, 60), "boxes": [[1, 1, 9, 9]]}, s)
     out = OutputSettings(root=str(tmp_path))
-    bad = finish_row(p, np.zeros((32, 32, 3), np.uint8), s, out, RUN)
+    bad = finish_row(p, [np.zeros((32, 32, 3), np.uint8)], s, out, RUN)
     assert bad["status"] == "error" and bad["error_kind"] == "bad_result" and "[64, 64, 3]" in bad["error"]
+    assert "region 1 of 1" in bad["error"] and bad["regions"] is None and bad["window"] is None
     assert finish_row(p, None, s, out, RUN)["error_kind"] == "bad_result"
-    assert finish_row(p, np.zeros((64, 64, 3), np.float32), s, out, RUN)["error_kind"] == "bad_result"
+    assert finish_row(p, [None], s, out, RUN)["error_kind"] == "bad_result"
+    assert finish_row(p, [np.zeros((64, 64, 3), np.float32)], s, out, RUN)["error_kind"] == "bad_result"
+    two = finish_row(p, [np.zeros((64, 64, 3), np.uint8)] * 2, s, out, RUN)  # more outputs than regions
+    assert two["error_kind"] == "bad_result" and "2 model output(s) for 1 region(s)" in two["error"]
 
     import rayinpaint.io.storage as storage
 
@@ -143,7 +149,7 @@ def test_finish_failures_become_error_rows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(storage.os, "replace", deny)
     with pytest.raises(OutputWriteError, match="access denied"):
-        finish_row(p, np.zeros((64, 64, 3), np.uint8), s, out, RUN)
+        finish_row(p, [np.zeros((64, 64, 3), np.uint8)], s, out, RUN)
     assert not (tmp_path / "images" / "a.png").exists()
     assert not [f for f in os.listdir(tmp_path / "images") if "tmp" in f]  # no partial file left
 
@@ -153,7 +159,7 @@ def test_results_table_fills_missing_and_ignores_extra():
     assert t.schema == RESULTS_SCHEMA and t.num_rows == 2
     assert t.column("timings").to_pylist()[0] is None
     for name in ("id", "status", "error_kind", "error", "output_uri", "width", "height", "seed", "prompt",
-                 "negative_prompt", "sampler", "steps", "guidance", "strength", "window", "model_sha256",
+                 "negative_prompt", "sampler", "steps", "guidance", "strength", "window", "regions", "model_sha256",
                  "timings", "output_name_hashed"):
         assert name in RESULTS_SCHEMA.names
 
@@ -183,7 +189,7 @@ def test_s3_end_to_end_manifest_images_outputs(s3_bucket):
     results = []
     for row in canon.to_pylist():
         p = prepare_row(row, s)
-        res = np.full((64, 64, 3), 255, np.uint8) if p["status"] == "ready" else None
+        res = [np.full((64, 64, 3), 255, np.uint8)] if p["status"] == "ready" else None
         results.append(finish_row(p, res, s, out, RUN))
     t = results_table(results)
     assert t.column("status").to_pylist() == ["ok", "ok", "ok", "error"]
@@ -203,8 +209,8 @@ def test_finish_accepts_prepared_rows_without_optional_keys(tmp_path):
     s = PrepareSettings(resolution=64)
     p = prepare_row({"id": "a", "image_bytes": make_png(60, 50), "boxes": [[5, 5, 20, 20]]}, s)
     core = {k: p[k] for k in ("id", "status", "error_kind", "error", "seed", "prompt", "negative_prompt",
-                              "model_image", "model_mask", "window", "width", "height", "source",
+                              "model_image", "model_mask", "windows", "region_res", "window", "width", "height", "source",
                               "repaint_mask", "t_fetch", "t_decode", "t_prepare")}
     t = pa.Table.from_pylist([core])          # through Arrow and back, as Ray would
-    r = finish_row(t.to_pylist()[0], np.zeros((64, 64, 3), np.uint8), s, OutputSettings(root=str(tmp_path)), RUN)
+    r = finish_row(t.to_pylist()[0], [np.zeros((64, 64, 3), np.uint8)], s, OutputSettings(root=str(tmp_path)), RUN)
     assert r["status"] == "ok" and r["resolution"] == 64

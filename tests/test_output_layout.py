@@ -34,7 +34,7 @@ def test_finish_writes_where_output_uri_says(tmp_path, layout):
     src = encode_image(rand_rgb(80, 60, 1), "png")
     row = {"id": "row-7", "image_bytes": src, "boxes": [[10, 10, 30, 30]]}
     prepared = prepare_row(row, settings)
-    result = np.frombuffer(prepared["model_image"], np.uint8).reshape(64, 64, 3)
+    result = [np.frombuffer(prepared["model_image"][0], np.uint8).reshape(64, 64, 3)]
     out = OutputSettings(root=str(tmp_path), layout=layout)
     got = finish_row(prepared, result, settings, out)
     assert got["status"] == "ok"

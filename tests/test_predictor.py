@@ -25,7 +25,7 @@ class FakeInpainter:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         if self.bad_seed in seeds:
             raise RuntimeError("kernel failure (simulated)")
-        return (np.stack([np.full((R, R, 3), s % 256, np.uint8) for s in seeds]),
+        return (np.stack([np.full((images.shape[1],) * 2 + (3,), s % 256, np.uint8) for s in seeds]),
                 np.array([s != self.nan_seed for s in seeds]))
 
 
@@ -35,14 +35,20 @@ def predictor():
                                           strength=1.0, eta=0.0, karras=False, resolution=R, pad_to=4))
 
 
-def batch(n: int, statuses=None) -> pa.Table:
+def batch(n: int, statuses=None, regions=None) -> pa.Table:
+    """n prepared rows (seeds 10, 11, ...); `regions`: per row, the model sides of its regions (default one
+    region of R each). Region k of the row of seed s has seed s + 100 * k."""
     statuses = statuses or ["ready"] * n
-    ready = [s == "ready" for s in statuses]
+    regions = regions or [[R]] * n
+    sides = [r if st == "ready" else [] for r, st in zip(regions, statuses)]
     return pa.table({
         "id": [f"r{i}" for i in range(n)], "status": statuses, "error_kind": [None] * n, "error": [None] * n,
         "seed": list(range(10, 10 + n)), "prompt": ["p"] * n, "negative_prompt": [""] * n,
-        "model_image": [bytes(R * R * 3) if r else b"" for r in ready],
-        "model_mask": [bytes(R * R) if r else b"" for r in ready],
+        "model_image": [[bytes(r * r * 3) for r in rs] for rs in sides],
+        "model_mask": [[bytes(r * r) for r in rs] for rs in sides],
+        "windows": [[[0, 0, r, r] for r in rs] for rs in sides],
+        "region_res": sides,
+        "region_seeds": [[10 + i + 100 * k for k in range(len(rs))] for i, rs in enumerate(sides)],
     })
 
 
@@ -52,7 +58,7 @@ def assert_only_the_middle_row_failed(out: pa.Table, words: str) -> None:
     assert out.column("error_kind").to_pylist()[1] == "model_error"
     assert words in out.column("error").to_pylist()[1]
     assert out.column("result").to_pylist()[1] is None
-    assert np.frombuffer(out.column("result").to_pylist()[2], np.uint8)[0] == 12
+    assert np.frombuffer(out.column("result").to_pylist()[2][0], np.uint8)[0] == 12
 
 
 def test_short_batches_are_padded_to_the_fixed_shape(predictor):
@@ -60,7 +66,7 @@ def test_short_batches_are_padded_to_the_fixed_shape(predictor):
     out = predictor(batch(3, ["ready", "error", "ready"]))
     assert fake.calls == [4]  # two ready rows, padded to the batch shape of 4
     res = out.column("result").to_pylist()
-    assert res[1] is None and np.frombuffer(res[2], np.uint8)[0] == 12
+    assert res[1] is None and np.frombuffer(res[2][0], np.uint8)[0] == 12
     assert "model_image" not in out.column_names
 
 
@@ -68,7 +74,7 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_smaller_shape(predictor):
     predictor.inpainter = fake = FakeInpainter(fits=2)
     out = predictor(batch(4))
     assert fake.calls == [4, 2, 2]
-    assert [np.frombuffer(r, np.uint8)[0] for r in out.column("result").to_pylist()] == [10, 11, 12, 13]
+    assert [np.frombuffer(r[0], np.uint8)[0] for r in out.column("result").to_pylist()] == [10, 11, 12, 13]
     assert out.column("status").to_pylist() == ["ready"] * 4
     fake.calls.clear()
     predictor(batch(4))
@@ -188,3 +194,40 @@ def test_the_inpainter_flags_rows_that_are_not_finite():
     masks = np.full((2, R, R), 255, np.uint8)
     out, finite = inp.generate(images, masks, ["a", "b"], None, [1, 2])
     assert finite.tolist() == [True, False] and out.shape == (2, R, R, 3)
+
+
+def test_regions_of_different_rows_share_fixed_shape_batches(predictor):
+    """Rows of 3, 0 (unchanged) and 2 regions: 5 regions run as batches of 4 + 1 (padded to 4), in row order,
+    each region with its own seed; each row gets its regions' outputs back in region order."""
+    predictor.inpainter = fake = FakeInpainter(fits=8)
+    out = predictor(batch(3, ["ready", "unchanged", "ready"], regions=[[R] * 3, [], [R] * 2]))
+    assert fake.calls == [4, 4]
+    res = out.column("result").to_pylist()
+    assert [np.frombuffer(b, np.uint8)[0] for b in res[0]] == [10, 110, 210]
+    assert res[1] is None and [np.frombuffer(b, np.uint8)[0] for b in res[2]] == [12, 112]
+    assert out.column("status").to_pylist() == ["ready", "unchanged", "ready"]
+
+
+def test_regions_of_another_side_run_in_batches_of_their_own(predictor):
+    """--max-resolution: a 2R region runs in its own batch of the fixed size, never mixed with R regions."""
+    shapes = []
+
+    class Recording(FakeInpainter):
+        def generate(self, images, masks, prompts, negs, seeds):
+            shapes.append((len(seeds), images.shape[1]))
+            return super().generate(images, masks, prompts, negs, seeds)
+
+    predictor.inpainter = Recording(fits=8)
+    out = predictor(batch(2, regions=[[R, 2 * R], [R]]))
+    assert shapes == [(4, R), (4, 2 * R)]
+    res = out.column("result").to_pylist()
+    assert [len(b) for b in res[0]] == [R * R * 3, 4 * R * R * 3] and [len(b) for b in res[1]] == [R * R * 3]
+
+
+def test_a_failing_region_makes_its_row_an_error_naming_the_region(predictor):
+    predictor.inpainter = FakeInpainter(fits=8, nan_seed=111)  # region 2 of the row of seed 11
+    out = predictor(batch(3, regions=[[R], [R] * 3, [R]]))
+    assert out.column("status").to_pylist() == ["ready", "error", "ready"]
+    msg = out.column("error").to_pylist()[1]
+    assert msg.startswith("region 2 of 3 (window [0, 0, 64, 64]): ") and "not finite" in msg
+    assert out.column("result").to_pylist()[1] is None and len(out.column("result").to_pylist()[2]) == 1

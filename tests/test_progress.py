@@ -26,12 +26,14 @@ def test_counts_rows_done_before_and_rates_over_a_recent_window(caplog):
         p.update(["ok"] * 4)                      # the first rows: a line at once
     assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("rows 12/30 (40.0%)")
     for _ in range(6):                            # then 2 rows every 10 s (one of them unchanged: no new pixels)
-        clock.t += 10.0
-        p.update(["ok", "unchanged"])
-    rows_s, images_s = p.rates()
+        clock.t += 10.0                           # the ok row in 3 regions
+        p.update(["ok", "unchanged"], regions=3)
+    rows_s, images_s, regions_s = p.rates()
     assert abs(rows_s - 0.2) < 1e-9 and abs(images_s - 0.2) < 1e-9  # 12 rows in the last 60 s
+    assert abs(regions_s - 0.3) < 1e-9                                 # 18 regions in the last 60 s
     line = p.line()
     assert "rows 24/30 (80.0%)" in line and "0.20 rows/s" in line and "ETA 30s" in line  # 6 rows left at 0.2/s
+    assert "0.30 regions/s" in line
     assert line.endswith("[ok 10, unchanged 6]")
 
 
@@ -40,10 +42,10 @@ def test_an_error_row_counts_as_a_row_but_not_as_an_image():
     p = Progress(total=6, interval=10.0, clock=clock)
     clock.t += 30.0
     p.update(["ok", "ok"])
-    assert p.rates() == (0.0, 0.0) and "ETA ?" in p.line()  # one point: no rate yet (loading is not counted)
+    assert p.rates() == (0.0, 0.0, 0.0) and "ETA ?" in p.line()  # one point: no rate yet (loading is not counted)
     clock.t += 10.0
     p.update(["ok", "error"])
-    assert p.rates() == (0.2, 0.1) and "ETA 10s" in p.line()
+    assert p.rates()[:2] == (0.2, 0.1) and "ETA 10s" in p.line()
 
 
 def test_ticker_logs_while_no_rows_arrive(caplog):
