@@ -56,6 +56,9 @@ def results_chunk(start: int, n: int) -> pa.Table:
         "guidance": pa.array(np.full(n, 7.5)), "strength": pa.array(np.full(n, 1.0)),
         "resolution": pa.array(np.full(n, 512, np.int32)),
         "window": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 512, 512], n).astype(np.int32)), 4),
+        "regions": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), pa.StructArray.from_arrays(
+            [pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 512, 512], n).astype(np.int32)), 4),
+             pa.array(np.full(n, 512, np.int32))], names=["window", "resolution"])),  # one region per row
         "mask_pixels": pa.array(i % 50_000), "model_sha256": pa.array(np.full(n, "ab" * 32)), "timings": timings,
         # null: an output from before settings were fingerprinted, which a rerun adopts (jobs/fingerprint.py)
         "settings_fingerprint": pa.nulls(n, pa.string()),
