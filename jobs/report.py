@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import platform
+import urllib.parse
 import time
 
 from .accounting import unchanged_warning
@@ -105,7 +106,9 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 .sheet{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ddd;padding:6px;font-size:12px;max-width:520px}
 .card img{display:block;max-width:100%}.bad{color:#a00}.ok{color:#070}code{font-size:12px}
 .card.error{border-color:#d99;background:#fff6f6}.prompt{color:#555;font-style:italic}
-.bar{background:#6a9fd8;height:12px;display:inline-block}.zoom{margin-top:4px}
+.bar{background:#6a9fd8;height:12px;display:inline-block}
+.card.sample{max-width:none}.views{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
+figure{margin:0;max-width:100%}.views img{max-width:100%;height:auto}figcaption{color:#555}
 """
 
 
@@ -169,18 +172,23 @@ def _errors(s: dict) -> str:
 
 
 def _samples(previews: list, cards: dict) -> str:
+    """One card per sample row: the full view (input | mask outline | output) and, next to it, the zoom on the
+    repainted area; below them the id, status, a relative link to the full-size output and the prompt."""
     e = html.escape
     out = ""
     for name, status, jpeg in previews:
         c = cards.get(name, {})
         link = c.get("output_uri")
-        title = e(str(c.get("id", name)))
-        out += (f'<div class="card">{_img(jpeg, name)}<div><b>{title}</b> &middot; {e(status)}'
-                + (f' &middot; <a href="images/{e(link.rsplit("/", 1)[-1])}">full size</a>' if link else "")
+        href = "images/" + urllib.parse.quote(link.rsplit("/", 1)[-1]) if link else None
+        zoom = (f'<figure>{_img(c["zoom"], "zoom", "zoom")}<figcaption>zoom on the repainted area: input, output'
+                "</figcaption></figure>" if c.get("zoom") else "")
+        out += (f'<div class="card sample"><div class="views"><figure>{_img(jpeg, name)}<figcaption>input, mask '
+                f"outline (red), output</figcaption></figure>{zoom}</div>"
+                f'<div><b>{e(str(c.get("id", name)))}</b> &middot; {e(status)}'
+                + (f' &middot; <a href="{e(href)}">full size</a>' if href else "")
                 + (f' &middot; {c["mask_pixels"]} px repainted' if c.get("mask_pixels") else "") + "</div>"
                 + (f'<div class="prompt">prompt: {e(c.get("prompt") or "(none)")}</div>' if c else "")
-                + (f'<div>zoom on the repainted area (input, output):</div>{_img(c["zoom"], "zoom", "zoom")}'
-                   if c.get("zoom") else "") + "</div>")
+                + "</div><!-- /card -->")
     return out or "<p>No samples.</p>"
 
 
@@ -201,8 +209,8 @@ error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), unchanged rate {
 {s['accounted']} of {s['unique_ids']} ids accounted for; finished {e(s['finished_utc'])}; model sha256
 <code>{e(str(s['model_sha256']))}</code>.</p>
 {warnings}{_counts(s)}{_throughput(s)}{_mask_area(s)}{_errors(s)}
-<h2>Sample rows</h2><p>Each card: input, mask outline (red), output; below it the prompt and a zoom on the
-repainted area from the full-size images.</p>
+<h2>Sample rows</h2><p>Each card: input, mask outline (red), output; next to them a zoom on the repainted
+area from the full-size images; below them a link to the full-size output and the prompt.</p>
 <div class="sheet">{_samples(previews, cards or {})}</div>
 <h2>Settings</h2><pre>{settings}</pre>
 </body></html>

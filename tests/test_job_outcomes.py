@@ -155,15 +155,24 @@ def test_summary_and_report_of_a_resume_describe_the_whole_output(ray_local, tmp
 
 def check_report(report: str, out, rows: list) -> None:
     """What QA needs in _REPORT.html: throughput and stage timings, mask sizes, error cards with their reason,
-    and sample cards with the prompt, a working link to the full-size output and a zoom on the mask area."""
+    and sample cards with the prompt, a working link to the full-size output and a zoom on the mask area next to
+    the full view; every link in the report is relative and names a file that exists."""
     import html
     import re
+    import urllib.parse
 
     assert "Throughput over the output" in report and "<td>inpaint</td>" in report
     assert "Mask sizes" in report and '<td>0 (empty)</td><td>1</td>' in report
     errors = re.findall(r'<div class="card error"><b><code>(\w+)</code></b>', report)
     assert sorted(errors) == sorted({r["error_kind"] for r in rows if r["status"] == "error"})
-    cards = re.findall(r'<div class="card"><img .*?</div></div>', report, flags=re.S)
+    for kind in errors:
+        message = next(r["error"] for r in rows if r["error_kind"] == kind)
+        assert html.escape(message) in report, kind  # the reason, not only the kind
+    links = re.findall(r'href="([^"]*)"', report)
+    for link in links:
+        target = urllib.parse.unquote(html.unescape(link))
+        assert "://" not in target and not target.startswith("/") and (out / target).is_file(), link
+    cards = re.findall(r'<div class="card sample">(.*?)<!-- /card -->', report, flags=re.S)
     assert cards, "no sample cards"
     by_id = {r["id"]: r for r in rows}
     zooms = 0
@@ -171,7 +180,8 @@ def check_report(report: str, out, rows: list) -> None:
         rid = html.unescape(re.search(r"<b>(.*?)</b>", card).group(1))
         row = by_id[rid]
         assert f"prompt: {html.escape(row['prompt'] or '(none)')}" in card
-        link = re.search(r'<a href="(images/[^"]+)">full size</a>', card).group(1)
-        assert (out / html.unescape(link)).is_file() and row["output_uri"].endswith(html.unescape(link)[7:])
-        zooms += 'class="zoom"' in card
+        link = urllib.parse.unquote(html.unescape(re.search(r'<a href="(images/[^"]+)">full size</a>', card).group(1)))
+        assert link in links and row["output_uri"].endswith("/" + link[len("images/"):])
+        views = re.search(r'<div class="views">(.*?)</div>', card, flags=re.S).group(1)
+        zooms += 'class="zoom"' in views  # the zoom sits in the same row of views as the full view
     assert zooms == sum(1 for c in cards if "&middot; ok" in c) > 0  # every repainted sample has its zoom
