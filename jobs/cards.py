@@ -24,7 +24,13 @@ log = logging.getLogger("rayinpaint.job")
 ZOOM_PX = 192         # height of the zoomed crop pair (the preview sheet's height, so the two sit side by side)
 ZOOM_MAX_W = 320      # width of each crop at most
 _CHANGED = 12         # a pixel counts as repainted when a channel moved by more than this (JPEG output is noisy)
-_COLUMNS = ["id", "prompt", "output_uri", "image_uri", "window", "mask_pixels"]
+_COLUMNS = ["id", "prompt", "output_uri", "image_uri", "window", "regions", "mask_pixels"]
+
+
+def image_path(output_uri: str) -> str:
+    """The output image's path below the output folder (images/{stem}.ext, or images/ab/{stem}.ext in the
+    hashed layout), from its results row's output_uri."""
+    return "images/" + output_uri.rsplit("/images/", 1)[-1]
 
 
 def card_details(root: str, storage, ledger, names: set) -> dict:
@@ -53,7 +59,7 @@ def _zoom(root: str, storage, row: dict) -> bytes | None:
     if not window or not row.get("output_uri"):
         return None
     try:
-        out = _read(join_uri(root, "images", row["output_uri"].rsplit("/", 1)[-1]), storage)
+        out = _read(join_uri(root, image_path(row["output_uri"])), storage)
         inp = _read(row["image_uri"], storage) if row.get("image_uri") else None
         box = _changed_box(inp, out, window)
         crops = [_crop(a, box) for a in (inp, out) if a is not None]

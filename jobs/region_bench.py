@@ -2,11 +2,11 @@
 
 Detail. A photo-like image (cpu_bench.photo_like) gets small marks far apart (by default two 52-px marks in
 opposite corners of a 3000x2000 photo, the case that motivated regions). The row goes through the job's own
-prepare, model actor (InpaintPredictor, the model given by --weights; `random:tiny` by default) and finish,
+prepare, model actor (InpaintPredictor with the model given by --weights) and finish,
 twice: with regions (--max-regions 8) and with one window around the whole mask (--max-regions 1, the old
-behaviour). Detail inside each mark is the mean absolute Laplacian of the output's luminance there; the
-detail ratio is single-window detail / regions detail (1.0: nothing lost; the single window resizes the fill
-down and back up, so it is below 1 whenever that window is larger than the model side).
+behaviour), and once per mark with that mark alone (its native-resolution fill, the reference). Detail inside a
+mark is the mean absolute Laplacian of the output's luminance there; a detail ratio is detail / the reference's
+(1.0: nothing lost; one window around marks far apart resizes their fills down and back up, which lowers it).
 
 Cost. The splitting (connected parts and grouping, io/regions.py) of a 12-MP mask, against decoding the
 12-MP JPEG it belongs to, for a few mask kinds: one blob, marks far apart, a text line, and specks.
@@ -35,18 +35,16 @@ def _laplacian_detail(rgb: np.ndarray, box) -> float:
     return float(np.abs(lap).mean())
 
 
-def _inpaint(row: dict, settings, model_settings) -> tuple[np.ndarray, dict]:
+def _inpaint(row: dict, settings, actor) -> tuple[np.ndarray, dict]:
     """(final image, prepared row) through the job's prepare, model actor and finish."""
     import pyarrow as pa
 
     from rayinpaint.io.finish import composite
     from rayinpaint.io.prepare import PREPARED_SCHEMA, prepare_row
 
-    from .predictor import InpaintPredictor
-
     prepared = prepare_row(dict(row), settings)
     assert prepared["status"] == "ready", prepared.get("error")
-    out = InpaintPredictor(model_settings)(pa.Table.from_pylist([prepared], schema=PREPARED_SCHEMA))
+    out = actor(pa.Table.from_pylist([prepared], schema=PREPARED_SCHEMA))
     assert out.column("status")[0].as_py() == "ready", out.column("error")[0].as_py()
     return composite(prepared, out.column("result")[0].as_py(), settings)[0], prepared
 
@@ -56,19 +54,24 @@ def detail_ratio(width: int = 3000, height: int = 2000, mark: int = 52, count: i
     """Detail inside the marks with regions and with one window (see the module docstring)."""
     from rayinpaint.io.settings import PrepareSettings
 
-    from .predictor import ModelSettings
+    from .predictor import InpaintPredictor, ModelSettings
 
     boxes = _marks(width, height, mark, count)
     row = {"id": "detail", "image_bytes": photo_like(width, height, seed=3), "boxes": boxes, "prompt": ""}
-    model = ModelSettings(weights, dtype="float32", sampler="dpmpp_2m", steps=steps, resolution=resolution, pad_to=1)
+    actor = InpaintPredictor(ModelSettings(weights, dtype="float32", sampler="dpmpp_2m", steps=steps,
+                                           resolution=resolution, pad_to=1))
     rec = {"image": f"{width}x{height}", "marks": boxes, "resolution": resolution, "weights": weights}
     for name, max_regions in (("regions", 8), ("single_window", 1)):
         settings = PrepareSettings(resolution=resolution, max_regions=max_regions).validate()
         t0 = time.perf_counter()
-        final, prepared = _inpaint(row, settings, model)
+        final, prepared = _inpaint(row, settings, actor)
         rec[name] = {"windows": prepared["windows"], "seconds": round(time.perf_counter() - t0, 2),
                      "detail": [round(_laplacian_detail(final, b), 3) for b in boxes]}
-    rec["detail_ratio"] = round(float(np.mean(rec["single_window"]["detail"]) / np.mean(rec["regions"]["detail"])), 3)
+    settings = PrepareSettings(resolution=resolution).validate()
+    alone = [_laplacian_detail(_inpaint({**row, "boxes": [b]}, settings, actor)[0], b) for b in boxes]
+    rec["alone"] = {"detail": [round(d, 3) for d in alone]}
+    for name in ("regions", "single_window"):
+        rec[name]["detail_ratio"] = round(float(np.mean(rec[name]["detail"]) / np.mean(alone)), 3)
     return rec
 
 

@@ -10,6 +10,7 @@ import urllib.parse
 import time
 
 from .accounting import unchanged_warning
+from .cards import image_path
 
 
 def package_versions(packages) -> dict:
@@ -179,14 +180,17 @@ def _samples(previews: list, cards: dict) -> str:
     for name, status, jpeg in previews:
         c = cards.get(name, {})
         link = c.get("output_uri")
-        href = "images/" + urllib.parse.quote(link.rsplit("/", 1)[-1]) if link else None
+        href = urllib.parse.quote(image_path(link)) if link else None
+        regions = c.get("regions") or []
         zoom = (f'<figure>{_img(c["zoom"], "zoom", "zoom")}<figcaption>zoom on the repainted area: input, output'
                 "</figcaption></figure>" if c.get("zoom") else "")
         out += (f'<div class="card sample"><div class="views"><figure>{_img(jpeg, name)}<figcaption>input, mask '
-                f"outline (red), output</figcaption></figure>{zoom}</div>"
+                f"outline (red) and region windows (yellow), output</figcaption></figure>{zoom}</div>"
                 f'<div><b>{e(str(c.get("id", name)))}</b> &middot; {e(status)}'
                 + (f' &middot; <a href="{e(href)}">full size</a>' if href else "")
                 + (f' &middot; {c["mask_pixels"]} px repainted' if c.get("mask_pixels") else "") + "</div>"
+                + (f'<div>{len(regions)} region(s): ' + ", ".join(
+                    f'{list(r["window"])} at {r["resolution"]} px' for r in regions) + "</div>" if regions else "")
                 + (f'<div class="prompt">prompt: {e(c.get("prompt") or "(none)")}</div>' if c else "")
                 + "</div><!-- /card -->")
     return out or "<p>No samples.</p>"
@@ -209,7 +213,8 @@ error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), unchanged rate {
 {s['accounted']} of {s['unique_ids']} ids accounted for; finished {e(s['finished_utc'])}; model sha256
 <code>{e(str(s['model_sha256']))}</code>.</p>
 {warnings}{_counts(s)}{_throughput(s)}{_mask_area(s)}{_errors(s)}
-<h2>Sample rows</h2><p>Each card: input, mask outline (red), output; next to them a zoom on the repainted
+<h2>Sample rows</h2><p>Each card: input, mask outline (red) and each region's window (yellow), output; next
+to them a zoom on the repainted
 area from the full-size images; below them a link to the full-size output and the prompt.</p>
 <div class="sheet">{_samples(previews, cards or {})}</div>
 <h2>Settings</h2><pre>{settings}</pre>

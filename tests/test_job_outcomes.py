@@ -184,4 +184,7 @@ def check_report(report: str, out, rows: list) -> None:
         assert link in links and row["output_uri"].endswith("/" + link[len("images/"):])
         views = re.search(r'<div class="views">(.*?)</div>', card, flags=re.S).group(1)
         zooms += 'class="zoom"' in views  # the zoom sits in the same row of views as the full view
+        if row["regions"]:  # each region's window, as the results row records it
+            windows = ", ".join(f'{list(r["window"])} at {r["resolution"]} px' for r in row["regions"])
+            assert f"{len(row['regions'])} region(s): {windows}" in card
     assert zooms == sum(1 for c in cards if "&middot; ok" in c) > 0  # every repainted sample has its zoom

@@ -87,7 +87,8 @@ def test_marks_far_apart_are_inpainted_at_native_resolution_with_more_detail():
     rec = detail_ratio(width=1200, height=800, mark=12, count=2, resolution=128, steps=2)
     assert [w[2] - w[0] for w in rec["regions"]["windows"]] == [128, 128]  # each mark: its own native window
     assert [w[2] - w[0] for w in rec["single_window"]["windows"]] == [1200]  # one window, 1200 -> 128 and back
-    assert rec["detail_ratio"] < 0.5, rec  # the single window loses most of the fill's detail
+    assert rec["single_window"]["detail_ratio"] < 0.5, rec  # one window loses most of the fills' detail
+    assert rec["regions"]["detail_ratio"] > 0.7, rec        # regions keep about what each mark gets alone
 
 
 def test_max_resolution_runs_a_large_region_at_a_larger_side(actor, tmp_path):
