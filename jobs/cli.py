@@ -216,8 +216,9 @@ def _cluster_options(opt) -> None:
     opt("--num-actors", type=int,
         help="model actors (default: every GPU in the cluster / GPUs per actor; 1 CPU actor when there is no GPU)")
     opt("--wait-for-actors", type=float, metavar="SECONDS",
-        help="how long to wait for an autoscaler to add the nodes the model pool needs (a pool that cannot "
-             "fit the cluster and no autoscaler can grow it stops at once with exit 2)")
+        help="how long to wait for an autoscaler to add the nodes the model pool needs, and for the pool to "
+             "start (then one line, exit 2; a pool that cannot fit the cluster and no autoscaler can grow it stops "
+             "at once with exit 2)")
     opt("--max-crash-retries", type=int,
         help="times a row is retried alone after its worker died before it becomes an error row")
 

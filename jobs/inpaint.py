@@ -33,6 +33,7 @@ from .ledger import DONE_STATUSES, Ledger, LedgerIndex
 from .overview import describe_output
 from .preflight import (ManifestScan, OutputUnwritable, check_output_writable, check_weights, scan_manifest,
                         settled_rows)
+from .placement import pool_timeout
 from .progress import Progress
 from .report import build_summary, report_html, summary_json
 
@@ -145,6 +146,11 @@ def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, to
     try:
         process(cfg, plan, ledger, todo.ids, todo.exclude, tally,
                 preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))
+    except Exception as e:
+        timed_out = pool_timeout(e, cfg.wait_for_actors)  # the pool never started: one line, not a traceback
+        if timed_out is None:
+            raise
+        raise timed_out from None
     finally:
         tally.progress.close()
         log.info(tally.progress.line())

@@ -19,8 +19,19 @@ def _is_ray(name: str) -> bool:
 
 
 def _below_error_from_ray(record: logging.LogRecord) -> bool:
-    """Filter for the job's console handlers: False (drop) for a Ray record below ERROR."""
-    return not (_is_ray(record.name) and record.levelno < logging.ERROR)
+    """Filter for the job's console handlers: False (drop) for a Ray record below ERROR, and for Ray Data's
+    "internal code" notice and stack trace about a pool whose actors did not start in time (the job says that
+    in one line of its own, jobs/placement.py; Ray's log file keeps the trace)."""
+    if not _is_ray(record.name):
+        return True
+    return record.levelno >= logging.ERROR and not _actor_start_timeout(record)
+
+
+def _actor_start_timeout(record: logging.LogRecord) -> bool:
+    import sys
+
+    exc = (record.exc_info or sys.exc_info())[1]  # Ray Data logs both records while handling the exception
+    return exc is not None and "Timed out while starting actors" in str(exc)
 
 
 def quiet_ray_console() -> None:
@@ -30,6 +41,8 @@ def quiet_ray_console() -> None:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.ERROR)
+                if _below_error_from_ray not in handler.filters:
+                    handler.addFilter(_below_error_from_ray)
     for handler in logging.getLogger().handlers:
         if _below_error_from_ray not in handler.filters:
             handler.addFilter(_below_error_from_ray)
