@@ -88,10 +88,13 @@ class Progress:
         st = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items()))
         before = f"; {self.before} done before this run" if self.before else ""
         waiting = "" if self.done else " (waiting for the first rows: model loading)"
-        return (f"{self.label} {done}/{total} ({pct:.1f}%){before}; {rate:.2f} rows/s, {images:.2f} images/s, "
-                f"{regions:.2f} regions/s over "
-                f"the last {_hms(min(el, self.window))}; elapsed {_hms(el)} ETA {eta}" + (f" [{st}]" if st else "")
-                + waiting)
+        if len(self.points) < 2:  # one batch so far (or none): no interval to measure a rate over yet
+            rates = "rates measured from the second batch on"
+        else:
+            rates = (f"{rate:.2f} rows/s, {images:.2f} images/s, {regions:.2f} regions/s over the last "
+                     f"{_hms(min(el, self.window))}")
+        return (f"{self.label} {done}/{total} ({pct:.1f}%){before}; {rates}; elapsed {_hms(el)} ETA {eta}"
+                + (f" [{st}]" if st else "") + waiting)
 
     # ---- ticker ----------------------------------------------------------------------------------------
     def start_ticker(self) -> None:

@@ -43,6 +43,7 @@ def test_an_error_row_counts_as_a_row_but_not_as_an_image():
     clock.t += 30.0
     p.update(["ok", "ok"])
     assert p.rates() == (0.0, 0.0, 0.0) and "ETA ?" in p.line()  # one point: no rate yet (loading is not counted)
+    assert "rates measured from the second batch on" in p.line() and "0.00 rows/s" not in p.line()
     clock.t += 10.0
     p.update(["ok", "error"])
     assert p.rates()[:2] == (0.2, 0.1) and "ETA 10s" in p.line()
