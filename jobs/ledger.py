@@ -310,9 +310,14 @@ class Ledger:
     def first_value(self, column: str):
         """The first non-null value of `column` in the newest shard that has one (or None)."""
         for p in reversed(self.shard_paths()):
-            values = pc.drop_null(self._read(p, columns=[column]).column(0))
-            if len(values):
-                return values[0].as_py()
+            with self.fs.open(p, "rb") as f:
+                pf = pq.ParquetFile(f)
+                if column not in pf.schema_arrow.names:
+                    raise pa.ArrowInvalid(f"No match for column {column} in {p}")
+                for g in range(pf.num_row_groups):  # a row group at a time: usually the first one has it
+                    values = pc.drop_null(pf.read_row_group(g, columns=[column]).column(0))
+                    if len(values):
+                        return values[0].as_py()
         return None
 
 
