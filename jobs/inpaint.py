@@ -75,6 +75,7 @@ def _run_job(cfg: JobConfig) -> int:
     check_weights(cfg, storage)
     check_output_writable(cfg.output, storage)
     scan = scan_manifest(cfg, storage)
+    release_memory()
     log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
              sum(len(g) for g in scan.groups), len(scan.ids), len(scan.duplicates), len(scan.missing))
     ledger = Ledger(cfg.output, storage)
@@ -82,6 +83,7 @@ def _run_job(cfg: JobConfig) -> int:
         return dry_run(cfg, storage, scan, ledger)
     fingerprint = settle_settings(cfg, storage, ledger)
     todo = reconcile(cfg, ledger, scan)
+    release_memory()
     tally = RunTally(cfg.preview_count)
     if todo.count:
         process_rows(cfg, storage, scan, ledger, todo, tally, fingerprint)
@@ -89,6 +91,7 @@ def _run_job(cfg: JobConfig) -> int:
     keep_snapshot(ledger, todo.read)
     outcome = outcome_of(todo.index.with_rows(tally.recorded()), scan.ids, scan.duplicates, cfg.max_error_rate,
                          cfg.max_unchanged_rate)
+    release_memory()
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     elapsed = time.perf_counter() - t0
     whole = describe_output(cfg.output.rstrip("/"), storage, ledger, {
@@ -125,6 +128,12 @@ def reconcile(cfg: JobConfig, ledger: Ledger, scan: ManifestScan) -> Todo:
     n = todo.count if cfg.limit is None else min(todo.count, cfg.limit)
     log.info("ledger: %d row(s) already done; %d to process now", todo.done, n)
     return todo
+
+
+def release_memory() -> None:
+    """Hand the memory Arrow's allocator keeps after a step over millions of ids back to the system, so the
+    driver's resident size follows what it holds (the allocator would otherwise keep the step's peak)."""
+    pa.default_memory_pool().release_unused()
 
 
 def keep_snapshot(ledger: Ledger, read: LedgerIndex) -> None:

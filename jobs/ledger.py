@@ -241,13 +241,14 @@ class Ledger:
         self.fs.rm(path)
 
     # ---- index and repair ---------------------------------------------------------------------------
-    def index(self) -> LedgerIndex:
+    def index(self, use_snapshot: bool = True) -> LedgerIndex:
         """The index of every results file: from the snapshot when it was made from exactly the files listed
         now (jobs/snapshot.py), else from the index columns of each file."""
         listing = self.listing()
         if not listing:
             return LedgerIndex.empty()
-        snap = read_snapshot(self.fs, filesystem(snapshot_uri(self.output), self.storage)[1], listing)
+        snap = read_snapshot(self.fs, filesystem(snapshot_uri(self.output), self.storage)[1], listing) \
+            if use_snapshot else None
         if snap is not None:
             cols, rows = snap
             return _assemble(cols, rows, listing, "snapshot")
