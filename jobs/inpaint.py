@@ -91,6 +91,7 @@ def _run_job(cfg: JobConfig) -> int:
     keep_snapshot(ledger, todo.read)
     outcome = outcome_of(todo.index.with_rows(tally.recorded()), scan.ids, scan.duplicates, cfg.max_error_rate,
                          cfg.max_unchanged_rate)
+    del todo, scan  # the manifest's ids and the ledger's index, O(ids): not needed below
     release_memory()
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     elapsed = time.perf_counter() - t0
