@@ -15,6 +15,8 @@ after the newest file it replaces (`successor_name`), so "the newest shard wins"
 Small shards are merged into few large files by jobs/compaction.py. The index reads only the index columns of
 each file, many files at once (object stores answer each GET in tens of milliseconds), and holds one compact
 row per recorded row: id, status, error_kind, prompt_truncated and the row's place (shard number, position).
+When the snapshot written at the end of the last run (jobs/snapshot.py) was made from exactly the files listed,
+the index is read from it instead: one file whatever the number of results files.
 """
 
 from __future__ import annotations
