@@ -73,7 +73,8 @@ class IdSet:
 # themselves. The ids are split into BUCKETS by a hash of their last bytes; the same id always falls in the same
 # bucket, so each operation is done bucket by bucket, exactly, with a table of 1/BUCKETS of the ids at a time.
 BUCKETS = 16
-_TAIL = 8  # bytes of each id's end that decide its bucket (ids usually differ there: counters, hashes, uuids)
+_TAIL = 16  # bytes of each id's end that decide its bucket (ids usually differ there: counters, hashes, uuids,
+#             numbered names before a fixed suffix). Ids alike there share a bucket: less memory saved, same answers.
 
 
 def buckets(ids: pa.Array | pa.ChunkedArray, n: int = BUCKETS) -> np.ndarray:
