@@ -113,19 +113,51 @@ def _resume_in_child(output: str, manifest: str, storage_kw: dict) -> dict:
 
     import torch  # noqa: F401 - imported before the clock starts, as the CLI has it loaded already
 
+    from rayinpaint.jobs import inpaint
     from rayinpaint.jobs.config import JobConfig
-    from rayinpaint.jobs.inpaint import run_job
 
     logging.basicConfig(level=logging.WARNING)
+    steps = _watch_steps(inpaint)
     cfg = JobConfig(manifest=(manifest,), output=output, weights="random:tiny", **storage_kw)
     rss_before = rss_mb()
     t0 = time.perf_counter()
-    code = run_job(cfg)
+    code = inpaint.run_job(cfg)
     took = time.perf_counter() - t0
     summary = json.loads(_read(f"{output}/_SUMMARY.json", cfg.storage()))
     assert code == 0 and summary["complete"] and summary["this_run"]["processed"] == 0, (code, summary)
+    peak = max(steps.pop("_seen") + [rss_mb()])
     return {"seconds": round(took, 2), "exit_code": code, "accounted": summary["accounted"],
-            "driver_rss_after_imports_mb": round(rss_before), "driver_peak_rss_mb": round(rss_mb())}
+            "index_from": steps.pop("_index_from", None),
+            "driver_rss_after_imports_mb": round(rss_before), "driver_peak_rss_mb": round(peak),
+            "driver_peak_over_imports_bytes_per_id": round((peak - rss_before) * 2**20 / summary["accounted"], 1),
+            "steps": steps}
+
+
+def _watch_steps(inpaint) -> dict:
+    """Wrap the job's steps: seconds and peak RSS of each (VmHWM reset before each step, Linux; the peak
+    before each reset is kept in "_seen", so the run's peak includes what ran between the steps)."""
+    steps: dict = {}
+    seen = steps.setdefault("_seen", [])
+
+    def watched(name, fn):
+        def run(*a, **kw):
+            seen.append(rss_mb())  # the peak since the last reset (the steps between the watched ones)
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS
+            except OSError:
+                pass
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            steps[name] = {"s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(rss_mb())}
+            if name == "reconcile":
+                steps["_index_from"] = out.read.source
+            return out
+        return run
+
+    for name in ("scan_manifest", "reconcile", "outcome_of", "describe_output", "write_outputs"):
+        setattr(inpaint, name, watched(name, getattr(inpaint, name)))
+    return steps
 
 
 def _read(uri: str, storage) -> bytes:
@@ -157,10 +189,22 @@ def downstream(output: str, storage) -> dict:
 
 
 def index_memory(output: str, storage) -> dict:
+    """The index read from the snapshot and from the results files: seconds and bytes per id of the table."""
+    from rayinpaint.io.storage import filesystem
     from rayinpaint.jobs.ledger import Ledger
+    from rayinpaint.jobs.snapshot import snapshot_uri
 
-    idx = Ledger(output, storage).index()
-    return {"index_bytes_per_id": round(idx.table.nbytes / max(1, idx.table.num_rows), 1)}
+    ledger = Ledger(output, storage)
+    out = {}
+    for key, use in (("snapshot", True), ("files", False)):
+        t0 = time.perf_counter()
+        idx = ledger.index(use_snapshot=use)
+        out[f"index_from_{key}_s"] = round(time.perf_counter() - t0, 2)
+        assert idx.source == key, (idx.source, key)
+    fs, path = filesystem(snapshot_uri(output), storage)
+    out["snapshot_bytes"] = fs.size(path)
+    out["index_bytes_per_id"] = round(idx.table.nbytes / max(1, idx.table.num_rows), 1)
+    return out
 
 
 def measure(output: str, manifest: str, args, storage, storage_kw: dict, proxy=None) -> dict:

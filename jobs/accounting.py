@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .idset import is_in
 from .preflight import OutputUnwritable
 from .progress import Progress
 from .stages import UNWRITTEN
@@ -152,8 +153,7 @@ def outcome_of(index, manifest_ids: pa.Array, duplicates: dict, max_error_rate: 
                max_unchanged_rate: float = 1.0) -> Outcome:
     """`index`: the reconciled ledger's index (ledger.LedgerIndex)."""
     by_status, by_kind = index.counts()
-    in_manifest = pc.is_in(index.table.column("id"), value_set=manifest_ids)
-    accounted = pc.sum(pc.cast(in_manifest, pa.int64())).as_py() or 0
+    accounted = int(is_in(index.table.column("id"), manifest_ids).sum())
     unchanged = index.table.filter(pc.equal(index.table.column("status"), "unchanged")).column("id")
     return Outcome(by_status=by_status, by_kind=by_kind, unique_ids=len(manifest_ids), accounted=accounted,
                    duplicates=duplicates, prompts_truncated=index.prompts_truncated(), max_error_rate=max_error_rate,

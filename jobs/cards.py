@@ -12,6 +12,8 @@ import io
 import logging
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -41,12 +43,18 @@ def card_details(root: str, storage, ledger, names: set) -> dict:
             break
         with ledger.fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
-            t = pf.read(columns=[c for c in _COLUMNS if c in pf.schema_arrow.names])
-        for row in t.to_pylist():
-            uri = row.get("output_uri")
-            stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0] if uri else None
-            if stem in names and stem not in found:
-                found[stem] = row
+            columns = [c for c in _COLUMNS if c in pf.schema_arrow.names]
+            for g in range(pf.num_row_groups):  # a row group at a time, and only its rows of `names` as Python
+                t = pf.read_row_group(g, columns=columns)
+                if "output_uri" not in columns:
+                    continue
+                stems = pc.replace_substring_regex(pc.replace_substring_regex(t.column("output_uri"), "^.*/", ""),
+                                                   r"\.[^.]*$", "")
+                wanted = pc.fill_null(pc.is_in(stems, value_set=pa.array(sorted(names), pa.string())), False)
+                for row in t.filter(wanted).to_pylist():
+                    stem = row["output_uri"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+                    if stem not in found:
+                        found[stem] = row
     for stem, row in found.items():
         row["zoom"] = _zoom(root, storage, row)
     return found

@@ -20,6 +20,7 @@ from rayinpaint.io.prepare import prepare_row
 from rayinpaint.io.storage import dirname_uri, filesystem, join_uri
 
 from .fingerprint import SETTINGS_FILE, differences, fingerprint_of, model_identity, pixel_settings
+from .idset import is_in
 from .ledger import DONE_STATUSES
 
 
@@ -28,7 +29,7 @@ def dry_run(cfg, storage, scan, ledger) -> int:
     repainted, 1 otherwise (every sampled row an error or unchanged: a real run would not be a success)."""
     idx = ledger.index()
     done = idx.ids_with_status(DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",))
-    todo = pc.filter(scan.ids, pc.invert(pc.is_in(scan.ids, value_set=done.cast(pa.string()))))
+    todo = scan.ids.filter(pa.array(~is_in(scan.ids, done.cast(pa.string()))))
     todo_n = len(todo) if cfg.limit is None else min(len(todo), cfg.limit)
     print(f"dry run: {len(scan.ids)} unique id(s) in the manifest, {len(done)} already done, {todo_n} to do")
     print(f"settings: {_settings_line(cfg, storage)}")

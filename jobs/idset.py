@@ -16,6 +16,13 @@ import pyarrow.compute as pc
 _CHUNK = 1 << 20  # ids converted at once (bounds the temporary index arrays)
 
 
+def one_array(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`ids` as one Array, without a copy when it is one already (`combine_chunks` copies even one chunk)."""
+    if isinstance(ids, pa.ChunkedArray):
+        return ids.chunk(0) if ids.num_chunks == 1 else ids.combine_chunks()
+    return ids
+
+
 def _fixed(ids: pa.Array, width: int) -> np.ndarray:
     """`ids` (strings of at most width-1 UTF-8 bytes) as a numpy bytes array of `width` bytes each."""
     ids = ids.cast(pa.large_binary())
@@ -34,7 +41,7 @@ class IdSet:
     """Membership of string ids, built once (see the module docstring)."""
 
     def __init__(self, ids: pa.Array | pa.ChunkedArray):
-        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        ids = one_array(ids)
         ids = pc.drop_null(ids.cast(pa.string()))
         self.width = int(pc.max(pc.binary_length(ids)).as_py() or 0) + 1
         parts = [_fixed(ids.slice(k, _CHUNK), self.width) for k in range(0, len(ids), _CHUNK)]
@@ -45,7 +52,7 @@ class IdSet:
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """One bool per id of `ids` (null ids: False)."""
-        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        ids = one_array(ids)
         ids = ids.cast(pa.string())
         found = np.zeros(len(ids), bool)
         if not len(self.keys) or not len(ids):
@@ -58,3 +65,75 @@ class IdSet:
         at = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
         found[candidates] = self.keys[at] == q
         return found
+
+
+# ---- set operations over millions of ids in bounded memory ----------------------------------------------------
+# Arrow's hash kernels (is_in, value_counts, count_distinct) build one hash table over the whole value set: about
+# 70 bytes per id at 10M ids (a table sized to twice the ids plus a copy of every string), on top of the ids
+# themselves. The ids are split into BUCKETS by a hash of their last bytes; the same id always falls in the same
+# bucket, so each operation is done bucket by bucket, exactly, with a table of 1/BUCKETS of the ids at a time.
+BUCKETS = 16
+_TAIL = 16  # bytes of each id's end that decide its bucket (ids usually differ there: counters, hashes, uuids,
+#             numbered names before a fixed suffix). Ids alike there share a bucket: less memory saved, same answers.
+
+
+def buckets(ids: pa.Array | pa.ChunkedArray, n: int = BUCKETS) -> np.ndarray:
+    """The bucket (0 <= b < n) of each id, a function of the id's bytes alone (null ids: bucket 0)."""
+    ids = one_array(ids)
+    return np.concatenate([_buckets(ids.slice(k, _CHUNK), n) for k in range(0, len(ids), _CHUNK)] or
+                          [np.empty(0, np.uint8)])
+
+
+def _buckets(ids: pa.Array, n: int) -> np.ndarray:
+    ids = ids.cast(pa.large_binary())
+    offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset: ids.offset + len(ids) + 1]
+    data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(1, np.uint8)
+    start, end = offsets[:-1], offsets[1:]
+    h = np.zeros(len(ids), np.uint32)
+    for k in range(1, _TAIL + 1):
+        at = end - k
+        byte = data[np.clip(at, 0, len(data) - 1)].astype(np.uint32)
+        byte[at < start] = 0
+        h = h * np.uint32(131) + byte
+    h ^= h >> np.uint32(15)
+    h *= np.uint32(0x2C1B3C6D)
+    h ^= h >> np.uint32(12)
+    return (h % np.uint32(n)).astype(np.uint8)
+
+
+def is_in(values: pa.Array | pa.ChunkedArray, value_set: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """pyarrow.compute.is_in(values, value_set) as a numpy bool array (null: False), bucket by bucket."""
+    values = one_array(values)
+    out = np.zeros(len(values), bool)
+    if not len(values) or not len(value_set):
+        return out
+    vb, sb = buckets(values), buckets(value_set)
+    for b in range(BUCKETS):
+        rows = np.flatnonzero(vb == b)
+        if len(rows):
+            subset = value_set.filter(pa.array(sb == b))
+            found = pc.is_in(values.take(pa.array(rows)), value_set=subset)
+            out[rows] = pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+    return out
+
+
+def count_distinct(ids: pa.Array | pa.ChunkedArray) -> int:
+    """Distinct non-null ids, bucket by bucket."""
+    ids = one_array(ids)
+    if len(ids) <= _CHUNK:
+        return pc.count_distinct(ids).as_py()
+    b = buckets(ids)
+    return sum(pc.count_distinct(ids.filter(pa.array(b == k))).as_py() for k in range(BUCKETS))
+
+
+def repeated(ids: pa.Array | pa.ChunkedArray) -> dict:
+    """{id: count} of the ids that occur more than once, bucket by bucket."""
+    ids = one_array(ids)
+    b = buckets(ids) if len(ids) > _CHUNK else np.zeros(len(ids), np.uint8)
+    out = {}
+    for k in range(BUCKETS if len(ids) > _CHUNK else 1):
+        counts = pc.value_counts(ids.filter(pa.array(b == k)))
+        many = pc.greater(counts.field("counts"), 1)
+        out.update(zip(pc.filter(counts.field("values"), many).to_pylist(),
+                       pc.filter(counts.field("counts"), many).to_pylist()))
+    return out

@@ -29,6 +29,7 @@ from .compaction import RunCompactor, compact
 from .config import JobConfig
 from .dryrun import dry_run
 from .fingerprint import settle_settings
+from .idset import is_in
 from .ledger import DONE_STATUSES, Ledger, LedgerIndex
 from .overview import describe_output
 from .preflight import (ManifestScan, OutputUnwritable, check_output_writable, check_weights, scan_manifest,
@@ -36,6 +37,7 @@ from .preflight import (ManifestScan, OutputUnwritable, check_output_writable, c
 from .placement import pool_timeout
 from .progress import Progress
 from .report import build_summary, report_html, summary_json
+from .snapshot import save_snapshot
 
 log = logging.getLogger("rayinpaint.job")
 
@@ -48,6 +50,7 @@ class Todo:
     done: int            # ids already done
     index: LedgerIndex   # the reconciled ledger at the start, with the rows the manifest alone settled
     file_rows: dict      # rows of each results file after the start's merge (large files are not read again)
+    read: LedgerIndex    # the reconciled ledger's index as read (file by file), for the end's snapshot
 
     @property
     def count(self) -> int:
@@ -73,6 +76,7 @@ def _run_job(cfg: JobConfig) -> int:
     check_weights(cfg, storage)
     check_output_writable(cfg.output, storage)
     scan = scan_manifest(cfg, storage)
+    release_memory()
     log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
              sum(len(g) for g in scan.groups), len(scan.ids), len(scan.duplicates), len(scan.missing))
     ledger = Ledger(cfg.output, storage)
@@ -80,12 +84,16 @@ def _run_job(cfg: JobConfig) -> int:
         return dry_run(cfg, storage, scan, ledger)
     fingerprint = settle_settings(cfg, storage, ledger)
     todo = reconcile(cfg, ledger, scan)
+    release_memory()
     tally = RunTally(cfg.preview_count)
     if todo.count:
         process_rows(cfg, storage, scan, ledger, todo, tally, fingerprint)
     compact(ledger, file_rows=todo.file_rows)
+    keep_snapshot(ledger, todo.read)
     outcome = outcome_of(todo.index.with_rows(tally.recorded()), scan.ids, scan.duplicates, cfg.max_error_rate,
                          cfg.max_unchanged_rate)
+    del todo, scan  # the manifest's ids and the ledger's index, O(ids): not needed below
+    release_memory()
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     elapsed = time.perf_counter() - t0
     whole = describe_output(cfg.output.rstrip("/"), storage, ledger, {
@@ -109,18 +117,42 @@ def reconcile(cfg: JobConfig, ledger: Ledger, scan: ManifestScan) -> Todo:
         retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=settled_ids)))
     idx = ledger.reconcile(drop_error_ids=retry, index=idx)
     done = idx.ids_with_status(DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",))
-    exclude = pa.concat_arrays([done.cast(pa.string()), settled_ids])
-    todo_ids = pc.filter(scan.ids, pc.invert(pc.is_in(scan.ids, value_set=exclude)))
-    new_settled = settled.filter(pc.invert(pc.is_in(settled_ids, value_set=idx.ids)))
+    todo_ids = scan.ids.filter(pa.array(~(is_in(scan.ids, done) | is_in(scan.ids, settled_ids))))
+    exclude = pa.concat_arrays([done.cast(pa.string()), settled_ids]) if len(settled_ids) else done
+    new_settled = settled.filter(pc.invert(pc.is_in(settled_ids, value_set=recorded_of(idx, settled_ids))))
     if new_settled.num_rows:
         ledger.write_rows(new_settled)
     merged = compact(ledger, file_rows=idx.rows_per_shard())
+    read = idx
     if new_settled.num_rows:
         idx = idx.with_rows(new_settled)
-    todo = Todo(ids=todo_ids, exclude=exclude, done=len(done), index=idx, file_rows=merged.file_rows)
+    todo = Todo(ids=todo_ids, exclude=exclude, done=len(done), index=idx, file_rows=merged.file_rows, read=read)
     n = todo.count if cfg.limit is None else min(todo.count, cfg.limit)
     log.info("ledger: %d row(s) already done; %d to process now", todo.done, n)
     return todo
+
+
+def release_memory() -> None:
+    """Hand the memory Arrow's allocator keeps after a step over millions of ids back to the system, so the
+    driver's resident size follows what it holds (the allocator would otherwise keep the step's peak)."""
+    pa.default_memory_pool().release_unused()
+
+
+def keep_snapshot(ledger: Ledger, read: LedgerIndex) -> None:
+    """Write the index snapshot of the results as they are at the end of the run (jobs/snapshot.py): a cache,
+    so a failure to write it is only logged (the next run reads the results files instead)."""
+    try:
+        save_snapshot(ledger, read)
+    except Exception as e:  # noqa: BLE001 - the ledger itself is complete without it
+        log.warning("index snapshot not written (%s: %s); the next run reads the results files instead",
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+
+
+def recorded_of(idx: LedgerIndex, ids: pa.Array) -> pa.Array:
+    """The ids of `ids` (a few) that have a row in `idx` (without hashing every id of the index)."""
+    if not len(ids) or not idx.table.num_rows:
+        return pa.array([], pa.string())
+    return pc.filter(idx.ids, pc.is_in(idx.ids, value_set=ids))
 
 
 def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, todo: Todo, tally: RunTally,

@@ -15,6 +15,8 @@ after the newest file it replaces (`successor_name`), so "the newest shard wins"
 Small shards are merged into few large files by jobs/compaction.py. The index reads only the index columns of
 each file, many files at once (object stores answer each GET in tens of milliseconds), and holds one compact
 row per recorded row: id, status, error_kind, prompt_truncated and the row's place (shard number, position).
+When the snapshot written at the end of the last run (jobs/snapshot.py) was made from exactly the files listed,
+the index is read from it instead: one file whatever the number of results files.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ import pyarrow.parquet as pq
 from rayinpaint.io.errors import RowError
 from rayinpaint.io.retry import call_with_retries, classify
 from rayinpaint.io.storage import filesystem, join_uri, row_error_for, write_bytes
+
+from .idset import count_distinct, one_array
+from .snapshot import read_snapshot, snapshot_uri
 
 log = logging.getLogger("rayinpaint.ledger")
 
@@ -77,7 +82,7 @@ def superseded(table: pa.Table, newer: np.ndarray) -> np.ndarray:
     an error row, then the larger `newer` wins. Every id unique (the usual case) is found by hashing, without
     sorting."""
     ids = table.column("id")
-    if pc.count_distinct(ids).as_py() == table.num_rows:
+    if count_distinct(ids) == table.num_rows:
         return np.empty(0, np.int64)
     done = pc.is_in(table.column("status"), value_set=pa.array(DONE_STATUSES, pa.string()))
     ranked = pa.table({"id": ids, "done": done, "newer": pa.array(newer, pa.int64()),
@@ -100,6 +105,8 @@ class LedgerIndex:
 
     table: pa.Table                                  # INDEX_SCHEMA
     shards: list = field(default_factory=list)       # shard paths by number, sorted by name: higher is newer
+    sizes: list = field(default_factory=list)        # bytes of each shard when listed (where known)
+    source: str = "files"                            # "files" or "snapshot" (jobs/snapshot.py)
 
     @classmethod
     def empty(cls) -> "LedgerIndex":
@@ -107,11 +114,13 @@ class LedgerIndex:
 
     @property
     def ids(self) -> pa.Array:
-        return self.table.column("id").combine_chunks()
+        return one_array(self.table.column("id"))
 
     def ids_with_status(self, statuses) -> pa.Array:
         mask = pc.is_in(self.table.column("status"), value_set=pa.array(list(statuses), pa.string()))
-        return self.table.filter(mask).column("id").combine_chunks()
+        if pc.all(mask).as_py() is not False:  # every row (the usual case): the index's own ids, not a copy
+            return self.ids
+        return pc.filter(self.table.column("id"), mask).combine_chunks()
 
     def counts(self) -> tuple[dict, dict]:
         by_status = {}
@@ -151,7 +160,7 @@ class LedgerIndex:
             keep = np.ones(t.num_rows, bool)
             keep[drop] = False
             t = t.filter(pa.array(keep))
-        return LedgerIndex(t, list(self.shards))
+        return LedgerIndex(t, list(self.shards))  # no sizes: not the rows of files (save_snapshot reads them)
 
 
 class Ledger:
@@ -234,22 +243,27 @@ class Ledger:
         self.fs.rm(path)
 
     # ---- index and repair ---------------------------------------------------------------------------
-    def index(self) -> LedgerIndex:
-        paths = self.shard_paths()
-        cols = {name: [] for name in INDEX_SCHEMA.names}
-        shards = []
-        for p, t in zip(paths, self.read_many(paths, columns_only=True)):
+    def index(self, use_snapshot: bool = True) -> LedgerIndex:
+        """The index of every results file: from the snapshot when it was made from exactly the files listed
+        now (jobs/snapshot.py), else from the index columns of each file."""
+        listing = self.listing()
+        if not listing:
+            return LedgerIndex.empty()
+        snap = read_snapshot(self.fs, filesystem(snapshot_uri(self.output), self.storage)[1], listing) \
+            if use_snapshot else None
+        if snap is not None:
+            cols, rows = snap
+            return _assemble(cols, rows, listing, "snapshot")
+        cols = {name: [] for name in _INDEX_COLUMNS + list(_OPTIONAL_INDEX_COLUMNS)}
+        rows, kept = [], []
+        for entry, t in zip(listing, self.read_many([p for p, _ in listing], columns_only=True)):
             if t is None:
                 continue
-            for name in ("id", "status", "error_kind", "prompt_truncated"):
+            for name in cols:
                 cols[name].extend(t.column(name).chunks)
-            cols["shard"].append(pa.array(np.full(t.num_rows, len(shards), np.int32)))
-            cols["pos"].append(pa.array(np.arange(t.num_rows, dtype=np.int32)))
-            shards.append(p)
-        if not shards:
-            return LedgerIndex.empty()
-        arrays = [pa.chunked_array(cols[f.name], f.type).combine_chunks() for f in INDEX_SCHEMA]
-        return LedgerIndex(pa.Table.from_arrays(arrays, schema=INDEX_SCHEMA), shards)
+            rows.append(t.num_rows)
+            kept.append(entry)
+        return _assemble(cols, rows, kept, "files")
 
     def reconcile(self, drop_error_ids: pa.Array | None = None, *, index: LedgerIndex | None = None) -> LedgerIndex:
         """Resolve duplicates and drop retried error rows; returns the repaired index. `index`: the ledger's
@@ -299,10 +313,28 @@ class Ledger:
     def first_value(self, column: str):
         """The first non-null value of `column` in the newest shard that has one (or None)."""
         for p in reversed(self.shard_paths()):
-            values = pc.drop_null(self._read(p, columns=[column]).column(0))
-            if len(values):
-                return values[0].as_py()
+            with self.fs.open(p, "rb") as f:
+                pf = pq.ParquetFile(f)
+                if column not in pf.schema_arrow.names:
+                    raise pa.ArrowInvalid(f"No match for column {column} in {p}")
+                for g in range(pf.num_row_groups):  # a row group at a time: usually the first one has it
+                    values = pc.drop_null(pf.read_row_group(g, columns=[column]).column(0))
+                    if len(values):
+                        return values[0].as_py()
         return None
+
+
+def _assemble(cols: dict, rows: list, listing: list, source: str) -> LedgerIndex:
+    """A LedgerIndex from each column's chunks (file after file) and the rows of each file; each column is made
+    one array in turn, its chunks released as it goes (never two copies of the whole index)."""
+    if not listing:
+        return LedgerIndex.empty()
+    n = np.asarray(rows, np.int64)
+    cols["shard"] = [pa.array(np.repeat(np.arange(len(n), dtype=np.int32), n))]
+    cols["pos"] = [pa.array(np.arange(k, dtype=np.int32)) for k in n]
+    arrays = [pa.chunked_array(cols.pop(f.name), f.type).combine_chunks() for f in INDEX_SCHEMA]
+    return LedgerIndex(pa.Table.from_arrays(arrays, schema=INDEX_SCHEMA), [p for p, _ in listing],
+                       [s for _, s in listing], source)
 
 
 def read_results(output: str, storage=None) -> pa.Table:

@@ -77,12 +77,15 @@ def results_overview(ledger) -> dict:
     for path in reversed(ledger.shard_paths()):
         with ledger.fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
-            t = pf.read(columns=[c for c in _COLUMNS if c in pf.schema_arrow.names])
-        _add_examples(t, examples)
-        if "timings" in t.column_names:  # rows that went through every stage (error and unchanged rows skip some)
-            _add_timings(t.filter(pc.equal(t.column("status"), "ok")).column("timings").combine_chunks(), timings)
-        if {"mask_pixels", "width", "height"} <= set(t.column_names):
-            bins += _mask_bins(t)
+            columns = [c for c in _COLUMNS if c in pf.schema_arrow.names]
+            for g in range(pf.num_row_groups):  # one row group at a time: memory bounded by a group, not a file
+                t = pf.read_row_group(g, columns=columns)
+                _add_examples(t, examples)
+                if "timings" in columns:  # rows that went through every stage (error and unchanged rows skip some)
+                    ok = t.filter(pc.equal(t.column("status"), "ok")).column("timings")
+                    _add_timings(ok.combine_chunks(), timings)
+                if {"mask_pixels", "width", "height"} <= set(columns):
+                    bins += _mask_bins(t)
     return {"stage_timings_s": {s: _stats(v) for s, v in timings.items() if v},
             "error_examples": examples,
             "mask_area": {label: int(n) for (_, label), n in zip(MASK_BINS, bins)}}
@@ -112,13 +115,14 @@ def _stats(values: list) -> dict:
 
 def _mask_bins(t: pa.Table) -> np.ndarray:
     """Rows per mask-size bin: ok rows by their repainted share, unchanged rows in the first bin."""
-    status = t.column("status").to_numpy(zero_copy_only=False)
+    ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
+    unchanged = pc.fill_null(pc.equal(t.column("status"), "unchanged"), False).to_numpy(zero_copy_only=False)
     px = pc.fill_null(t.column("mask_pixels"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
     area = (pc.fill_null(t.column("width"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
             * pc.fill_null(t.column("height"), 0).to_numpy(zero_copy_only=False))
-    share = np.where(area > 0, px / np.maximum(area, 1), 0.0)[status == "ok"]
+    share = np.where(area > 0, px / np.maximum(area, 1), 0.0)[ok]
     edges = np.array([e for e, _ in MASK_BINS])
     index = np.minimum(np.searchsorted(edges, share, side="left"), len(MASK_BINS) - 1)
     out = np.bincount(index, minlength=len(MASK_BINS))
-    out[0] += int(np.sum(status == "unchanged"))
+    out[0] += int(np.sum(unchanged))
     return out

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -24,6 +25,7 @@ from rayinpaint.io.retry import classify
 from rayinpaint.io.storage import filesystem, join_uri, protocol_of, row_error_for, write_bytes
 
 from .config import DEFAULT_WEIGHTS, JobConfig
+from .idset import is_in, repeated
 
 log = logging.getLogger("rayinpaint.job")
 
@@ -174,11 +176,24 @@ def scan_manifest(cfg: JobConfig, storage) -> ManifestScan:
     chunks = [c for col, _, _ in results for c in col.chunks]
     if missing:
         chunks.append(pa.array(missing, pa.string()))
-    counts = pc.value_counts(pa.chunked_array(chunks, type=pa.string()))
-    vals, ns = counts.field("values"), counts.field("counts")
-    dup_mask = pc.greater(ns, 1)
-    dups = dict(zip(pc.filter(vals, dup_mask).to_pylist(), pc.filter(ns, dup_mask).to_pylist()))
-    return ManifestScan(list(groups.values()), vals, dups, missing)
+    del results
+    ids = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
+    del chunks
+    dups = repeated(ids)
+    return ManifestScan(list(groups.values()), first_occurrences(ids, dups), dups, missing)
+
+
+def first_occurrences(ids: pa.Array, dups: dict) -> pa.Array:
+    """`ids` without the later occurrences of the ids in `dups` (in the order of first occurrence)."""
+    if not dups:
+        return ids
+    rows = np.flatnonzero(is_in(ids, pa.array(list(dups), pa.string())))
+    first = pa.table({"id": ids.take(pa.array(rows)), "row": pa.array(rows)}).group_by("id").aggregate(
+        [("row", "min")]).column("row_min").to_numpy()
+    keep = np.ones(len(ids), bool)
+    keep[rows] = False
+    keep[first] = True
+    return ids.filter(pa.array(keep))
 
 
 def _read_ids(path: str, colmap, storage) -> tuple[pa.ChunkedArray, list[str], tuple]:

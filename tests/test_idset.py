@@ -31,3 +31,26 @@ def test_empty_set_and_chunked_input():
     s = IdSet(pa.chunked_array([["x", "y"], ["z"]]))
     assert s.contains(pa.chunked_array([["z"], ["w", "x"]])).tolist() == [True, False, True]
     assert len(s) == 3
+
+
+def test_bucketed_set_operations_equal_arrows(monkeypatch):
+    """is_in, count_distinct and repeated bucket by bucket (the path taken above idset._CHUNK ids) give exactly
+    what Arrow's kernels over the whole set give, whatever the ids' lengths and bytes."""
+    from rayinpaint.jobs import idset
+    from rayinpaint.jobs.preflight import first_occurrences
+
+    monkeypatch.setattr(idset, "_CHUNK", 64)
+    rng = np.random.default_rng(7)
+    pool = [f"row-{i:06d}" for i in range(300)] + ["", "é", "a" * 300, "x.jpg", "y.jpg", "日本"]
+    ids = pa.array([pool[i] for i in rng.integers(0, len(pool), 2000)] + [None])
+    some = pa.array(pool[::3] + ["not-there", None])
+    assert list(idset.is_in(ids, some)) == pc.fill_null(pc.is_in(ids, value_set=some), False).to_pylist()
+    assert idset.count_distinct(ids) == pc.count_distinct(ids).as_py()
+    counts = pc.value_counts(pc.drop_null(ids))
+    many = pc.greater(counts.field("counts"), 1)
+    dups = idset.repeated(pc.drop_null(ids))
+    assert dups == dict(zip(pc.filter(counts.field("values"), many).to_pylist(),
+                            pc.filter(counts.field("counts"), many).to_pylist()))
+    # the manifest's unique ids keep the order of first occurrence, as value_counts gives them
+    assert first_occurrences(pc.drop_null(ids), dups).to_pylist() == counts.field("values").to_pylist()
+    assert len(np.unique(idset.buckets(pa.array(pool)))) == idset.BUCKETS  # every bucket used

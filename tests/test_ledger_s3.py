@@ -61,3 +61,29 @@ def test_compaction_on_s3_keeps_every_row_and_bounds_the_file_count(s3_bucket):
     assert len(files) <= max(1, math.ceil(total / 100_000)), len(files)
     ids = ledger.read_all().column("id").to_pylist()
     assert len(ids) == len(set(ids)) == total
+
+
+def test_an_index_from_a_current_snapshot_reads_no_results_file_on_s3(s3_bucket, proxy):
+    """With the snapshot of exactly the files listed, the index costs one listing and the snapshot's reads
+    whatever the number of results files; a results file added after it makes the index read the files."""
+    from rayinpaint.jobs.snapshot import save_snapshot
+
+    bucket, opts = s3_bucket
+    out = f"s3://{bucket}/snap"
+    direct = Ledger(out, opts)
+    for f in range(40):
+        direct.write_rows(rows(f * 500, 500))
+    save_snapshot(direct, direct.index())
+    via = Ledger(out, dataclasses.replace(opts, endpoint_url=proxy.url))
+    proxy.reset_counts()
+    idx = via.index()
+    gets = [key for method, key, _ in proxy.history if method == "GET"]
+    assert idx.source == "snapshot" and idx.table.num_rows == 20_000
+    assert not [k for k in gets if "/results/part-" in k], gets
+    assert 1 <= len(gets) <= 4, gets  # the listing and the snapshot (footer, data): not one per file
+    direct.write_rows(rows(50_000, 10))
+    proxy.reset_counts()
+    idx = via.index()
+    gets = [key for method, key, _ in proxy.history if method == "GET"]
+    assert idx.source == "files" and idx.table.num_rows == 20_010
+    assert len([k for k in gets if "/results/part-" in k]) >= 41
