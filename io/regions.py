@@ -7,8 +7,9 @@ bounding box. How a region is formed, from the dilated repaint mask:
 
 1. **Parts.** Connected parts of the mask, 8-connected on a grid of ``CELL`` x ``CELL`` pixel cells: marks
    in the same or in touching cells are one part (closer than ``CELL`` px, they would share a window
-   anyway). A mask of more than ``MAX_PARTS`` parts (text, speckle) is labelled again on cells twice as
-   large, until it has at most ``MAX_PARTS``. Each part keeps the exact pixel bounding box of its pixels.
+   anyway). A mask of more than ``MAX_PARTS`` parts (text, speckle) is labelled again on cells larger by a
+   power of two (about sqrt(parts / MAX_PARTS)), until it has at most ``MAX_PARTS``. Each part keeps the
+   exact pixel bounding box of its pixels.
 2. **Groups.** Two groups are joined when the parts of their windows that lie on the image overlap (a
    window must not see another region's unfilled mask as context), or when one window around both is no
    larger than the larger of their own windows (sharing it costs no resolution). The qualifying pair
@@ -135,10 +136,13 @@ def mask_parts(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     while True:
         runs = _runs(grid)
         roots = _label_runs(runs)
-        if len(set(roots)) <= MAX_PARTS:
+        parts = len(set(roots))
+        if parts <= MAX_PARTS:
             return _part_boxes(mask, grid, cell, runs, roots)
-        grid = _cells(grid, 2)  # twice the cell: the coarser grid of the grid itself
-        cell *= 2
+        # Coarser by a power of two, chosen so that as many parts spread evenly would fit: one more pass, not many
+        factor = 2 ** max(1, math.ceil(math.log2(math.sqrt(parts / MAX_PARTS))))
+        grid = _cells(grid, factor)  # the coarser grid of the grid itself
+        cell *= factor
 
 
 # ---- steps 2-4: groups, cap, order -----------------------------------------------------------------------
