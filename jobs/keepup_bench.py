@@ -105,7 +105,8 @@ def actor_busy(log_dir: str) -> dict:
 
 
 def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 1, batch: int = 4,
-        stage_cpus: int | None = None, workdir: str | None = None, object_store_mb: int = 1024) -> dict:
+        stage_cpus: int | None = None, workdir: str | None = None, object_store_mb: int = 1024,
+        resolution: int = 128) -> dict:
     """Start a local Ray, run the job with the stand-in actors, stop Ray; the measurements as a dict."""
     import ray
 
@@ -126,7 +127,7 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
         tracker.__enter__()
         t0 = time.time()
         cfg = JobConfig(manifest=(manifest,), output=os.path.join(work, "out"), weights="random:tiny",
-                        num_actors=actors, batch_size=batch, resolution=128, png_level=png_level, steps=1,
+                        num_actors=actors, num_gpus_per_actor=0, batch_size=batch, resolution=resolution, png_level=png_level, steps=1,
                         progress_interval=5.0, max_error_rate=0.0)
         rc = run_job(cfg)
         wall = time.time() - t0
@@ -140,7 +141,8 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
     return {"rc": rc, "rows": rows, "actors": actors, "sleep_s": sleep, "batch": batch, "size": size,
             "png_level": png_level, "ray_cpus": actors + stage_cpus, "wall_s": round(wall, 2),
             "rows_per_s_wall": round(rows / wall, 2), "object_store_peak_mb": round(peak / 2 ** 20, 1),
-            "model_stage": model_stage_bytes(manifest, batch, 128), **busy, "workdir": work}
+            "resolution": resolution,
+            "object_store_mb": object_store_mb, "model_stage": model_stage_bytes(manifest, batch, resolution), **busy, "workdir": work}
 
 
 def main(argv=None) -> int:
@@ -152,8 +154,11 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256, help="image width (height 3/4 of it), noise PNG")
     p.add_argument("--png-level", type=int, default=1)
     p.add_argument("--stage-cpus", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=128, help="model side (the prepared inputs' size)")
+    p.add_argument("--object-store-mb", type=int, default=1024)
     a = p.parse_args(argv)
-    rec = run(a.rows, a.actors, a.sleep, a.size, a.png_level, a.batch_size, a.stage_cpus)
+    rec = run(a.rows, a.actors, a.sleep, a.size, a.png_level, a.batch_size, a.stage_cpus,
+              object_store_mb=a.object_store_mb, resolution=a.resolution)
     busy = list(rec["busy"].values())
     rec["busy_min"], rec["busy_mean"] = (min(busy), round(sum(busy) / len(busy), 3)) if busy else (0, 0)
     print(json.dumps(rec, indent=1))

@@ -25,16 +25,15 @@ def test_every_actor_stays_busy_when_the_model_is_the_slowest_stage(tmp_path):
 
 
 def test_object_store_stays_bounded_when_finish_is_the_slowest_stage(tmp_path):
-    # Noise images, PNG level 9: finish is slow; the actors are fast (0.05 s per batch).
-    rec = run(rows=96, actors=4, sleep=0.05, size=512, png_level=9, batch=4, stage_cpus=2, workdir=str(tmp_path))
+    # Noise images, PNG level 9: finish is slow; the actors are fast (0.05 s per batch). 512-px model inputs make
+    # each prepared row ~1 MB, so the rows together (~170 MB prepared, as much again out of the model) are far more
+    # than Ray Data's budget for the dataset (half of the 200 MB object store given to Ray here).
+    rec = run(rows=160, actors=4, sleep=0.05, size=512, png_level=9, batch=4, stage_cpus=2, workdir=str(tmp_path),
+              object_store_mb=200, resolution=512)
     assert rec["rc"] == 0
     stage = rec["model_stage"]
     # The encoded original (a 512x384 noise PNG, ~590 KB) no longer crosses the model stage.
-    assert stage["after_bytes_per_row"] < stage["source_bytes_per_row"] / 4, stage
-    assert stage["before_bytes_per_row"] > stage["after_bytes_per_row"] + stage["source_bytes_per_row"] * 0.9
-    # Bounded: far below what the rows would hold if every prepared row waited in the store for finish.
-    everything = rec["rows"] * stage["after_bytes_per_row"] / 2 ** 20
-    assert rec["object_store_peak_mb"] < BOUND_MB, (rec["object_store_peak_mb"], everything, rec)
-
-
-BOUND_MB = 64
+    assert stage["before_bytes_per_row"] - stage["after_bytes_per_row"] > 0.9 * stage["source_bytes_per_row"], stage
+    everything_mb = rec["rows"] * stage["after_bytes_per_row"] / 2 ** 20
+    assert rec["object_store_peak_mb"] <= 1.1 * 100, rec  # bounded by the budget, not by the row count
+    assert everything_mb > 1.5 * rec["object_store_peak_mb"], rec
