@@ -95,13 +95,13 @@ def actor_busy(log_dir: str) -> dict:
         if spans:
             calls[os.path.basename(path)] = spans
     if not calls:
-        return {"actors": 0, "window_s": 0.0, "busy": {}}
+        return {"actors_with_work": 0, "window_s": 0.0, "busy": {}, "model_calls": {}}
     lo = max(s[0][0] for s in calls.values())
     hi = min(s[-1][1] for s in calls.values())
     busy = {name: sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in spans) / max(1e-9, hi - lo)
             for name, spans in calls.items()}
-    return {"actors": len(calls), "window_s": round(hi - lo, 3), "busy": {k: round(v, 3) for k, v in busy.items()},
-            "model_calls": {k: len(v) for k, v in calls.items()}}
+    return {"actors_with_work": len(calls), "window_s": round(hi - lo, 3),
+            "busy": {k: round(v, 3) for k, v in busy.items()}, "model_calls": {k: len(v) for k, v in calls.items()}}
 
 
 def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 1, batch: int = 4,
@@ -127,7 +127,8 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
         tracker.__enter__()
         t0 = time.time()
         cfg = JobConfig(manifest=(manifest,), output=os.path.join(work, "out"), weights="random:tiny",
-                        num_actors=actors, num_gpus_per_actor=0, batch_size=batch, resolution=resolution, png_level=png_level, steps=1,
+                        num_actors=actors, num_gpus_per_actor=0, batch_size=batch, resolution=resolution,
+                        png_level=png_level, steps=1,
                         progress_interval=5.0, max_error_rate=0.0)
         rc = run_job(cfg)
         wall = time.time() - t0
@@ -142,7 +143,8 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
             "png_level": png_level, "ray_cpus": actors + stage_cpus, "wall_s": round(wall, 2),
             "rows_per_s_wall": round(rows / wall, 2), "object_store_peak_mb": round(peak / 2 ** 20, 1),
             "resolution": resolution,
-            "object_store_mb": object_store_mb, "model_stage": model_stage_bytes(manifest, batch, resolution), **busy, "workdir": work}
+            "object_store_mb": object_store_mb, "model_stage": model_stage_bytes(manifest, batch, resolution), **busy,
+            "workdir": work}
 
 
 def main(argv=None) -> int:
