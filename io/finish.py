@@ -7,6 +7,10 @@ here (bad model output, encode) turns the row into an error row, except a failed
 (after retries): that is the output's problem, not the row's, so ``OutputWriteError`` is raised and the
 caller records nothing for the row.
 
+The encoded original comes inline, or is read again from its URI and checked against what prepare decoded
+(``source_bytes``): an object replaced during the run makes the row a ``source_changed`` error, never an image
+pasted over other pixels.
+
 The key promise (README "What it promises"): in the written image, every pixel farther than
 ``feather`` px from the dilated repaint mask carries the decoded input's exact bytes (for PNG
 and lossless WebP outputs; JPEG and lossy WebP re-encode the whole image).
@@ -26,7 +30,8 @@ from .images import decode_image, encode_image
 from .masks import feather_alpha
 from .naming import image_path, output_name
 from .settings import OutputSettings, PrepareSettings
-from .storage import join_uri, write_bytes
+from .prepare import source_digest
+from .storage import join_uri, read_bytes, write_bytes
 
 PREVIEW_HEIGHT = 192
 
@@ -63,10 +68,30 @@ def _region_outputs(prepared: dict, results) -> list[tuple[tuple, np.ndarray]]:
             for k, (w, side, r) in enumerate(zip(windows, sides, results))]
 
 
+def source_bytes(prepared: dict, settings: PrepareSettings) -> bytes:
+    """The encoded original prepare decoded: inline in the row, or read again from its URI (same storage options
+    and retries as prepare) and checked against the size and digest prepare recorded."""
+    uri = prepared.get("source_uri")
+    if uri is None:
+        if prepared.get("source") is None:
+            raise RowError("finish_failed", "the prepared row carries neither the image nor its URI")
+        return prepared["source"]
+    try:
+        data = read_bytes(uri, settings.storage)
+    except RowError as e:
+        raise RowError(e.kind, f"image read again to paste back: {e.message}") from None
+    size, digest = prepared.get("source_size"), prepared.get("source_digest")
+    if len(data) != size or source_digest(data) != digest:
+        raise RowError("source_changed", f"image {redact_uri(uri)} changed during the run: prepare read {size} bytes "
+                                         f"(digest {digest}), finish read {len(data)} (digest {source_digest(data)});"
+                                         f" nothing was written for it, run again to process the new image")
+    return data
+
+
 def composite(prepared: dict, results, settings: PrepareSettings) -> tuple[np.ndarray, np.ndarray]:
     """(final uint8 [H, W, 3], original uint8 [H, W, 3]) for a prepared row and its regions' model outputs
     (a list, one per region, in region order: bytes or uint8 [r, r, 3])."""
-    rgb = decode_image(prepared["source"], "image", settings.max_pixels)
+    rgb = decode_image(source_bytes(prepared, settings), "image", settings.max_pixels)
     h, w = rgb.shape[:2]
     if (w, h) != (prepared["width"], prepared["height"]):
         raise RowError("finish_failed", f"source decodes to {w}x{h}, prepare saw "

@@ -49,7 +49,14 @@ PREPARED_SCHEMA = pa.schema([
     ("height", pa.int64()),
     ("resolution", pa.int64()),         # R
     ("mask_pixels", pa.int64()),        # repaint pixels after dilation
-    ("source", pa.binary()),            # the original encoded image (finish decodes it again; deterministic)
+    # The original encoded image, for finish to decode again (deterministic): inline only for rows whose image
+    # came inline (image_bytes). A row read from a URI carries the URI and the size and digest of the bytes
+    # decoded here instead, so the (up to tens of MB) bytes do not ride through the model stage; finish reads the
+    # URI again and refuses the row (`source_changed`) if the object changed in between (io/finish.py).
+    ("source", pa.binary()),
+    ("source_uri", pa.string()),        # not redacted: finish reads it (never written to results or messages)
+    ("source_size", pa.int64()),
+    ("source_digest", pa.string()),     # source_digest(bytes)
     ("repaint_mask", pa.binary()),      # PNG (mode "1") of the dilated repaint mask, full size (b"" unless ready)
     ("t_fetch", pa.float64()),          # seconds
     ("t_decode", pa.float64()),
@@ -61,6 +68,18 @@ def row_seed(job_seed: int, row_id: str) -> int:
     """Stable per-row seed in [0, 2**63): SHA-256 of "job_seed:id", first 8 bytes, top bit cleared."""
     digest = hashlib.sha256(f"{int(job_seed)}:{row_id}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
+
+
+def source_digest(data: bytes) -> str:
+    """What finish compares the re-read image against (with its size): BLAKE2b-128, ~1 GB/s on one core."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _source_fields(source: bytes, uri: str | None) -> dict:
+    """The prepared row's source fields: the bytes themselves if inline, else the URI, size and digest."""
+    if uri is None:
+        return {"source": source, "source_uri": None, "source_size": len(source), "source_digest": None}
+    return {"source": None, "source_uri": uri, "source_size": len(source), "source_digest": source_digest(source)}
 
 
 def check_uri_allowed(uri: str, allowed: tuple) -> None:
@@ -139,7 +158,8 @@ def _fill_row_fields(row: dict, settings: PrepareSettings, out: dict) -> None:
 
 
 _EMPTY = {"model_image": [], "model_mask": [], "windows": [], "region_res": [], "region_seeds": [], "window": None,
-          "repaint_mask": b"", "source": b""}
+          "repaint_mask": b"", "source": None,
+          "source_uri": None, "source_size": None, "source_digest": None}
 
 
 def _regions(rgb: np.ndarray, repaint: np.ndarray, seed: int, settings: PrepareSettings) -> dict:
@@ -178,7 +198,7 @@ def prepare_row(row: dict, settings: PrepareSettings) -> dict:
         rgb = decode_image(source, where, settings.max_pixels)
         out["t_decode"] = time.perf_counter() - t1
         height, width = rgb.shape[:2]
-        out["source"], out["width"], out["height"] = source, int(width), int(height)
+        out.update(_source_fields(source, uri), width=int(width), height=int(height))
 
         mask, t_mfetch, t_mdecode = _build_mask(row, width, height, settings)
         out["t_fetch"] += t_mfetch

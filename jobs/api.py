@@ -26,7 +26,7 @@ def inpaint_dataset(ds, cfg: JobConfig, *, base_dir: str | None = None):
     """`ds`: a Ray Dataset with the manifest's columns (`cfg.columns` maps other names; see README, Manifests);
     relative image and mask URIs resolve against `base_dir`. Needs a running Ray (`ray.init()`); `cfg.manifest`
     is not used. Returns the lazy Dataset of results rows (one per input row, whatever happened to it)."""
-    from .pipeline import PassPlan, _model_stage
+    from .pipeline import PassPlan, _model_stage, model_pool
     from .stages import prepare_batch
 
     if not cfg.output:
@@ -42,7 +42,7 @@ def inpaint_dataset(ds, cfg: JobConfig, *, base_dir: str | None = None):
                         fn_kwargs={"colmap": cfg.column_map(), "source_column": None, "base_dir": base_dir})
     ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=cfg.batch_size,
                         fn_kwargs={"settings": rows}, num_cpus=1)
-    ds = _model_stage(ds, cfg, plan, cfg.batch_size, retry_pass=False)
+    ds = _model_stage(ds, cfg, plan, cfg.batch_size, False, model_pool(cfg))
     return ds.map_batches(finish_results, batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=1,
                           fn_kwargs={"rows": rows, "out": cfg.output_settings(storage), "run": run})
 

@@ -7,8 +7,11 @@ Crash retries. A dead model worker is restarted and its task retried once; if Ra
 that block's rows are simply missing at the end of the pass (`max_errored_blocks = -1`). `process` retries the
 missing rows in passes of their own, batches of one row with one task in flight per actor (so a crash takes down
 only its own row), while those passes make progress; rows still missing after `--max-crash-retries` passes
-without progress become `worker_crash` error rows. Blocks hold one model batch each up to the model stage, so a
-crash costs its own batch only.
+without progress become `worker_crash` error rows. Blocks hold a whole number of model batches, at least 8 rows
+(jobs/sizing.py), so a crash costs its own block only.
+
+CPU sizing. prepare and finish each have a cap on tasks in flight, splitting the CPUs the model actors leave
+(sizing.stage_sizes), so neither can starve the other or the actors.
 """
 
 from __future__ import annotations
@@ -120,13 +123,21 @@ def _arrow_fs(fs):
     return PyFileSystem(FSSpecHandler(fs))
 
 
-def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: bool):
+def model_pool(cfg: JobConfig) -> tuple[int, float, float]:
+    """actor_plan, refused in one line (placement.check_pool) when the cluster can never place it."""
+    pool = actor_plan(cfg, on_cluster=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
+    check_pool(*pool, cfg.wait_for_actors)
+    return pool
+
+
+def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: bool, pool: tuple):
     import ray
 
     from .predictor import InpaintPredictor
+    from .standin import SleepPredictor, standin_args
 
-    n_actors, gpus, cpus = actor_plan(cfg, on_cluster=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
-    check_pool(n_actors, gpus, cpus, cfg.wait_for_actors)
+    n_actors, gpus, cpus = pool
+    standin = standin_args()  # tests and the keep-up benchmark only (jobs/standin.py)
     with warnings.catch_warnings():
         # Ray 2.60 takes max_restarts/max_task_retries only through **ray_remote_args (deprecated, no named
         # parameter yet). A dead actor is always restarted (a poison row must not take the pool down for every
@@ -134,7 +145,7 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
         # crashes its worker every time would never finish (see the module docstring).
         warnings.simplefilter("ignore", DeprecationWarning)
         return ds.map_batches(
-            InpaintPredictor,
+            SleepPredictor if standin else InpaintPredictor,
             batch_format="pyarrow",
             batch_size=batch,
             compute=ray.data.ActorPoolStrategy(size=n_actors,
@@ -143,7 +154,7 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
             num_cpus=cpus,
             max_restarts=-1,
             max_task_retries=1,
-            fn_constructor_args=(plan.model,),
+            fn_constructor_args=(plan.model, *standin) if standin else (plan.model,),
         )
 
 
@@ -151,21 +162,29 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
              preview_p: float = 0.0) -> None:
     """One streaming pass over the manifest: results go to the ledger (written by the finish tasks), the
     driver's small table per finish task to `sink`. `include` set: a crash-retry pass over those ids."""
+    import ray
+
+    from .sizing import cpu_block_rows, stage_sizes
     from .stages import finish_and_write, prepare_batch
 
     retry_pass = include is not None
+    pool = model_pool(cfg)
+    sizes = stage_sizes(float(ray.cluster_resources().get("CPU", 0)), pool[0], pool[2])
     ds = read_manifest(cfg, plan, exclude=exclude, include=include)
     if limit is not None:
         ds = ds.limit(limit)
-    # Blocks of one model batch each (a streaming split, no shuffle): the block is Ray Data's unit of work, so
-    # this lets every CPU prepare in parallel and every model actor get work even from one large manifest file.
-    batch = 1 if retry_pass else cfg.batch_size
-    ds = ds.repartition(target_num_rows_per_block=batch)
-    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=batch,
-                        fn_kwargs={"settings": plan.rows}, num_cpus=1)
-    ds = _model_stage(ds, cfg, plan, batch, retry_pass)
+    # A streaming split, no shuffle: the block is Ray Data's unit of work, so this lets every CPU prepare in
+    # parallel and every model actor get work even from one large manifest file (sizing.cpu_block_rows).
+    block = cpu_block_rows(cfg.batch_size, retry_pass)
+    ds = ds.repartition(target_num_rows_per_block=block)
+    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=1,
+                        compute=ray.data.TaskPoolStrategy(size=sizes.prepare), fn_kwargs={"settings": plan.rows})
+    ds = _model_stage(ds, cfg, plan, 1 if retry_pass else cfg.batch_size, retry_pass, pool)
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,
+                        compute=ray.data.TaskPoolStrategy(size=sizes.finish),
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
+    log.info("stages: %d model actor(s); prepare <= %d and finish <= %d task(s) in flight; %d row(s) per block",
+             pool[0], sizes.prepare, sizes.finish, block)
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink(b)
 

@@ -117,7 +117,7 @@ def test_rerun_is_deterministic_and_retry_errors(ray_local, tmp_path):
     assert run_job(cfg_b) == 0
     names = sorted(os.listdir(tmp_path / "b" / "images"))
     assert len(names) == 5  # 4 good rows + the empty-mask row
-    regions = {r["id"]: len(r["regions"] or []) for r in read_results(str(tmp_path / "b")).to_pylist()}
+    regions = {r["id"]: len(r["regions"] or []) for r in read_results(str(tmp_path / "a")).to_pylist()}
     assert regions["img-0002"] == 3  # the demo's row of three marks far apart: three regions, inpainted apart
     for name in names:
         # Same row, same settings, different batch composition: identical bytes.

@@ -1,0 +1,38 @@
+"""Every stage keeps up: the real job (run_job on a local Ray this test starts) with stand-in model actors that
+sleep per model batch (jobs/standin.py), measured by jobs/keepup_bench.py.
+
+Sized for 2 shared cores: 8 actors asking for 8 rows/s in all (4 rows per 4 s each), which prepare and finish
+deliver there; a sleeping actor uses no CPU, so Ray is given one logical CPU per actor plus 2 for the CPU stages.
+`python -m rayinpaint.jobs.keepup_bench` runs larger or faster cases on a machine with more cores (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rayinpaint.jobs.keepup_bench import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def test_every_actor_stays_busy_when_the_model_is_the_slowest_stage(tmp_path):
+    rec = run(rows=384, actors=8, sleep=4.0, size=128, batch=4, stage_cpus=2, workdir=str(tmp_path))
+    assert rec["rc"] == 0
+    assert rec["actors_with_work"] == 8 and all(n >= 8 for n in rec["model_calls"].values()), rec
+    assert rec["window_s"] > 20, rec
+    assert min(rec["busy"].values()) >= 0.9, rec
+
+
+def test_object_store_stays_bounded_when_finish_is_the_slowest_stage(tmp_path):
+    # Noise images, PNG level 9: finish is slow; the actors are fast (0.05 s per batch). 512-px model inputs make
+    # each prepared row ~1 MB, so the rows together (~170 MB prepared, as much again out of the model) are far more
+    # than Ray Data's budget for the dataset (half of the 200 MB object store given to Ray here).
+    rec = run(rows=160, actors=4, sleep=0.05, size=512, png_level=9, batch=4, stage_cpus=2, workdir=str(tmp_path),
+              object_store_mb=200, resolution=512)
+    assert rec["rc"] == 0
+    stage = rec["model_stage"]
+    # The encoded original (a 512x384 noise PNG, ~590 KB) no longer crosses the model stage.
+    assert stage["before_bytes_per_row"] - stage["after_bytes_per_row"] > 0.9 * stage["source_bytes_per_row"], stage
+    everything_mb = rec["rows"] * stage["after_bytes_per_row"] / 2 ** 20
+    assert rec["object_store_peak_mb"] <= 1.1 * 100, rec  # bounded by the budget, not by the row count
+    assert everything_mb > 1.5 * rec["object_store_peak_mb"], rec
