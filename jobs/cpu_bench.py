@@ -123,17 +123,23 @@ def add_cpu_bench_arguments(p) -> None:
 
 
 def run_cpu_bench_cli(args) -> int:
-    import json
-    import os
-
     sizes = [int(v) for v in args.megapixels.split(",")]
     if any(s not in SIZES_MP for s in sizes):
         raise SystemExit(f"--megapixels: choose among {', '.join(map(str, SIZES_MP))}")
     out = run_cpu_bench(sizes, args.images_per_s, [int(v) for v in args.png_levels.split(",")], args.repeat)
-    out["load_average_1m"] = round(os.getloadavg()[0], 2)  # other work on the machine inflates the times
+    return print_record(out, args.json)
+
+
+def print_record(out: dict, path: str | None) -> int:
+    """Print a bench record as JSON (with the load average: other work on the machine inflates the times),
+    also to `path` when given; 0."""
+    import json
+    import os
+
+    out["load_average_1m"] = round(os.getloadavg()[0], 2)
     text = json.dumps(out, indent=1)
     print(text)
-    if args.json:
-        with open(args.json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             f.write(text + "\n")
     return 0

@@ -102,18 +102,12 @@ def split_cost(width: int = 4000, height: int = 3000, repeat: int = 3) -> dict:
 
 
 def run_region_bench_cli(args) -> int:
-    import json
     import os
     import platform
 
-    out = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-           "detail": detail_ratio(resolution=args.resolution, weights=args.weights, steps=args.steps),
-           "split_cost": split_cost(repeat=args.repeat),
-           "load_average_1m": round(os.getloadavg()[0], 2)}  # other work on the machine inflates the times
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
-    return 0
+    from .cpu_bench import print_record
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return print_record({"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine,
+                         "detail": detail_ratio(resolution=args.resolution, weights=args.weights, steps=args.steps),
+                         "split_cost": split_cost(repeat=args.repeat)}, args.json)
