@@ -61,7 +61,9 @@ def read_snapshot(fs, path: str, listing: list) -> tuple[list, list] | None:
     """(the snapshot's columns as lists of chunks {name: [chunks]}, rows per results file) when the snapshot
     at `path` was made from exactly `listing`; None otherwise (absent, stale, unreadable: logged)."""
     try:
-        with fs.open(path, "rb") as f:
+        # One GET of the whole file (small: ~0.7 MB per 1M ids). On S3, opening it, or cat_file without a range
+        # (which asks the size first), costs a HEAD and, when it is absent, a listing of its "folder" as well.
+        with io.BytesIO(fs.cat_file(path, start=0)) as f:
             pf = pq.ParquetFile(f)
             meta = json.loads((pf.schema_arrow.metadata or {}).get(_KEY, b"null"))
             if not isinstance(meta, dict) or meta.get("version") != _VERSION:
