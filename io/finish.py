@@ -34,6 +34,7 @@ from .prepare import source_digest
 from .storage import join_uri, read_bytes, write_bytes
 
 PREVIEW_HEIGHT = 192
+PREVIEW_MAX_WIDTH = 1024  # px per panel
 
 
 def _decode_repaint(png: bytes, width: int, height: int) -> np.ndarray:
@@ -118,7 +119,7 @@ def preview_jpeg(original: np.ndarray, final: np.ndarray, repaint: np.ndarray | 
     """Side-by-side thumbnail: input | input with the repaint outline in red and each region's window in
     yellow | output."""
     h, w = original.shape[:2]
-    tw = max(1, round(w * PREVIEW_HEIGHT / h))
+    tw = min(PREVIEW_MAX_WIDTH, max(1, round(w * PREVIEW_HEIGHT / h)))  # a panorama: squeezed, not 65,000 px wide
     size = (tw, PREVIEW_HEIGHT)
     a = Image.fromarray(original).resize(size, Image.BILINEAR)
     c = Image.fromarray(final).resize(size, Image.BILINEAR)
@@ -130,9 +131,10 @@ def preview_jpeg(original: np.ndarray, final: np.ndarray, repaint: np.ndarray | 
         arr[edge] = (255, 0, 0)
         b = Image.fromarray(arr)
     draw = ImageDraw.Draw(b)
+    kx, ky = tw / w, PREVIEW_HEIGHT / h
     for x0, y0, x1, y1 in windows:
-        k = PREVIEW_HEIGHT / h
-        draw.rectangle([round(x0 * k), round(y0 * k), round(x1 * k) - 1, round(y1 * k) - 1], outline=(255, 210, 0))
+        draw.rectangle([round(x0 * kx), round(y0 * ky), max(round(x0 * kx), round(x1 * kx) - 1),
+                        max(round(y0 * ky), round(y1 * ky) - 1)], outline=(255, 210, 0))
     sheet = Image.new("RGB", (3 * tw + 8, PREVIEW_HEIGHT), (255, 255, 255))
     for i, im in enumerate((a, b, c)):
         sheet.paste(im, (i * (tw + 4), 0))
@@ -178,7 +180,10 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
         "finish": time.perf_counter() - t0, "write": t_write,
     }
     if preview:
-        row["preview_jpeg"] = preview_jpeg(original, final, repaint, windows) if final is not None else None
+        try:
+            row["preview_jpeg"] = preview_jpeg(original, final, repaint, windows) if final is not None else None
+        except Exception:  # noqa: BLE001 - a report thumbnail must never cost the row or its batch
+            row["preview_jpeg"] = None
     return row
 
 

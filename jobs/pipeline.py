@@ -177,11 +177,15 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     # parallel and every model actor get work even from one large manifest file (sizing.cpu_block_rows).
     block = cpu_block_rows(cfg.batch_size, retry_pass)
     ds = ds.repartition(target_num_rows_per_block=block)
-    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=1,
-                        compute=ray.data.TaskPoolStrategy(size=sizes.prepare), fn_kwargs={"settings": plan.rows})
+    # Crash-retry passes run uncapped: with the caps, a retry pass over two manifest groups on a 2-CPU Ray stalled
+    # with every stage's CPU budget at zero (tests/test_reliability_inputs.py); they are short, one row a block.
+    caps = (None, None) if retry_pass else (ray.data.TaskPoolStrategy(size=sizes.prepare),
+                                             ray.data.TaskPoolStrategy(size=sizes.finish))
+    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=1, compute=caps[0],
+                        fn_kwargs={"settings": plan.rows})
     ds = _model_stage(ds, cfg, plan, 1 if retry_pass else cfg.batch_size, retry_pass, pool)
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,
-                        compute=ray.data.TaskPoolStrategy(size=sizes.finish),
+                        compute=caps[1],
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
     log.info("stages: %d model actor(s); prepare <= %d and finish <= %d task(s) in flight; %d row(s) per block",
              pool[0], sizes.prepare, sizes.finish, block)
