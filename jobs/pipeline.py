@@ -187,8 +187,8 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,
                         compute=caps[1],
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
-    log.info("stages: %d model actor(s); prepare <= %d and finish <= %d task(s) in flight; %d row(s) per block",
-             pool[0], sizes.prepare, sizes.finish, block)
+    log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], "CPU stages uncapped (crash-retry pass)"
+             if retry_pass else f"prepare <= {sizes.prepare} and finish <= {sizes.finish} task(s) in flight", block)
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink(b)
 
