@@ -177,18 +177,21 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     # parallel and every model actor get work even from one large manifest file (sizing.cpu_block_rows).
     block = cpu_block_rows(cfg.batch_size, retry_pass)
     ds = ds.repartition(target_num_rows_per_block=block)
-    # Crash-retry passes run uncapped: with the caps, a retry pass over two manifest groups on a 2-CPU Ray stalled
-    # with every stage's CPU budget at zero (tests/test_reliability_inputs.py); they are short, one row a block.
-    caps = (None, None) if retry_pass else (ray.data.TaskPoolStrategy(size=sizes.prepare),
-                                             ray.data.TaskPoolStrategy(size=sizes.finish))
+    # Caps only where the free CPUs hold a task of each stage at once. On a cluster with fewer (a 2-CPU Ray and one
+    # actor), capped prepare and finish tasks took turns on one CPU and a 20k-row run wrote nothing for 7 minutes
+    # (tests/test_reliability_load.py), and a crash-retry pass over two manifest groups stalled with every stage's
+    # CPU budget at zero (tests/test_reliability_inputs.py): there Ray Data schedules them uncapped, as it did.
+    capped = not retry_pass and sizes.prepare + sizes.finish <= sizes.free
+    caps = (ray.data.TaskPoolStrategy(size=sizes.prepare), ray.data.TaskPoolStrategy(size=sizes.finish)) \
+        if capped else (None, None)
     ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=1, compute=caps[0],
                         fn_kwargs={"settings": plan.rows})
     ds = _model_stage(ds, cfg, plan, 1 if retry_pass else cfg.batch_size, retry_pass, pool)
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,
                         compute=caps[1],
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
-    log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], "CPU stages uncapped (crash-retry pass)"
-             if retry_pass else f"prepare <= {sizes.prepare} and finish <= {sizes.finish} task(s) in flight", block)
+    log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], "CPU stages uncapped" if not capped
+             else f"prepare <= {sizes.prepare} and finish <= {sizes.finish} task(s) in flight", block)
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink(b)
 

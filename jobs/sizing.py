@@ -19,6 +19,7 @@ MIN_CPU_BLOCK_ROWS = 8
 class StageSizes:
     prepare: int      # prepare tasks in flight at most
     finish: int       # finish tasks in flight at most
+    free: int = 0     # CPUs the actors leave (the caps apply only when prepare + finish fit in them)
 
 
 def stage_sizes(cluster_cpus: float, n_actors: int, cpus_per_actor: float) -> StageSizes:
@@ -40,7 +41,7 @@ def stage_sizes(cluster_cpus: float, n_actors: int, cpus_per_actor: float) -> St
         cluster_cpus = ASSUMED_CPUS_PER_ACTOR * n_actors
     free = max(0, int(math.floor(cluster_cpus - n_actors * cpus_per_actor + 1e-9)))
     finish = max(1, (free + 1) // 2)
-    return StageSizes(prepare=max(1, free - finish), finish=finish)
+    return StageSizes(prepare=max(1, free - finish), finish=finish, free=free)
 
 
 def cpu_block_rows(batch_size: int, retry_pass: bool) -> int:
