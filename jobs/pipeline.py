@@ -181,13 +181,17 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     # actor), capped prepare and finish tasks took turns on one CPU and a 20k-row run wrote nothing for 7 minutes
     # (tests/test_reliability_load.py), and a crash-retry pass over two manifest groups stalled with every stage's
     # CPU budget at zero (tests/test_reliability_inputs.py): there Ray Data schedules them uncapped, as it did.
+    # With fewer free CPUs, uncapped prepare held the one free CPU and finish waited with a CPU budget of 0 (the
+    # load test): there one prepare task and the finish tasks share it, half a logical CPU each.
     capped = not retry_pass and sizes.prepare + sizes.finish <= sizes.free
     caps = (ray.data.TaskPoolStrategy(size=sizes.prepare), ray.data.TaskPoolStrategy(size=sizes.finish)) \
-        if capped else (None, None)
-    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=1, compute=caps[0],
-                        fn_kwargs={"settings": plan.rows})
+        if capped else (ray.data.TaskPoolStrategy(size=1), None)
+    stage_cpus = 1 if capped else 0.5
+    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=stage_cpus,
+                        compute=caps[0], fn_kwargs={"settings": plan.rows})
     ds = _model_stage(ds, cfg, plan, 1 if retry_pass else cfg.batch_size, retry_pass, pool)
-    ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size), num_cpus=1,
+    ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size),
+                        num_cpus=stage_cpus,
                         compute=caps[1],
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
     log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], "CPU stages uncapped" if not capped
