@@ -177,12 +177,10 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     # parallel and every model actor get work even from one large manifest file (sizing.cpu_block_rows).
     block = cpu_block_rows(cfg.batch_size, retry_pass)
     ds = ds.repartition(target_num_rows_per_block=block)
-    # Caps only where the free CPUs hold a task of each stage at once. On a cluster with fewer (a 2-CPU Ray and one
-    # actor), capped prepare and finish tasks took turns on one CPU and a 20k-row run wrote nothing for 7 minutes
-    # (tests/test_reliability_load.py), and a crash-retry pass over two manifest groups stalled with every stage's
-    # CPU budget at zero (tests/test_reliability_inputs.py): there Ray Data schedules them uncapped, as it did.
-    # With fewer free CPUs, uncapped prepare held the one free CPU and finish waited with a CPU budget of 0 (the
-    # load test): there one prepare task and the finish tasks share it, half a logical CPU each.
+    # Caps only where the free CPUs hold a task of each stage at once. With fewer (a 2-CPU Ray and one actor), and
+    # in crash-retry passes, one prepare task and the finish tasks share the free CPU at half a logical CPU each:
+    # there, prepare held the one free CPU and finish waited with a CPU budget of 0 (tests/test_reliability_load.py),
+    # with the caps or without them.
     capped = not retry_pass and sizes.prepare + sizes.finish <= sizes.free
     caps = (ray.data.TaskPoolStrategy(size=sizes.prepare), ray.data.TaskPoolStrategy(size=sizes.finish)) \
         if capped else (ray.data.TaskPoolStrategy(size=1), None)
@@ -194,7 +192,7 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
                         num_cpus=stage_cpus,
                         compute=caps[1],
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
-    log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], "CPU stages uncapped" if not capped
+    log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], "one prepare task and the finish tasks share the free CPU" if not capped
              else f"prepare <= {sizes.prepare} and finish <= {sizes.finish} task(s) in flight", block)
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink(b)
