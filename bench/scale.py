@@ -151,7 +151,7 @@ def _watch_steps(inpaint) -> dict:
             out = fn(*a, **kw)
             steps[name] = {"s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(rss_mb())}
             if name == "reconcile":
-                steps["_index_from"] = out.read.source
+                steps["_index_from"] = out.index.source
             return out
         return run
 

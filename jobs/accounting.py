@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .idset import is_in
 from .preflight import OutputUnwritable
 from .progress import Progress
+from .spill import PartedTable
 from .stages import UNWRITTEN
 
 _EXAMPLES_PER_KIND = 5
+RECORDED_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
+                             ("prompt_truncated", pa.bool_())])
 
 
 @dataclass
@@ -35,7 +37,8 @@ class RunTally:
     previews: list = field(default_factory=list)   # (id, status, jpeg)
     model_sha256: str | None = None
     after_add: Callable[[], None] | None = None    # called after each batch is added (in-run compaction)
-    _recorded: list = field(default_factory=list)  # id, status, error_kind, prompt_truncated of recorded rows
+    # id, status, error_kind, prompt_truncated of every row recorded, in parts by id (jobs/spill.py; None: not kept)
+    recorded_rows: PartedTable | None = None
 
     def add(self, batch: pa.Table) -> None:
         status = batch.column("status").to_pylist()
@@ -68,20 +71,12 @@ class RunTally:
             self.after_add()
 
     def _keep_recorded(self, batch: pa.Table) -> None:
-        cols = [batch.column(c).combine_chunks() for c in ("id", "status", "error_kind")]
-        truncated = batch.column("prompt_truncated").combine_chunks() if "prompt_truncated" in batch.column_names \
+        if self.recorded_rows is None:
+            return
+        cols = [batch.column(c) for c in ("id", "status", "error_kind")]
+        truncated = batch.column("prompt_truncated") if "prompt_truncated" in batch.column_names \
             else pa.nulls(batch.num_rows, pa.bool_())
-        self._recorded.append(pa.table(cols + [truncated.cast(pa.bool_())],
-                                       names=["id", "status", "error_kind", "prompt_truncated"]))
-
-    def recorded(self) -> pa.Table:
-        """id, status, error_kind, prompt_truncated of every row this run recorded, in the order received."""
-        if not self._recorded:
-            return pa.table({"id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
-                             "error_kind": pa.array([], pa.string()), "prompt_truncated": pa.array([], pa.bool_())})
-        t = pa.concat_tables(self._recorded).combine_chunks()
-        self._recorded = [t]
-        return t
+        self.recorded_rows.add(pa.table(cols + [truncated.cast(pa.bool_())], names=list(RECORDED_SCHEMA.names)))
 
     def _keep_examples(self, batch: pa.Table) -> None:
         errors = batch.filter(pc.equal(batch.column("status"), "error"))
@@ -147,18 +142,6 @@ class Outcome:
     @property
     def success(self) -> bool:
         return self.within_rates and self.complete
-
-
-def outcome_of(index, manifest_ids: pa.Array, duplicates: dict, max_error_rate: float,
-               max_unchanged_rate: float = 1.0) -> Outcome:
-    """`index`: the reconciled ledger's index (ledger.LedgerIndex)."""
-    by_status, by_kind = index.counts()
-    accounted = int(is_in(index.table.column("id"), manifest_ids).sum())
-    unchanged = index.table.filter(pc.equal(index.table.column("status"), "unchanged")).column("id")
-    return Outcome(by_status=by_status, by_kind=by_kind, unique_ids=len(manifest_ids), accounted=accounted,
-                   duplicates=duplicates, prompts_truncated=index.prompts_truncated(), max_error_rate=max_error_rate,
-                   max_unchanged_rate=max_unchanged_rate,
-                   unchanged_examples=tuple(sorted(unchanged.slice(0, 200).to_pylist())[:_EXAMPLES_PER_KIND]))
 
 
 def unchanged_warning(outcome: Outcome, cfg) -> str | None:

@@ -20,20 +20,18 @@ from rayinpaint.io.prepare import prepare_row
 from rayinpaint.io.storage import dirname_uri, filesystem, join_uri
 
 from .fingerprint import SETTINGS_FILE, differences, fingerprint_of, model_identity, pixel_settings
-from .idset import is_in
-from .ledger import DONE_STATUSES
+from .books import among, left_to_do
 
 
-def dry_run(cfg, storage, scan, ledger) -> int:
+def dry_run(cfg, storage, scan, idx, spill) -> int:
     """Print the dry run's findings (stdout, one fact a line); 0 when the sample holds a row that would be
-    repainted, 1 otherwise (every sampled row an error or unchanged: a real run would not be a success)."""
-    idx = ledger.index()
-    done = idx.ids_with_status(DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",))
-    todo = scan.ids.filter(pa.array(~is_in(scan.ids, done.cast(pa.string()))))
-    todo_n = len(todo) if cfg.limit is None else min(len(todo), cfg.limit)
-    print(f"dry run: {len(scan.ids)} unique id(s) in the manifest, {len(done)} already done, {todo_n} to do")
+    repainted, 1 otherwise (every sampled row an error or unchanged: a real run would not be a success).
+    `idx`: the ledger's index (index_spill.SpilledIndex, read only); `spill`: a spill.SpillFolder."""
+    done, left = left_to_do(cfg, scan, idx, spill)
+    todo_n = left.rows if cfg.limit is None else min(left.rows, cfg.limit)
+    print(f"dry run: {scan.unique} unique id(s) in the manifest, {done} already done, {todo_n} to do")
     print(f"settings: {_settings_line(cfg, storage)}")
-    sample = sample_rows(cfg, storage, scan, set(todo.slice(0, cfg.dry_run_sample).to_pylist()))
+    sample = sample_rows(cfg, storage, scan, left)
     statuses = Counter(r["status"] if r["status"] != "error" else f"error:{r['error_kind']}" for r in sample)
     print(f"sample of {len(sample)} row(s) fetched and decoded: "
           + (", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none"))
@@ -58,19 +56,22 @@ def _settings_line(cfg, storage) -> str:
         f"differ from the output's ({'; '.join(diff)}): a run would stop; use a new --output or --reprocess")
 
 
-def sample_rows(cfg, storage, scan, wanted: set) -> list[dict]:
-    """Prepared rows (status, error kind and message) for the manifest rows whose id is in `wanted`."""
+def sample_rows(cfg, storage, scan, left) -> list[dict]:
+    """Prepared rows (status, error kind and message) for the first --dry-run-sample manifest rows whose id is
+    in `left` (a spill.PartedTable of the ids left), reading manifest files in order until there are enough."""
     out = []
+    want = min(cfg.dry_run_sample, left.rows)
     settings = cfg.prepare_settings(storage)
     for path in (p for group in scan.groups for p in group):
-        if len(out) >= len(wanted):
+        if len(out) >= want:
             break
         fs, p = filesystem(path, storage)
         with fs.open(p, "rb") as f:
             t = pq.read_table(f)
         t = canonicalize(t, cfg.column_map(), source_column=None, base_dir=dirname_uri(path))
-        t = t.filter(pc.fill_null(pc.is_in(t.column("id"), value_set=pa.array(sorted(wanted), pa.string())), False))
-        out += [prepare_row(row, settings) for row in t.to_pylist()[: len(wanted) - len(out)]]
+        t = t.filter(pc.fill_null(pc.not_equal(t.column("id"), ""), False))
+        t = t.filter(pa.array(among(t.column("id").combine_chunks(), left)))
+        out += [prepare_row(row, settings) for row in t.to_pylist()[: want - len(out)]]
     return out
 
 

@@ -67,6 +67,63 @@ class IdSet:
         return found
 
 
+class PartedIdSet:
+    """An IdSet in the parts of a spill.PartedTable (split by `buckets`): the driver builds one part at a time
+    and, under Ray, puts it in the object store, so the driver never holds the whole set; a task fetches the
+    parts its ids fall in (zero-copy from the object store) when it first needs them."""
+
+    def __init__(self, parts: list, size: int):
+        self.parts = parts  # IdSet or ray.ObjectRef of an IdSet, one per part
+        self.size = size
+        self._got: dict = {}
+
+    @classmethod
+    def build(cls, table) -> "PartedIdSet":
+        """From a spill.PartedTable with an `id` column (put in Ray's object store when Ray is running)."""
+        try:
+            import ray
+
+            put = ray.put if ray.is_initialized() else None
+        except ImportError:
+            put = None
+        parts = []
+        for k in range(table.parts):
+            s = IdSet(table.ids(k))
+            parts.append(put(s) if put is not None else s)
+        return cls(parts, table.rows)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getstate__(self) -> dict:
+        return {"parts": self.parts, "size": self.size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.parts, self.size, self._got = state["parts"], state["size"], {}
+
+    def _part(self, k: int) -> IdSet:
+        if k not in self._got:
+            p = self.parts[k]
+            if not isinstance(p, IdSet):
+                import ray
+
+                p = ray.get(p)
+            self._got[k] = p
+        return self._got[k]
+
+    def contains(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """One bool per id of `ids` (null ids: False)."""
+        ids = one_array(ids).cast(pa.string())
+        if len(self.parts) == 1:
+            return self._part(0).contains(ids)
+        where = buckets(ids, len(self.parts))
+        found = np.zeros(len(ids), bool)
+        for k in np.unique(where):
+            rows = np.flatnonzero(where == k)
+            found[rows] = self._part(int(k)).contains(ids.take(pa.array(rows)))
+        return found
+
+
 # ---- set operations over millions of ids in bounded memory ----------------------------------------------------
 # Arrow's hash kernels (is_in, value_counts, count_distinct) build one hash table over the whole value set: about
 # 70 bytes per id at 10M ids (a table sized to twice the ids plus a copy of every string), on top of the ids
@@ -124,16 +181,3 @@ def count_distinct(ids: pa.Array | pa.ChunkedArray) -> int:
         return pc.count_distinct(ids).as_py()
     b = buckets(ids)
     return sum(pc.count_distinct(ids.filter(pa.array(b == k))).as_py() for k in range(BUCKETS))
-
-
-def repeated(ids: pa.Array | pa.ChunkedArray) -> dict:
-    """{id: count} of the ids that occur more than once, bucket by bucket."""
-    ids = one_array(ids)
-    b = buckets(ids) if len(ids) > _CHUNK else np.zeros(len(ids), np.uint8)
-    out = {}
-    for k in range(BUCKETS if len(ids) > _CHUNK else 1):
-        counts = pc.value_counts(ids.filter(pa.array(b == k)))
-        many = pc.greater(counts.field("counts"), 1)
-        out.update(zip(pc.filter(counts.field("values"), many).to_pylist(),
-                       pc.filter(counts.field("counts"), many).to_pylist()))
-    return out

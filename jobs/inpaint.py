@@ -14,47 +14,32 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rayinpaint.io.errors import RowError
 from rayinpaint.io.naming import output_name
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
-from .accounting import Outcome, RunTally, outcome_of
+from .accounting import RECORDED_SCHEMA, Outcome, RunTally
+from .books import outcome_of, reconcile
 from .cards import card_details
 from .compaction import RunCompactor, compact
 from .config import JobConfig
 from .dryrun import dry_run
 from .fingerprint import settle_settings
-from .idset import is_in
-from .ledger import DONE_STATUSES, Ledger, LedgerIndex
+from .index_spill import spill_index
+from .ledger import Ledger
+from .manifest_ids import ManifestScan, scan_manifest
 from .overview import describe_output
-from .preflight import (ManifestScan, OutputUnwritable, check_output_writable, check_weights, scan_manifest,
-                        settled_rows)
+from .preflight import OutputUnwritable, check_output_writable, check_weights
 from .placement import pool_timeout
 from .progress import Progress
 from .report import build_summary, report_html, summary_json
 from .snapshot import save_snapshot
+from .spill import SpillFolder
 
 log = logging.getLogger("rayinpaint.job")
-
-
-@dataclass(frozen=True)
-class Todo:
-    """The rows this run processes: ids not yet done, and the ids a pass must skip."""
-    ids: pa.Array        # manifest ids still to do (before --limit)
-    exclude: pa.Array    # ids done (per the ledger) or settled by the manifest alone
-    done: int            # ids already done
-    index: LedgerIndex   # the reconciled ledger at the start, with the rows the manifest alone settled
-    file_rows: dict      # rows of each results file after the start's merge (large files are not read again)
-    read: LedgerIndex    # the reconciled ledger's index as read (file by file), for the end's snapshot
-
-    @property
-    def count(self) -> int:
-        return len(self.ids)
 
 
 def run_job(cfg: JobConfig) -> int:
@@ -75,25 +60,22 @@ def _run_job(cfg: JobConfig) -> int:
     cfg.prepare_settings(storage).validate()
     check_weights(cfg, storage)
     check_output_writable(cfg.output, storage)
-    scan = scan_manifest(cfg, storage)
-    release_memory()
-    log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
-             sum(len(g) for g in scan.groups), len(scan.ids), len(scan.duplicates), len(scan.missing))
-    ledger = Ledger(cfg.output, storage)
-    if cfg.dry_run:
-        return dry_run(cfg, storage, scan, ledger)
-    fingerprint = settle_settings(cfg, storage, ledger)
-    todo = reconcile(cfg, ledger, scan)
-    release_memory()
-    tally = RunTally(cfg.preview_count)
-    if todo.count:
-        process_rows(cfg, storage, scan, ledger, todo, tally, fingerprint)
-    compact(ledger, file_rows=todo.file_rows)
-    keep_snapshot(ledger, todo.read)
-    outcome = outcome_of(todo.index.with_rows(tally.recorded()), scan.ids, scan.duplicates, cfg.max_error_rate,
-                         cfg.max_unchanged_rate)
-    del todo, scan  # the manifest's ids and the ledger's index, O(ids): not needed below
-    release_memory()
+    with SpillFolder() as spill:  # the ids' bookkeeping on local disk, in parts (jobs/spill.py)
+        scan = scan_manifest(cfg, storage, spill)
+        log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
+                 sum(len(g) for g in scan.groups), scan.unique, len(scan.duplicates), len(scan.missing))
+        ledger = Ledger(cfg.output, storage)
+        if cfg.dry_run:
+            return dry_run(cfg, storage, scan, spill_index(ledger, spill, scan.parts), spill)
+        fingerprint = settle_settings(cfg, storage, ledger)
+        todo = reconcile(cfg, ledger, scan, spill)
+        tally = RunTally(cfg.preview_count, recorded_rows=spill.table(RECORDED_SCHEMA, scan.parts))
+        if todo.count:
+            process_rows(cfg, storage, scan, ledger, todo, tally, fingerprint)
+        compact(ledger, file_rows=todo.file_rows)
+        keep_snapshot(ledger, todo.index)
+        outcome = outcome_of(todo, scan, tally.recorded_rows, cfg.max_error_rate, cfg.max_unchanged_rate)
+        release_memory()
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     elapsed = time.perf_counter() - t0
     whole = describe_output(cfg.output.rstrip("/"), storage, ledger, {
@@ -105,40 +87,13 @@ def _run_job(cfg: JobConfig) -> int:
     return _exit_code(cfg, outcome)
 
 
-def reconcile(cfg: JobConfig, ledger: Ledger, scan: ManifestScan) -> Todo:
-    """Repair the ledger (duplicates from earlier crashes; error rows about to be retried), record the rows the
-    manifest alone settles, and work out what is left to do."""
-    settled = settled_rows(scan)
-    settled_ids = settled.column("id").combine_chunks()
-    idx = ledger.index()
-    retry = None
-    if cfg.retry_errors:
-        err_ids = idx.ids_with_status(["error"])
-        retry = pc.filter(err_ids, pc.invert(pc.is_in(err_ids, value_set=settled_ids)))
-    idx = ledger.reconcile(drop_error_ids=retry, index=idx)
-    done = idx.ids_with_status(DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",))
-    todo_ids = scan.ids.filter(pa.array(~(is_in(scan.ids, done) | is_in(scan.ids, settled_ids))))
-    exclude = pa.concat_arrays([done.cast(pa.string()), settled_ids]) if len(settled_ids) else done
-    new_settled = settled.filter(pc.invert(pc.is_in(settled_ids, value_set=recorded_of(idx, settled_ids))))
-    if new_settled.num_rows:
-        ledger.write_rows(new_settled)
-    merged = compact(ledger, file_rows=idx.rows_per_shard())
-    read = idx
-    if new_settled.num_rows:
-        idx = idx.with_rows(new_settled)
-    todo = Todo(ids=todo_ids, exclude=exclude, done=len(done), index=idx, file_rows=merged.file_rows, read=read)
-    n = todo.count if cfg.limit is None else min(todo.count, cfg.limit)
-    log.info("ledger: %d row(s) already done; %d to process now", todo.done, n)
-    return todo
-
-
 def release_memory() -> None:
     """Hand the memory Arrow's allocator keeps after a step over millions of ids back to the system, so the
     driver's resident size follows what it holds (the allocator would otherwise keep the step's peak)."""
     pa.default_memory_pool().release_unused()
 
 
-def keep_snapshot(ledger: Ledger, read: LedgerIndex) -> None:
+def keep_snapshot(ledger: Ledger, read) -> None:
     """Write the index snapshot of the results as they are at the end of the run (jobs/snapshot.py): a cache,
     so a failure to write it is only logged (the next run reads the results files instead)."""
     try:
@@ -148,14 +103,7 @@ def keep_snapshot(ledger: Ledger, read: LedgerIndex) -> None:
                     type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
 
 
-def recorded_of(idx: LedgerIndex, ids: pa.Array) -> pa.Array:
-    """The ids of `ids` (a few) that have a row in `idx` (without hashing every id of the index)."""
-    if not len(ids) or not idx.table.num_rows:
-        return pa.array([], pa.string())
-    return pc.filter(idx.ids, pc.is_in(idx.ids, value_set=ids))
-
-
-def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, todo: Todo, tally: RunTally,
+def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, todo, tally: RunTally,
                  fingerprint: str | None = None) -> None:
     """Start Ray (unless already connected), stream the rows to do through the pipeline, stop Ray."""
     import ray
@@ -176,8 +124,7 @@ def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, to
     tally.progress.start_ticker()
     started_ray = start_ray(cfg)
     try:
-        process(cfg, plan, ledger, todo.ids, todo.exclude, tally,
-                preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))
+        process(cfg, plan, ledger, todo, tally, preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))
     except Exception as e:
         timed_out = pool_timeout(e, cfg.wait_for_actors)  # the pool never started: one line, not a traceback
         if timed_out is None:

@@ -38,7 +38,7 @@ from rayinpaint.io.retry import call_with_retries, classify
 from rayinpaint.io.storage import filesystem, join_uri, row_error_for, write_bytes
 
 from .idset import count_distinct, one_array
-from .snapshot import read_snapshot, snapshot_uri
+from .snapshot import COLUMNS as SNAPSHOT_COLUMNS, open_snapshot, row_groups, snapshot_uri
 
 log = logging.getLogger("rayinpaint.ledger")
 
@@ -51,6 +51,7 @@ INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_
 # Files read at once: each read is one or two requests of tens of milliseconds on an object store, so the index
 # of many files is read in (files / READ_THREADS) round trips instead of one per file.
 READ_THREADS = 32
+READ_BYTES = 64 * 2**20  # of results files read at once by iter_index (bounds the driver's memory, not the rows)
 
 
 def new_shard_name() -> str:
@@ -107,6 +108,7 @@ class LedgerIndex:
     shards: list = field(default_factory=list)       # shard paths by number, sorted by name: higher is newer
     sizes: list = field(default_factory=list)        # bytes of each shard when listed (where known)
     source: str = "files"                            # "files" or "snapshot" (jobs/snapshot.py)
+    _starts: np.ndarray | None = field(default=None, repr=False)  # first row of each file (file_table)
 
     @classmethod
     def empty(cls) -> "LedgerIndex":
@@ -141,6 +143,16 @@ class LedgerIndex:
         """{shard path: rows} of the shards this index was read from."""
         counts = np.bincount(self.table.column("shard").to_numpy(), minlength=len(self.shards))
         return {p: int(n) for p, n in zip(self.shards, counts)}
+
+    def file_table(self, k: int) -> pa.Table:
+        """The index rows of file k (snapshot.save_snapshot), for an index as Ledger.index() returned it."""
+        if self._starts is None:
+            self._starts = np.concatenate([[0], np.cumsum(list(self.rows_per_shard().values()))])
+        t = self.table.slice(int(self._starts[k]), int(self._starts[k + 1] - self._starts[k]))
+        shard = t.column("shard")
+        if t.num_rows and (shard[0].as_py() != k or shard[-1].as_py() != k):
+            raise AssertionError("the index is not in file order")  # not made by Ledger.index
+        return t
 
     def with_rows(self, rows: pa.Table) -> "LedgerIndex":
         """This index plus rows recorded after it was read (columns id, status, error_kind and optionally
@@ -239,6 +251,19 @@ class Ledger:
         with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as ex:
             return list(ex.map(one, paths))
 
+    def iter_index(self, listing: list):
+        """(entry, index columns or None) for each (path, size) of `listing`, in order, read READ_THREADS at a
+        time but never more than about READ_BYTES of files at once (merged files hold up to a million rows)."""
+        k = 0
+        while k < len(listing):
+            n, nbytes = 0, 0
+            while k + n < len(listing) and n < READ_THREADS * 4 and (n == 0 or nbytes + listing[k + n][1] <= READ_BYTES):
+                nbytes += listing[k + n][1]
+                n += 1
+            chunk = listing[k:k + n]
+            yield from zip(chunk, self.read_many([p for p, _ in chunk], columns_only=True))
+            k += n
+
     def remove(self, path: str) -> None:
         self.fs.rm(path)
 
@@ -249,10 +274,13 @@ class Ledger:
         listing = self.listing()
         if not listing:
             return LedgerIndex.empty()
-        snap = read_snapshot(self.fs, filesystem(snapshot_uri(self.output), self.storage)[1], listing) \
-            if use_snapshot else None
+        snap = self.open_snapshot(listing) if use_snapshot else None
         if snap is not None:
-            cols, rows = snap
+            pf, rows = snap
+            cols = {c: [] for c in SNAPSHOT_COLUMNS}
+            for t in row_groups(pf):  # group by group: never two copies of the whole column
+                for c in SNAPSHOT_COLUMNS:
+                    cols[c].extend(t.column(c).chunks)
             return _assemble(cols, rows, listing, "snapshot")
         cols = {name: [] for name in _INDEX_COLUMNS + list(_OPTIONAL_INDEX_COLUMNS)}
         rows, kept = [], []
@@ -265,30 +293,27 @@ class Ledger:
             kept.append(entry)
         return _assemble(cols, rows, kept, "files")
 
+    def open_snapshot(self, listing: list):
+        """snapshot.open_snapshot of this output's snapshot for `listing` (None: read the files instead)."""
+        return open_snapshot(self.fs, filesystem(snapshot_uri(self.output), self.storage)[1], listing)
+
     def reconcile(self, drop_error_ids: pa.Array | None = None, *, index: LedgerIndex | None = None) -> LedgerIndex:
         """Resolve duplicates and drop retried error rows; returns the repaired index. `index`: the ledger's
         index just read by the caller (saves reading every shard again), else it is read here."""
         idx = self.index() if index is None else index
-        t = idx.table
-        if t.num_rows == 0:
-            return idx
-        drop = superseded(t, place_order(t.column("shard"), t.column("pos")))
-        if drop_error_ids is not None and len(drop_error_ids):
-            retried = pc.and_(pc.equal(t.column("status"), "error"), pc.is_in(t.column("id"), value_set=drop_error_ids))
-            drop = np.union1d(drop, np.flatnonzero(retried.to_numpy(zero_copy_only=False)))
+        drop = rows_to_drop(idx, drop_error_ids)
         if not len(drop):
             return idx
-        self._drop_rows(idx, drop)
+        shard, pos = idx.table.column("shard").to_numpy()[drop], idx.table.column("pos").to_numpy()[drop]
+        self.drop_places(idx.shards, shard, pos)
         return self.index()
 
-    def _drop_rows(self, idx: LedgerIndex, rows: np.ndarray) -> None:
-        """Rewrite each shard holding one of the index rows `rows` without them (new file first, then the old
-        one removed)."""
-        shard = idx.table.column("shard").to_numpy()[rows]
-        pos = idx.table.column("pos").to_numpy()[rows]
+    def drop_places(self, shards: list, shard: np.ndarray, pos: np.ndarray) -> None:
+        """Rewrite each file `shards[shard[i]]` without its row `pos[i]` (new file first, then the old one
+        removed)."""
         n = 0
         for s in np.unique(shard):
-            path = idx.shards[s]
+            path = shards[s]
             full = self._read(path)
             keep = np.ones(full.num_rows, bool)
             keep[pos[shard == s]] = False
@@ -322,6 +347,18 @@ class Ledger:
                     if len(values):
                         return values[0].as_py()
         return None
+
+
+def rows_to_drop(idx: LedgerIndex, drop_error_ids: pa.Array | None = None) -> np.ndarray:
+    """Rows of `idx` that a reconcile removes: superseded rows, and the error rows of `drop_error_ids`."""
+    t = idx.table
+    if t.num_rows == 0:
+        return np.empty(0, np.int64)
+    drop = superseded(t, place_order(t.column("shard"), t.column("pos")))
+    if drop_error_ids is not None and len(drop_error_ids):
+        retried = pc.and_(pc.equal(t.column("status"), "error"), pc.is_in(t.column("id"), value_set=drop_error_ids))
+        drop = np.union1d(drop, np.flatnonzero(retried.to_numpy(zero_copy_only=False)))
+    return drop
 
 
 def _assemble(cols: dict, rows: list, listing: list, source: str) -> LedgerIndex:

@@ -24,12 +24,12 @@ import warnings
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rayinpaint.io.results import results_table
 from rayinpaint.io.storage import filesystem, protocol_of
 
 from .config import JobConfig
+from .idset import IdSet
 from .placement import check_pool
 from .raylogs import name_ray_logs, quiet_ray_console
 from .preflight import WeightsUnavailable
@@ -99,11 +99,8 @@ def read_manifest(cfg: JobConfig, plan: PassPlan, *, exclude, include):
     """One dataset of canonical rows (this pass's rows only) over every group of manifest files."""
     import ray
 
-    from .idset import IdSet
     from .stages import select_rows
 
-    exclude = IdSet(exclude) if exclude is not None else None
-    include = IdSet(include) if include is not None else None
     parts = []
     for files in plan.groups:
         fs, _ = filesystem(files[0], plan.storage)
@@ -218,15 +215,14 @@ def guarded_pass(cfg: JobConfig, plan: PassPlan, sink, tally, **kwargs) -> None:
                     type(e).__name__, str(e).splitlines()[0][:200])
 
 
-def process(cfg: JobConfig, plan: PassPlan, ledger, todo_ids: pa.Array, exclude: pa.Array, tally,
-            preview_p: float) -> None:
-    """The main pass, then crash-retry passes until no row is missing (see the module docstring). Under
-    --limit the rows a pass took are not known in advance, so lost rows simply wait for the next run."""
-    guarded_pass(cfg, plan, tally.add, tally, exclude=exclude, limit=cfg.limit, preview_p=preview_p)
+def process(cfg: JobConfig, plan: PassPlan, ledger, todo, tally, preview_p: float) -> None:
+    """The main pass over `todo` (books.Todo), then crash-retry passes until no row is missing (see the module
+    docstring). Under --limit the rows a pass took are not known in advance, so lost rows simply wait for the
+    next run."""
+    guarded_pass(cfg, plan, tally.add, tally, **todo.selector(), limit=cfg.limit, preview_p=preview_p)
     stalled, before = 0, None  # retry passes that recovered nothing; rows missing after the last pass
     while cfg.limit is None:
-        seen = tally.recorded().column("id")  # what this run recorded, as received: the ledger is not re-read
-        missing = pc.filter(todo_ids, pc.invert(pc.is_in(todo_ids, value_set=seen)))
+        missing = todo.missing(tally.recorded_rows)  # from what this run received: the ledger is not re-read
         if not len(missing):
             return
         if before is not None and len(missing) >= before:
@@ -236,7 +232,7 @@ def process(cfg: JobConfig, plan: PassPlan, ledger, todo_ids: pa.Array, exclude:
             _record_worker_crashes(ledger, missing, tally)
             return
         log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
-        guarded_pass(cfg, plan, tally.add, tally, include=missing)
+        guarded_pass(cfg, plan, tally.add, tally, include=IdSet(missing))
 
 
 def _record_worker_crashes(ledger, missing: pa.Array, tally) -> None:

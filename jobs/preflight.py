@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import NamedTuple
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rayinpaint.io.errors import ManifestError, RowError, SettingsError, redact_uri
-from rayinpaint.io.manifest import check_schema, list_manifest_files
-from rayinpaint.io.results import results_table
 from rayinpaint.io.retry import classify
-from rayinpaint.io.storage import filesystem, join_uri, protocol_of, row_error_for, write_bytes
+from rayinpaint.io.storage import filesystem, join_uri, row_error_for, write_bytes
 
 from .config import DEFAULT_WEIGHTS, JobConfig
-from .idset import is_in, repeated
 
 log = logging.getLogger("rayinpaint.job")
-
-_SCAN_THREADS = 8  # manifest files whose id column is read at once
 
 
 class WeightsUnavailable(SettingsError):
@@ -137,96 +127,3 @@ def manifest_storage_errors(uri: str, action: str):
             raise ManifestError(f"manifest {redact_uri(uri)}: {action} failed ({detail})") from None
         hint = "; check the credentials and the bucket policy" if verdict == "access_denied" else ""
         raise ManifestError(f"manifest {row_error_for(e, uri, action, 1).message}{hint}") from None
-
-
-def missing_id_name(path: str, row: int) -> str:
-    """The id recorded for a manifest row whose id is null or empty: stable across reruns of the same file."""
-    return f"<missing id> {redact_uri(path)}#{row}"
-
-
-class ManifestScan(NamedTuple):
-    """What the driver knows of the manifest: never the rows, only their ids.
-
-    groups: manifest files in groups that share one filesystem and one schema (read separately: a reader
-    unifying the schemas of several files would cast one file's URI strings to another's inline bytes).
-    ids: every unique id, including the names of rows without an id (`missing_id_name`).
-    duplicates: {id: count} of ids that appear more than once. missing: names of rows without an id."""
-    groups: list
-    ids: pa.Array
-    duplicates: dict
-    missing: list
-
-
-def scan_manifest(cfg: JobConfig, storage) -> ManifestScan:
-    """List manifest files, check every schema, read the id column only (files in parallel)."""
-    with manifest_storage_errors(", ".join(cfg.manifest), "finding the files"):
-        files = list_manifest_files(list(cfg.manifest), storage)
-    colmap = cfg.column_map()
-
-    def one(path):
-        with manifest_storage_errors(path, "reading"):
-            return _read_ids(path, colmap, storage)
-
-    with ThreadPoolExecutor(_SCAN_THREADS) as ex:
-        results = list(ex.map(one, files))
-    groups: dict = {}
-    for path, (_, _, key) in zip(files, results):
-        groups.setdefault(key, []).append(path)
-    missing = [name for _, names, _ in results for name in names]
-    chunks = [c for col, _, _ in results for c in col.chunks]
-    if missing:
-        chunks.append(pa.array(missing, pa.string()))
-    del results
-    ids = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
-    del chunks
-    dups = repeated(ids)
-    return ManifestScan(list(groups.values()), first_occurrences(ids, dups), dups, missing)
-
-
-def first_occurrences(ids: pa.Array, dups: dict) -> pa.Array:
-    """`ids` without the later occurrences of the ids in `dups` (in the order of first occurrence)."""
-    if not dups:
-        return ids
-    rows = np.flatnonzero(is_in(ids, pa.array(list(dups), pa.string())))
-    first = pa.table({"id": ids.take(pa.array(rows)), "row": pa.array(rows)}).group_by("id").aggregate(
-        [("row", "min")]).column("row_min").to_numpy()
-    keep = np.ones(len(ids), bool)
-    keep[rows] = False
-    keep[first] = True
-    return ids.filter(pa.array(keep))
-
-
-def _read_ids(path: str, colmap, storage) -> tuple[pa.ChunkedArray, list[str], tuple]:
-    """(the file's non-empty ids, names for its rows without an id, its group key)."""
-    fs, p = filesystem(path, storage)
-    with fs.open(p, "rb") as f:
-        try:
-            pf = pq.ParquetFile(f)
-        except (pa.ArrowException, OSError) as e:
-            if classify(e) != "permanent":  # storage trouble after the client's retries, not a bad file
-                raise
-            raise ManifestError(f"{redact_uri(path)}: not a readable Parquet file ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:200]})") from None
-        try:
-            check_schema(pf.schema_arrow, colmap)
-        except ManifestError as e:
-            raise ManifestError(f"{redact_uri(path)}: {e}") from None
-        col = pf.read(columns=[colmap.user("id")]).column(0)
-        key = (protocol_of(path), pf.schema_arrow.to_string(show_schema_metadata=False))
-    col = pc.cast(col, pa.string()) if col.type != pa.string() else col
-    absent = pc.or_(pc.is_null(col), pc.equal(pc.fill_null(col, ""), ""))
-    rows = pc.indices_nonzero(absent).to_pylist() if pc.any(absent).as_py() else []
-    kept = pc.drop_null(col.filter(pc.invert(absent))) if rows else col
-    return kept, [missing_id_name(path, r) for r in rows], key
-
-
-def settled_rows(scan: ManifestScan) -> pa.Table:
-    """Rows the manifest alone settles: each duplicated id and each row without an id is one error row,
-    written once and never processed or retried (no run can change them)."""
-    rows = [{"id": i, "status": "error", "error_kind": "duplicate_id",
-             "error": f"id appears {n} times in the manifest; ids must be unique, so none of these rows "
-                      f"was processed"} for i, n in sorted(scan.duplicates.items())]
-    rows += [{"id": name, "status": "error", "error_kind": "missing_id",
-              "error": "the row's id is null or empty; every row needs a unique id, so it was not processed"}
-             for name in scan.missing]
-    return results_table(rows)

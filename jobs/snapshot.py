@@ -19,7 +19,6 @@ import io
 import json
 import logging
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -40,48 +39,53 @@ def _name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def write_snapshot(uri: str, storage, parts: list, listing: list) -> int:
+SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
+                    ("prompt_truncated", pa.bool_())])
+_GROUP_ROWS = 1 << 20
+
+
+class _Stale(Exception):
+    """A results file was removed or quarantined while the snapshot was being made."""
+
+
+def write_snapshot(uri: str, storage, parts, listing: list) -> int:
     """Write the snapshot of `listing` ((path, size) of each results file, in the ledger's order) from `parts`
-    (the index columns of each of those files, in the same order); returns its size in bytes."""
-    files = [[_name(p), int(size), t.num_rows] for (p, size), t in zip(listing, parts)]
-    meta = json.dumps({"version": _VERSION, "files": files}).encode()
-    schema = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
-                        ("prompt_truncated", pa.bool_())], metadata={_KEY: meta})
+    (an iterable of the index columns of each of those files, in the same order, consumed one at a time);
+    returns its size in bytes. The file list goes into the footer, written last."""
     buf = io.BytesIO()
-    with pq.ParquetWriter(buf, schema, compression="zstd") as w:
-        for t in parts:
+    files = []
+    with pq.ParquetWriter(buf, SCHEMA, compression="zstd") as w:
+        for (p, size), t in zip(listing, parts):
+            files.append([_name(p), int(size), t.num_rows])
             if t.num_rows:
-                w.write_table(t.select(list(COLUMNS)).cast(schema), row_group_size=1 << 20)
+                w.write_table(t.select(list(COLUMNS)).cast(SCHEMA), row_group_size=_GROUP_ROWS)
+        if len(files) != len(listing):
+            raise ValueError(f"{len(files)} index tables for {len(listing)} files")
+        w.add_key_value_metadata({_KEY: json.dumps({"version": _VERSION, "files": files}).encode()})
     data = buf.getvalue()
     write_bytes(uri, data, storage)
     return len(data)
 
 
-def read_snapshot(fs, path: str, listing: list) -> tuple[list, list] | None:
-    """(the snapshot's columns as lists of chunks {name: [chunks]}, rows per results file) when the snapshot
-    at `path` was made from exactly `listing`; None otherwise (absent, stale, unreadable: logged)."""
+def open_snapshot(fs, path: str, listing: list) -> tuple[pq.ParquetFile, list] | None:
+    """(the snapshot at `path` opened, rows per results file) when it was made from exactly `listing`; None
+    otherwise (absent, stale, unreadable: logged). Its rows are read a row group at a time by the caller."""
     try:
         # One GET of the whole file (small: ~0.7 MB per 1M ids). On S3, opening it, or cat_file without a range
         # (which asks the size first), costs a HEAD and, when it is absent, a listing of its "folder" as well.
-        with io.BytesIO(fs.cat_file(path, start=0)) as f:
-            pf = pq.ParquetFile(f)
-            meta = json.loads((pf.schema_arrow.metadata or {}).get(_KEY, b"null"))
-            if not isinstance(meta, dict) or meta.get("version") != _VERSION:
-                raise ValueError("not an index snapshot of this version")
-            files = meta["files"]
-            if [(n, int(s)) for n, s, _ in files] != [(_name(p), int(s)) for p, s in listing]:
-                log.info("index snapshot is stale (the results files changed since it was written); reading "
-                         "the results files")
-                return None
-            rows = [int(r) for _, _, r in files]
-            if pf.metadata.num_rows != sum(rows):
-                raise ValueError(f"{pf.metadata.num_rows} rows, its files list {sum(rows)}")
-            cols = {c: [] for c in COLUMNS}
-            for g in range(pf.num_row_groups):  # group by group: never two copies of the whole column
-                t = pf.read_row_group(g, columns=list(COLUMNS))
-                for c in COLUMNS:
-                    cols[c].extend(t.column(c).chunks)
-            return cols, rows
+        pf = pq.ParquetFile(io.BytesIO(fs.cat_file(path, start=0)))
+        meta = json.loads((pf.metadata.metadata or {}).get(_KEY, b"null"))
+        if not isinstance(meta, dict) or meta.get("version") != _VERSION:
+            raise ValueError("not an index snapshot of this version")
+        files = meta["files"]
+        if [(n, int(s)) for n, s, _ in files] != [(_name(p), int(s)) for p, s in listing]:
+            log.info("index snapshot is stale (the results files changed since it was written); reading "
+                     "the results files")
+            return None
+        rows = [int(r) for _, _, r in files]
+        if pf.metadata.num_rows != sum(rows):
+            raise ValueError(f"{pf.metadata.num_rows} rows, its files list {sum(rows)}")
+        return pf, rows
     except FileNotFoundError:
         return None
     except Exception as e:  # noqa: BLE001 - a cache: any trouble means reading the results files instead
@@ -90,36 +94,39 @@ def read_snapshot(fs, path: str, listing: list) -> tuple[list, list] | None:
         return None
 
 
+def row_groups(pf: pq.ParquetFile):
+    """The snapshot's rows, a row group (up to 1M rows) at a time."""
+    for g in range(pf.num_row_groups):
+        yield pf.read_row_group(g, columns=list(COLUMNS))
+
+
 def save_snapshot(ledger, known=None) -> int | None:
     """Write the snapshot of the results files as listed now; returns its bytes (None: not written). The rows
-    of a file listed in `known` (a LedgerIndex read earlier from the files or a snapshot, not extended with
-    rows of this run) under the same name and size are taken from it; the other files' index columns are read.
-    Nothing is written when `known` came from a snapshot of exactly these files (it is current). `known` must
-    be an index as Ledger.index() returned it (its rows file by file, each file whole)."""
+    of a file listed in `known` (an index read earlier from the files or a snapshot, not extended with rows of
+    this run: a ledger.LedgerIndex or an index_spill.SpilledIndex) under the same name and size are taken from
+    it (`known.file_table(k)`); the other files' index columns are read, a few at a time. Nothing is written
+    when `known` came from a snapshot of exactly these files (it is current)."""
     listing = ledger.listing()
     if not listing:
         return None
-    reuse, offsets, counts = {}, [], []
+    reuse = {}
     if known is not None and known.sizes:
-        same = list(zip(known.shards, known.sizes)) == [tuple(e) for e in listing]
-        if same and known.source == "snapshot":
+        if known.source == "snapshot" and list(zip(known.shards, known.sizes)) == [tuple(e) for e in listing]:
             return None
-        counts = list(known.rows_per_shard().values())
-        offsets = [0] + list(np.cumsum(counts))
         reuse = {(p, size): k for k, (p, size) in enumerate(zip(known.shards, known.sizes))}
-    need = [p for p, s in listing if (p, s) not in reuse]
-    read = dict(zip(need, ledger.read_many(need, columns_only=True)))
-    parts = []
-    for p, size in listing:
-        if (p, size) in reuse:
-            k = reuse[(p, size)]
-            t = known.table.slice(offsets[k], counts[k])
-            shard = t.column("shard")
-            if t.num_rows and (shard[0].as_py() != k or shard[-1].as_py() != k):
-                raise AssertionError("the index is not in file order")  # not made by Ledger.index
-        else:
-            t = read[p]
+
+    def tables():
+        fresh = ledger.iter_index([e for e in listing if tuple(e) not in reuse])  # read a few at a time
+        for p, size in listing:
+            if (p, size) in reuse:
+                yield known.file_table(reuse[(p, size)])
+                continue
+            _, t = next(fresh)
             if t is None:  # removed or quarantined since it was listed: a snapshot now would be stale
-                return None
-        parts.append(t)
-    return write_snapshot(snapshot_uri(ledger.output), ledger.storage, parts, listing)
+                raise _Stale(p)
+            yield t
+
+    try:
+        return write_snapshot(snapshot_uri(ledger.output), ledger.storage, tables(), listing)
+    except _Stale:
+        return None

@@ -34,10 +34,9 @@ def test_empty_set_and_chunked_input():
 
 
 def test_bucketed_set_operations_equal_arrows(monkeypatch):
-    """is_in, count_distinct and repeated bucket by bucket (the path taken above idset._CHUNK ids) give exactly
+    """is_in and count_distinct bucket by bucket (the path taken above idset._CHUNK ids) give exactly
     what Arrow's kernels over the whole set give, whatever the ids' lengths and bytes."""
     from rayinpaint.jobs import idset
-    from rayinpaint.jobs.preflight import first_occurrences
 
     monkeypatch.setattr(idset, "_CHUNK", 64)
     rng = np.random.default_rng(7)
@@ -46,11 +45,4 @@ def test_bucketed_set_operations_equal_arrows(monkeypatch):
     some = pa.array(pool[::3] + ["not-there", None])
     assert list(idset.is_in(ids, some)) == pc.fill_null(pc.is_in(ids, value_set=some), False).to_pylist()
     assert idset.count_distinct(ids) == pc.count_distinct(ids).as_py()
-    counts = pc.value_counts(pc.drop_null(ids))
-    many = pc.greater(counts.field("counts"), 1)
-    dups = idset.repeated(pc.drop_null(ids))
-    assert dups == dict(zip(pc.filter(counts.field("values"), many).to_pylist(),
-                            pc.filter(counts.field("counts"), many).to_pylist()))
-    # the manifest's unique ids keep the order of first occurrence, as value_counts gives them
-    assert first_occurrences(pc.drop_null(ids), dups).to_pylist() == counts.field("values").to_pylist()
     assert len(np.unique(idset.buckets(pa.array(pool)))) == idset.BUCKETS  # every bucket used

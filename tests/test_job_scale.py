@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayinpaint.io.results import results_table
 from rayinpaint.jobs.config import JobConfig
-from rayinpaint.jobs.preflight import scan_manifest
+from rayinpaint.jobs.books import reconcile
 from rayinpaint.jobs.ledger import Ledger
+from rayinpaint.jobs.manifest_ids import scan_manifest
+from rayinpaint.jobs.spill import SpillFolder
 
 N = 1_000_000
 
@@ -27,13 +28,14 @@ def test_million_row_manifest_scan_and_resume_are_cheap(tmp_path):
                        str(folder / f"part{k}.parquet"))
     cfg = JobConfig(manifest=(str(folder),), output=str(tmp_path / "out"), weights="random:tiny")
 
+    spill = SpillFolder()
     before = pa.total_allocated_bytes()
     t0 = time.perf_counter()
-    groups, ids, dups, no_id = scan_manifest(cfg, cfg.storage())
+    scan = scan_manifest(cfg, cfg.storage(), spill)
     scan_s = time.perf_counter() - t0
     held = pa.total_allocated_bytes() - before
-    assert [len(g) for g in groups] == [4] and len(ids) == N and not dups and not no_id
-    assert held < 64 * 2**20, f"the driver holds {held / 2**20:.0f} MiB after the scan"  # ids only (~25 MB)
+    assert [len(g) for g in scan.groups] == [4] and scan.unique == N and not scan.duplicates and not scan.missing
+    assert held < 8 * 2**20, f"the driver holds {held / 2**20:.0f} MiB after the scan"  # the ids are on local disk
     assert scan_s < 30
 
     # A ledger of 600k done rows in 60 shards: reconciling and computing the rows left stays cheap.
@@ -42,7 +44,7 @@ def test_million_row_manifest_scan_and_resume_are_cheap(tmp_path):
         ledger.write_rows(results_table([{"id": f"row-{i:08d}", "status": "ok"}
                                          for i in range(s * 10_000, (s + 1) * 10_000)]))
     t0 = time.perf_counter()
-    done = ledger.reconcile().ids_with_status(("ok", "unchanged", "error"))
-    todo = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=done)))
-    assert len(todo) == N - 600_000
-    assert time.perf_counter() - t0 < 30
+    todo = reconcile(cfg, ledger, scan, spill)
+    assert todo.count == N - 600_000 and todo.done == 600_000
+    assert time.perf_counter() - t0 < 60
+    spill.close()

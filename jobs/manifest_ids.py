@@ -1,0 +1,134 @@
+"""The manifest's ids, as the driver knows them: never the rows, only their ids, spilled to local disk in parts
+(jobs/spill.py) so that the driver's memory does not grow with the manifest.
+
+The id column (only) of every file is read, files in parallel; rows without an id get a stable name
+(`missing_id_name`), and ids that appear more than once are found part by part (an id's every occurrence is in
+the same part). Both become error rows that the manifest alone settles (`settled_rows`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayinpaint.io.errors import ManifestError, redact_uri
+from rayinpaint.io.manifest import check_schema, list_manifest_files
+from rayinpaint.io.results import results_table
+from rayinpaint.io.retry import classify
+from rayinpaint.io.storage import filesystem, protocol_of
+
+from .config import JobConfig
+from .preflight import manifest_storage_errors
+from .spill import PartedTable, SpillFolder, parts_for
+
+# Manifest files whose id column is read at once (the driver holds the ids of at most this many files).
+_SCAN_THREADS = 8
+ID_SCHEMA = pa.schema([("id", pa.string())])
+
+
+class ManifestScan(NamedTuple):
+    """groups: manifest files in groups that share one filesystem and one schema (read separately: a reader
+    unifying the schemas of several files would cast one file's URI strings to another's inline bytes).
+    ids: every unique id, including the names of rows without an id (`missing_id_name`), in parts (each part
+    in the order of first occurrence). unique: how many. duplicates: {id: count} of ids that appear more than
+    once. missing: names of rows without an id."""
+    groups: list
+    ids: PartedTable
+    unique: int
+    duplicates: dict
+    missing: list
+
+    @property
+    def parts(self) -> int:
+        return self.ids.parts
+
+
+def missing_id_name(path: str, row: int) -> str:
+    """The id recorded for a manifest row whose id is null or empty: stable across reruns of the same file."""
+    return f"<missing id> {redact_uri(path)}#{row}"
+
+
+def scan_manifest(cfg: JobConfig, storage, spill: SpillFolder) -> ManifestScan:
+    """List manifest files, check every schema, read the id column only (files in parallel), and split the
+    ids into parts on local disk."""
+    with manifest_storage_errors(", ".join(cfg.manifest), "finding the files"):
+        files = list_manifest_files(list(cfg.manifest), storage)
+    colmap = cfg.column_map()
+
+    def one(path):
+        with manifest_storage_errors(path, "reading"):
+            return _read_ids(path, colmap, storage)
+
+    raw = spill.table(ID_SCHEMA, 1)  # every id in file order, before the number of parts is known
+    groups: dict = {}
+    missing: list = []
+    with ThreadPoolExecutor(_SCAN_THREADS) as ex:
+        for k in range(0, len(files), _SCAN_THREADS):  # a window of files at a time, added in file order
+            window = files[k:k + _SCAN_THREADS]
+            for path, (col, names, key) in zip(window, ex.map(one, window)):
+                groups.setdefault(key, []).append(path)
+                raw.add(pa.table({"id": col}))
+                missing.extend(names)
+    raw.add(pa.table({"id": pa.array(missing, pa.string())}))
+    split = spill.table(ID_SCHEMA, parts_for(raw.rows))
+    for batch in raw.batches(0):
+        split.add(pa.Table.from_batches([batch]))
+    raw.drop()
+    ids, dups = _unique(split, spill)
+    return ManifestScan(list(groups.values()), ids, ids.rows, dups, missing)
+
+
+def _unique(split: PartedTable, spill: SpillFolder) -> tuple[PartedTable, dict]:
+    """(each part's ids once, in the order of first occurrence; {id: count} of the repeated ones)."""
+    ids = spill.table(ID_SCHEMA, split.parts)
+    dups: dict = {}
+    for k in range(split.parts):
+        counts = pc.value_counts(split.ids(k))  # in the order of first occurrence
+        many = pc.greater(counts.field("counts"), 1)
+        if pc.any(many).as_py():
+            dups.update(zip(pc.filter(counts.field("values"), many).to_pylist(),
+                            pc.filter(counts.field("counts"), many).to_pylist()))
+        ids.add(pa.table({"id": counts.field("values")}))
+    split.drop()
+    ids.close()
+    return ids, dups
+
+
+def _read_ids(path: str, colmap, storage) -> tuple[pa.ChunkedArray, list[str], tuple]:
+    """(the file's non-empty ids, names for its rows without an id, its group key)."""
+    fs, p = filesystem(path, storage)
+    with fs.open(p, "rb") as f:
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as e:
+            if classify(e) != "permanent":  # storage trouble after the client's retries, not a bad file
+                raise
+            raise ManifestError(f"{redact_uri(path)}: not a readable Parquet file ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]})") from None
+        try:
+            check_schema(pf.schema_arrow, colmap)
+        except ManifestError as e:
+            raise ManifestError(f"{redact_uri(path)}: {e}") from None
+        col = pf.read(columns=[colmap.user("id")]).column(0)
+        key = (protocol_of(path), pf.schema_arrow.to_string(show_schema_metadata=False))
+    col = pc.cast(col, pa.string()) if col.type != pa.string() else col
+    absent = pc.or_(pc.is_null(col), pc.equal(pc.fill_null(col, ""), ""))
+    rows = pc.indices_nonzero(absent).to_pylist() if pc.any(absent).as_py() else []
+    kept = pc.drop_null(col.filter(pc.invert(absent))) if rows else col
+    return kept, [missing_id_name(path, r) for r in rows], key
+
+
+def settled_rows(scan: ManifestScan) -> pa.Table:
+    """Rows the manifest alone settles: each duplicated id and each row without an id is one error row,
+    written once and never processed or retried (no run can change them)."""
+    rows = [{"id": i, "status": "error", "error_kind": "duplicate_id",
+             "error": f"id appears {n} times in the manifest; ids must be unique, so none of these rows "
+                      f"was processed"} for i, n in sorted(scan.duplicates.items())]
+    rows += [{"id": name, "status": "error", "error_kind": "missing_id",
+              "error": "the row's id is null or empty; every row needs a unique id, so it was not processed"}
+             for name in scan.missing]
+    return results_table(rows)
