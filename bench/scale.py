@@ -69,6 +69,7 @@ def results_chunk(start: int, n: int) -> pa.Table:
 def synthesise(output: str, manifest: str, rows: int, shard_rows: int, storage) -> int:
     """The manifest (ids and image URIs) and the results of a finished run; returns the results files written."""
     from rayinpaint.io.storage import filesystem
+    from rayinpaint.jobs.compaction import ROW_GROUP_ROWS
     from rayinpaint.jobs.ledger import Ledger, READ_THREADS
     from concurrent.futures import ThreadPoolExecutor
 
@@ -85,7 +86,9 @@ def synthesise(output: str, manifest: str, rows: int, shard_rows: int, storage) 
     ledger = Ledger(output, storage)
     starts = list(range(0, rows, shard_rows))
     with ThreadPoolExecutor(READ_THREADS) as ex:
-        list(ex.map(lambda s: ledger.write_rows(results_chunk(s, min(shard_rows, rows - s))), starts))
+        # in row groups of the size merged files have (jobs/compaction.py), as a merged output would be
+        list(ex.map(lambda s: ledger.write_rows(results_chunk(s, min(shard_rows, rows - s)),
+                                                row_group_rows=ROW_GROUP_ROWS), starts))
     return len(starts)
 
 

@@ -51,7 +51,7 @@ INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_
 # Files read at once: each read is one or two requests of tens of milliseconds on an object store, so the index
 # of many files is read in (files / READ_THREADS) round trips instead of one per file.
 READ_THREADS = 32
-READ_BYTES = 64 * 2**20  # of results files read at once by iter_index (bounds the driver's memory, not the rows)
+READ_ROWS = 1 << 20  # rows whose index columns iter_index reads at once (bounds the driver's memory)
 
 
 def new_shard_name() -> str:
@@ -252,16 +252,22 @@ class Ledger:
             return list(ex.map(one, paths))
 
     def iter_index(self, listing: list):
-        """(entry, index columns or None) for each (path, size) of `listing`, in order, read READ_THREADS at a
-        time but never more than about READ_BYTES of files at once (merged files hold up to a million rows)."""
-        k = 0
+        """(entry, index columns or None) for each (path, size) of `listing`, in order, many files at once but
+        about READ_ROWS rows at a time at most: rows per byte are learnt from the files read so far (merged
+        files hold up to a million rows; finish tasks' shards a few)."""
+        k, per_byte = 0, None
         while k < len(listing):
-            n, nbytes = 0, 0
-            while k + n < len(listing) and n < READ_THREADS * 4 and (n == 0 or nbytes + listing[k + n][1] <= READ_BYTES):
-                nbytes += listing[k + n][1]
-                n += 1
+            n, rows = 0, 0.0
+            while k + n < len(listing) and n < READ_THREADS * 4:
+                guess = listing[k + n][1] * per_byte if per_byte is not None else READ_ROWS
+                if n and rows + guess > READ_ROWS:
+                    break
+                rows, n = rows + guess, n + 1
             chunk = listing[k:k + n]
-            yield from zip(chunk, self.read_many([p for p, _ in chunk], columns_only=True))
+            for (p, size), t in zip(chunk, self.read_many([p for p, _ in chunk], columns_only=True)):
+                if t is not None and size:
+                    per_byte = max(per_byte or 0.0, t.num_rows / size)
+                yield (p, size), t
             k += n
 
     def remove(self, path: str) -> None:

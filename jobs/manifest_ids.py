@@ -8,6 +8,7 @@ the same part). Both become error rows that the manifest alone settles (`settled
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -25,8 +26,8 @@ from .config import JobConfig
 from .preflight import manifest_storage_errors
 from .spill import PartedTable, SpillFolder, parts_for
 
-# Manifest files whose id column is read at once (the driver holds the ids of at most this many files).
-_SCAN_THREADS = 8
+_SCAN_THREADS = 8       # manifest files whose id column is read at once
+_BATCH_IDS = 1 << 16    # ids read at a time from one file (each file's ids go to a local file as they are read)
 ID_SCHEMA = pa.schema([("id", pa.string())])
 
 
@@ -59,25 +60,24 @@ def scan_manifest(cfg: JobConfig, storage, spill: SpillFolder) -> ManifestScan:
         files = list_manifest_files(list(cfg.manifest), storage)
     colmap = cfg.column_map()
 
-    def one(path):
+    def one(k_path):
+        k, path = k_path
         with manifest_storage_errors(path, "reading"):
-            return _read_ids(path, colmap, storage)
+            return _read_ids(path, colmap, storage, os.path.join(spill.path, f"manifest-{k:06d}.arrow"))
 
-    raw = spill.table(ID_SCHEMA, 1)  # every id in file order, before the number of parts is known
-    groups: dict = {}
-    missing: list = []
     with ThreadPoolExecutor(_SCAN_THREADS) as ex:
-        for k in range(0, len(files), _SCAN_THREADS):  # a window of files at a time, added in file order
-            window = files[k:k + _SCAN_THREADS]
-            for path, (col, names, key) in zip(window, ex.map(one, window)):
-                groups.setdefault(key, []).append(path)
-                raw.add(pa.table({"id": col}))
-                missing.extend(names)
-    raw.add(pa.table({"id": pa.array(missing, pa.string())}))
-    split = spill.table(ID_SCHEMA, parts_for(raw.rows))
-    for batch in raw.batches(0):
-        split.add(pa.Table.from_batches([batch]))
-    raw.drop()
+        read = list(ex.map(one, enumerate(files)))
+    groups: dict = {}
+    for path, (_, _, key, _) in zip(files, read):
+        groups.setdefault(key, []).append(path)
+    missing = [name for _, names, _, _ in read for name in names]
+    split = spill.table(ID_SCHEMA, parts_for(sum(n for _, _, _, n in read) + len(missing)))
+    for raw, _, _, _ in read:  # in file order
+        with pa.OSFile(raw) as f:
+            for batch in pa.ipc.open_stream(f):
+                split.add(pa.Table.from_batches([batch]))
+        os.remove(raw)
+    split.add(pa.table({"id": pa.array(missing, pa.string())}))
     ids, dups = _unique(split, spill)
     return ManifestScan(list(groups.values()), ids, ids.rows, dups, missing)
 
@@ -98,9 +98,11 @@ def _unique(split: PartedTable, spill: SpillFolder) -> tuple[PartedTable, dict]:
     return ids, dups
 
 
-def _read_ids(path: str, colmap, storage) -> tuple[pa.ChunkedArray, list[str], tuple]:
-    """(the file's non-empty ids, names for its rows without an id, its group key)."""
+def _read_ids(path: str, colmap, storage, raw: str) -> tuple[str, list[str], tuple, int]:
+    """Write the file's non-empty ids to the local file `raw` (a batch at a time); returns (raw, names for its
+    rows without an id, its group key, the ids written)."""
     fs, p = filesystem(path, storage)
+    missing, seen, written = [], 0, 0
     with fs.open(p, "rb") as f:
         try:
             pf = pq.ParquetFile(f)
@@ -113,13 +115,19 @@ def _read_ids(path: str, colmap, storage) -> tuple[pa.ChunkedArray, list[str], t
             check_schema(pf.schema_arrow, colmap)
         except ManifestError as e:
             raise ManifestError(f"{redact_uri(path)}: {e}") from None
-        col = pf.read(columns=[colmap.user("id")]).column(0)
         key = (protocol_of(path), pf.schema_arrow.to_string(show_schema_metadata=False))
-    col = pc.cast(col, pa.string()) if col.type != pa.string() else col
-    absent = pc.or_(pc.is_null(col), pc.equal(pc.fill_null(col, ""), ""))
-    rows = pc.indices_nonzero(absent).to_pylist() if pc.any(absent).as_py() else []
-    kept = pc.drop_null(col.filter(pc.invert(absent))) if rows else col
-    return kept, [missing_id_name(path, r) for r in rows], key
+        with pa.ipc.new_stream(raw, ID_SCHEMA) as out:
+            for batch in pf.iter_batches(batch_size=_BATCH_IDS, columns=[colmap.user("id")]):
+                col = batch.column(0)
+                col = pc.cast(col, pa.string()) if col.type != pa.string() else col
+                absent = pc.or_(pc.is_null(col), pc.equal(pc.fill_null(col, ""), ""))
+                if pc.any(absent).as_py():
+                    missing += [missing_id_name(path, seen + r) for r in pc.indices_nonzero(absent).to_pylist()]
+                    col = pc.drop_null(col.filter(pc.invert(absent)))
+                out.write_table(pa.table({"id": col}))
+                seen += batch.num_rows
+                written += len(col)
+    return raw, missing, key, written
 
 
 def settled_rows(scan: ManifestScan) -> pa.Table:
