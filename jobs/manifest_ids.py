@@ -9,7 +9,9 @@ the same part). Both become error rows that the manifest alone settles (`settled
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -24,10 +26,9 @@ from rayinpaint.io.storage import filesystem, protocol_of
 
 from .config import JobConfig
 from .preflight import manifest_storage_errors
-from .spill import PartedTable, SpillFolder, parts_for
+from .spill import PART_IDS, PartedTable, SpillFolder, parts_for
 
-_SCAN_THREADS = 8       # manifest files whose id column is read at once
-_BATCH_IDS = 1 << 16    # ids read at a time from one file (each file's ids go to a local file as they are read)
+_SCAN_THREADS = 8  # manifest files whose id column is read at once (within PART_IDS ids in memory at once)
 ID_SCHEMA = pa.schema([("id", pa.string())])
 
 
@@ -63,7 +64,9 @@ def scan_manifest(cfg: JobConfig, storage, spill: SpillFolder) -> ManifestScan:
     def one(k_path):
         k, path = k_path
         with manifest_storage_errors(path, "reading"):
-            return _read_ids(path, colmap, storage, os.path.join(spill.path, f"manifest-{k:06d}.arrow"))
+            return _read_ids(path, colmap, storage, os.path.join(spill.path, f"manifest-{k:06d}.arrow"), budget)
+
+    budget = _Budget(PART_IDS)
 
     with ThreadPoolExecutor(_SCAN_THREADS) as ex:
         read = list(ex.map(one, enumerate(files)))
@@ -98,9 +101,9 @@ def _unique(split: PartedTable, spill: SpillFolder) -> tuple[PartedTable, dict]:
     return ids, dups
 
 
-def _read_ids(path: str, colmap, storage, raw: str) -> tuple[str, list[str], tuple, int]:
-    """Write the file's non-empty ids to the local file `raw` (a batch at a time); returns (raw, names for its
-    rows without an id, its group key, the ids written)."""
+def _read_ids(path: str, colmap, storage, raw: str, budget: "_Budget") -> tuple[str, list[str], tuple, int]:
+    """Write the file's non-empty ids to the local file `raw`, a row group at a time (within `budget`, shared by
+    the files read at once); returns (raw, names for its rows without an id, its group key, the ids written)."""
     fs, p = filesystem(path, storage)
     missing, seen, written = [], 0, 0
     with fs.open(p, "rb") as f:
@@ -117,17 +120,39 @@ def _read_ids(path: str, colmap, storage, raw: str) -> tuple[str, list[str], tup
             raise ManifestError(f"{redact_uri(path)}: {e}") from None
         key = (protocol_of(path), pf.schema_arrow.to_string(show_schema_metadata=False))
         with pa.ipc.new_stream(raw, ID_SCHEMA) as out:
-            for batch in pf.iter_batches(batch_size=_BATCH_IDS, columns=[colmap.user("id")]):
-                col = batch.column(0)
-                col = pc.cast(col, pa.string()) if col.type != pa.string() else col
-                absent = pc.or_(pc.is_null(col), pc.equal(pc.fill_null(col, ""), ""))
-                if pc.any(absent).as_py():
-                    missing += [missing_id_name(path, seen + r) for r in pc.indices_nonzero(absent).to_pylist()]
-                    col = pc.drop_null(col.filter(pc.invert(absent)))
-                out.write_table(pa.table({"id": col}))
-                seen += batch.num_rows
-                written += len(col)
+            for g in range(pf.num_row_groups):
+                with budget.take(pf.metadata.row_group(g).num_rows):
+                    col = pf.read_row_group(g, columns=[colmap.user("id")]).column(0)
+                    col = pc.cast(col, pa.string()) if col.type != pa.string() else col
+                    absent = pc.or_(pc.is_null(col), pc.equal(pc.fill_null(col, ""), ""))
+                    if pc.any(absent).as_py():
+                        missing += [missing_id_name(path, seen + r) for r in pc.indices_nonzero(absent).to_pylist()]
+                        col = pc.drop_null(col.filter(pc.invert(absent)))
+                    out.write_table(pa.table({"id": col}))
+                    seen += len(absent)
+                    written += len(col)
     return raw, missing, key, written
+
+
+class _Budget:
+    """Ids the scan's threads may hold at once: a row group larger than the whole budget waits for all of it."""
+
+    def __init__(self, ids: int):
+        self.whole = self.free = ids
+        self._cv = threading.Condition()
+
+    @contextmanager
+    def take(self, ids: int):
+        ids = min(ids, self.whole)
+        with self._cv:
+            self._cv.wait_for(lambda: self.free >= ids)
+            self.free -= ids
+        try:
+            yield
+        finally:
+            with self._cv:
+                self.free += ids
+                self._cv.notify_all()
 
 
 def settled_rows(scan: ManifestScan) -> pa.Table:
