@@ -120,6 +120,7 @@ def _resume_in_child(output: str, manifest: str, storage_kw: dict) -> dict:
     from rayinpaint.jobs.config import JobConfig
 
     logging.basicConfig(level=logging.WARNING)
+    os.environ["RAYINPAINT_SPILL_DIR"] = tempfile.mkdtemp(prefix="scale-spill-")
     steps = _watch_steps(inpaint)
     cfg = JobConfig(manifest=(manifest,), output=output, weights="random:tiny", **storage_kw)
     rss_before = rss_mb()
@@ -130,7 +131,7 @@ def _resume_in_child(output: str, manifest: str, storage_kw: dict) -> dict:
     assert code == 0 and summary["complete"] and summary["this_run"]["processed"] == 0, (code, summary)
     peak = max(steps.pop("_seen") + [rss_mb()])
     return {"seconds": round(took, 2), "exit_code": code, "accounted": summary["accounted"],
-            "index_from": steps.pop("_index_from", None),
+            "index_from": steps.pop("_index_from", None), "spill_bytes": steps.pop("_spill_bytes", None),
             "driver_rss_after_imports_mb": round(rss_before), "driver_peak_rss_mb": round(peak),
             "driver_peak_over_imports_bytes_per_id": round((peak - rss_before) * 2**20 / summary["accounted"], 1),
             "steps": steps}
@@ -155,6 +156,9 @@ def _watch_steps(inpaint) -> dict:
             steps[name] = {"s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(rss_mb())}
             if name == "reconcile":
                 steps["_index_from"] = out.index.source
+            if name == "outcome_of":  # the spill folder holds every table of the run by now (jobs/spill.py)
+                folder = Path(os.environ["RAYINPAINT_SPILL_DIR"])
+                steps["_spill_bytes"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
             return out
         return run
 
