@@ -68,6 +68,7 @@ def reconcile(cfg, ledger: Ledger, scan: ManifestScan, spill: SpillFolder) -> To
     settled_ids = settled.column("id").combine_chunks()
     idx = spill_index(ledger, spill, scan.parts)
     if _repair(cfg, ledger, idx, settled_ids, scan.parts):
+        idx.drop()
         idx = spill_index(ledger, spill, scan.parts)
     todo, skip = spill.table(ID_SCHEMA, scan.parts), spill.table(ID_SCHEMA, scan.parts)
     new_settled, done = [], 0

@@ -40,10 +40,13 @@ class FileOrder:
                 self._writer.write_batch(b)
                 self.rows += b.num_rows
 
-    def range(self, start: int, n: int) -> pa.Table:
+    def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def range(self, start: int, n: int) -> pa.Table:
+        self.close()
         if not n:
             return SNAPSHOT_SCHEMA.empty_table()
         first = bisect.bisect_right(self.starts, start) - 1
@@ -82,6 +85,18 @@ class SpilledIndex:
         start = int(sum(self.file_rows[:k]))
         return self.order.range(start, self.file_rows[k])
 
+    def close(self) -> None:
+        """Done adding: the files are complete."""
+        self.parts.close()
+        self.order.close()
+
+    def drop(self) -> None:
+        """Remove the files (not used again)."""
+        self.parts.drop()
+        self.order.close()
+        if os.path.exists(self.order.path):
+            os.remove(self.order.path)
+
     def _add(self, t: pa.Table, shard: np.ndarray, pos: np.ndarray) -> None:
         self.order.add(t)
         cols = [t.column(c) for c in COLUMNS] + [pa.array(shard, pa.int32()), pa.array(pos, pa.int32())]
@@ -91,7 +106,7 @@ class SpilledIndex:
 def spill_index(ledger: Ledger, spill: SpillFolder, parts: int) -> SpilledIndex:
     """The ledger's index (from its snapshot when current, else its files), in `parts` parts on local disk."""
     listing = ledger.listing()
-    idx = SpilledIndex(spill.table(INDEX_SCHEMA, parts), FileOrder(os.path.join(spill.path, f"order-{id(ledger)}")))
+    idx = SpilledIndex(spill.table(INDEX_SCHEMA, parts), FileOrder(spill.new_path("order")))
     snap = ledger.open_snapshot(listing) if listing else None
     if snap is not None:
         pf, rows = snap
@@ -104,7 +119,7 @@ def spill_index(ledger: Ledger, spill: SpillFolder, parts: int) -> SpilledIndex:
             done += t.num_rows
         idx.shards, idx.sizes, idx.file_rows, idx.source = [p for p, _ in listing], [s for _, s in listing], rows, \
             "snapshot"
-        idx.parts.close()
+        idx.close()
         return idx
     for (path, size), t in ledger.iter_index(listing):
         if t is None:  # gone or quarantined
@@ -113,5 +128,5 @@ def spill_index(ledger: Ledger, spill: SpillFolder, parts: int) -> SpilledIndex:
         idx.shards.append(path)
         idx.sizes.append(size)
         idx.file_rows.append(t.num_rows)
-    idx.parts.close()
+    idx.close()
     return idx

@@ -61,15 +61,13 @@ def scan_manifest(cfg: JobConfig, storage, spill: SpillFolder) -> ManifestScan:
         files = list_manifest_files(list(cfg.manifest), storage)
     colmap = cfg.column_map()
 
-    def one(k_path):
-        k, path = k_path
+    def one(path, raw):
         with manifest_storage_errors(path, "reading"):
-            return _read_ids(path, colmap, storage, os.path.join(spill.path, f"manifest-{k:06d}.arrow"), budget)
+            return _read_ids(path, colmap, storage, raw, budget)
 
     budget = _Budget(PART_IDS)
-
     with ThreadPoolExecutor(_SCAN_THREADS) as ex:
-        read = list(ex.map(one, enumerate(files)))
+        read = list(ex.map(one, files, [spill.new_path("manifest") for _ in files]))
     groups: dict = {}
     for path, (_, _, key, _) in zip(files, read):
         groups.setdefault(key, []).append(path)

@@ -41,7 +41,7 @@ log = logging.getLogger("rayinpaint.job")
 class PassPlan:
     """What one pass needs besides the config, built once per run on the driver."""
     storage: object          # io.storage.StorageOptions
-    groups: list             # manifest file groups (preflight.ManifestScan.groups)
+    groups: list             # manifest file groups (manifest_ids.ManifestScan.groups)
     rows: object             # io.settings.PrepareSettings: prepare and finish
     finish: object           # stages.FinishContext
     model: object            # predictor.ModelSettings
@@ -155,16 +155,16 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
         )
 
 
-def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None, limit=None,
-             preview_p: float = 0.0) -> None:
+def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None, retry_pass: bool = False,
+             limit=None, preview_p: float = 0.0) -> None:
     """One streaming pass over the manifest: results go to the ledger (written by the finish tasks), the
-    driver's small table per finish task to `sink`. `include` set: a crash-retry pass over those ids."""
+    driver's small table per finish task to `sink`. Ids tested against `exclude` (skipped) or `include` (kept):
+    idset.IdSet or PartedIdSet. `retry_pass`: a crash-retry pass (one row per batch and task in flight)."""
     import ray
 
     from .sizing import cpu_block_rows, stage_sizes
     from .stages import finish_and_write, prepare_batch
 
-    retry_pass = include is not None
     pool = model_pool(cfg)
     sizes = stage_sizes(float(ray.cluster_resources().get("CPU", 0)), pool[0], pool[2])
     ds = read_manifest(cfg, plan, exclude=exclude, include=include)
@@ -232,7 +232,7 @@ def process(cfg: JobConfig, plan: PassPlan, ledger, todo, tally, preview_p: floa
             _record_worker_crashes(ledger, missing, tally)
             return
         log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
-        guarded_pass(cfg, plan, tally.add, tally, include=IdSet(missing))
+        guarded_pass(cfg, plan, tally.add, tally, include=IdSet(missing), retry_pass=True)
 
 
 def _record_worker_crashes(ledger, missing: pa.Array, tally) -> None:

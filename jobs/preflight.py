@@ -1,8 +1,8 @@
 """Pre-flight: everything the driver checks before any work, and the job's own exceptions.
 
 In order: the weights exist and their header matches the model, the output can be written, and the manifest
-is listed, every file's schema checked and its id column (only) read. A failure here is one clear line and
-nothing has started.
+is listed, every file's schema checked and its id column (only) read (jobs/manifest_ids.py, with the storage
+errors sorted here). A failure here is one clear line and nothing has started.
 """
 
 from __future__ import annotations

@@ -44,9 +44,13 @@ class SpillFolder:
         self.path = tempfile.mkdtemp(prefix="rayinpaint-spill-", dir=base)
         self._count = 0
 
-    def table(self, schema: pa.Schema, parts: int) -> "PartedTable":
+    def new_path(self, stem: str) -> str:
+        """A path in the folder that no other call returned."""
         self._count += 1
-        return PartedTable(os.path.join(self.path, f"t{self._count}"), schema, parts)
+        return os.path.join(self.path, f"{stem}-{self._count}")
+
+    def table(self, schema: pa.Schema, parts: int) -> "PartedTable":
+        return PartedTable(self.new_path("t"), schema, parts)
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

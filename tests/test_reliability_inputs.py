@@ -24,7 +24,7 @@ from rayinpaint.io.errors import ManifestError
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.jobs.inpaint import run_job
 from rayinpaint.jobs.ledger import read_results
-from rayinpaint.jobs.preflight import missing_id_name
+from rayinpaint.jobs.manifest_ids import missing_id_name
 
 pytestmark = pytest.mark.timeout(900)
 

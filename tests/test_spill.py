@@ -146,3 +146,41 @@ def test_a_snapshot_made_from_a_spilled_index_equals_the_files(tmp_path, monkeyp
             assert from_snapshot.part(k).table.equals(idx.part(k).table)
     got = ledger.index()
     assert got.source == "snapshot" and got.table.equals(truth.table)
+
+
+@pytest.mark.parametrize("done", [300, 30])
+def test_the_main_pass_is_never_a_crash_retry_pass(tmp_path, monkeypatch, done):
+    """Whether the main pass keeps the ids left (`include`, fewer than the done ones) or skips the done ones
+    (`exclude`), it runs as a main pass; only the passes over rows a failed worker lost are retry passes."""
+    from rayinpaint.jobs import pipeline
+    from rayinpaint.jobs.accounting import RunTally
+    from rayinpaint.jobs.books import Todo
+
+    monkeypatch.setattr(spill_mod, "PART_IDS", 40)
+    ids = [f"r{i:04d}" for i in range(400)]
+    with SpillFolder() as folder:
+        todo_t, skip_t = folder.table(ID_SCHEMA, 10), folder.table(ID_SCHEMA, 10)
+        todo_t.add(pa.table({"id": ids[done:]}))
+        skip_t.add(pa.table({"id": ids[:done]}))
+        todo = Todo(ids=todo_t, skip=skip_t, done=done, index=None, settled=None, file_rows={})
+        tally = RunTally(0, recorded_rows=folder.table(RECORDED_SCHEMA, 10))
+        passes = []
+
+        def fake_pass(cfg, plan, sink, tally_, **kw):
+            passes.append(kw)
+            asked = pa.array(ids)
+            if kw.get("include") is not None:
+                kept = np.asarray(kw["include"].contains(asked))
+            else:
+                kept = ~np.asarray(kw["exclude"].contains(asked)) if kw.get("exclude") is not None \
+                    else np.ones(len(ids), bool)
+            lost = {"r0399"} if len(passes) == 1 else set()  # the first pass loses one row
+            got = [i for i, k in zip(ids, kept) if k and i not in lost]
+            sink(pa.table({"id": got, "status": ["ok"] * len(got), "error_kind": pa.nulls(len(got), pa.string()),
+                           "error": pa.nulls(len(got), pa.string())}))
+
+        monkeypatch.setattr(pipeline, "guarded_pass", fake_pass)
+        pipeline.process(JobConfig(manifest=("x",), output=str(tmp_path)), None, None, todo, tally, 0.0)
+    assert [p.get("retry_pass", False) for p in passes] == [False, True]
+    assert ("include" in passes[0]) == (400 - done <= done)
+    assert tally.processed == 400 - done  # every id left once, the lost one on the retry pass
