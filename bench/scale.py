@@ -231,6 +231,8 @@ def measure(output: str, manifest: str, args, storage, storage_kw: dict, proxy=N
             methods = [m for m, _, _ in proxy.history]
             rec[k]["requests"] = proxy.requests
             rec[k]["gets"] = methods.count("GET")
+            if os.environ.get("SCALE_REQUESTS"):  # every request of the resume, for a look at where they go
+                rec[k]["request_log"] = [f"{m} {key}" for m, key, _ in proxy.history]
         rec[k]["results_files_after"] = len(Ledger(output, storage).shard_paths())
     if not args.no_downstream:
         rec["downstream"] = downstream(output, storage)
