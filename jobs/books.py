@@ -77,10 +77,11 @@ def reconcile(cfg, ledger: Ledger, scan: ManifestScan, spill: SpillFolder) -> To
         part, ids, settled_k = idx.part(k), scan.ids.ids(k), _split(settled_ids, scan.parts, k)
         done_k = part.ids_with_status(statuses)
         done += len(done_k)
-        todo.add(pa.table({"id": ids.filter(pa.array(~(is_in(ids, done_k) | is_in(ids, settled_k))))}))
-        skip.add(pa.table({"id": pa.concat_arrays([done_k.cast(pa.string()), settled_k])}))
+        todo.add(pa.table({"id": ids.filter(pa.array(~(is_in(ids, done_k) | is_in(ids, settled_k))))}), part=k)
+        skip.add(pa.table({"id": pa.concat_arrays([done_k.cast(pa.string()), settled_k])}), part=k)
         new_settled.append(settled_k.filter(pa.array(~is_in(settled_k, part.ids))))
-    todo.close(), skip.close()
+    todo.close()
+    skip.close()
     fresh = pa.concat_arrays(new_settled) if new_settled else pa.array([], pa.string())
     new_rows = settled.filter(pa.array(is_in(settled_ids, fresh)))
     if new_rows.num_rows:
@@ -146,7 +147,7 @@ def left_to_do(cfg, scan: ManifestScan, idx: SpilledIndex, spill: SpillFolder) -
     for k in range(scan.parts):
         done_k = idx.part(k).ids_with_status(statuses)
         ids = scan.ids.ids(k)
-        left.add(pa.table({"id": ids.filter(pa.array(~is_in(ids, done_k.cast(pa.string()))))}))
+        left.add(pa.table({"id": ids.filter(pa.array(~is_in(ids, done_k.cast(pa.string()))))}), part=k)
         done += len(done_k)
     left.close()
     return done, left

@@ -93,7 +93,7 @@ def _unique(split: PartedTable, spill: SpillFolder) -> tuple[PartedTable, dict]:
         if pc.any(many).as_py():
             dups.update(zip(pc.filter(counts.field("values"), many).to_pylist(),
                             pc.filter(counts.field("counts"), many).to_pylist()))
-        ids.add(pa.table({"id": counts.field("values")}))
+        ids.add(pa.table({"id": counts.field("values")}), part=k)
     split.drop()
     ids.close()
     return ids, dups

@@ -70,22 +70,31 @@ class PartedTable:
         os.makedirs(folder, exist_ok=True)
         self.folder, self.schema, self.parts = folder, schema, parts
         self.rows = 0
-        self.part_rows = np.zeros(parts, np.int64)
         self._writers: dict = {}
 
     def _path(self, k: int) -> str:
         return os.path.join(self.folder, f"part-{k:03d}.arrow")
 
-    def add(self, table: pa.Table) -> None:
+    def add(self, table: pa.Table, part: int | None = None) -> None:
+        """Append `table`'s rows to their parts. `part`: every row is known to be in that part (the caller split
+        them): written there and the part's file closed, so a table written part after part keeps one file open."""
         if not table.num_rows:
             return
         table = table.select(self.schema.names).cast(self.schema)
-        where = buckets(table.column("id"), self.parts) if self.parts > 1 else np.zeros(table.num_rows, np.uint8)
-        for k in np.unique(where):
-            rows = table.filter(pa.array(where == k)) if self.parts > 1 else table
-            self._writer(int(k)).write_table(rows)
-            self.part_rows[k] += rows.num_rows
         self.rows += table.num_rows
+        if part is not None or self.parts == 1:
+            k = 0 if part is None else part
+            self._writer(k).write_table(table)
+            if part is not None:
+                self._writers.pop(k).close()
+            return
+        where = buckets(table.column("id"), self.parts)
+        order = np.argsort(where, kind="stable")  # one copy of the rows, grouped by part, each in its order
+        counts = np.bincount(where, minlength=self.parts)
+        grouped, start = table.take(pa.array(order)), 0
+        for k in np.flatnonzero(counts):
+            self._writer(int(k)).write_table(grouped.slice(start, int(counts[k])))
+            start += int(counts[k])
 
     def _writer(self, k: int):
         if k not in self._writers:
