@@ -159,11 +159,15 @@ def _buckets(ids: pa.Array, n: int) -> np.ndarray:
 
 
 def is_in(values: pa.Array | pa.ChunkedArray, value_set: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """pyarrow.compute.is_in(values, value_set) as a numpy bool array (null: False), bucket by bucket."""
+    """pyarrow.compute.is_in(values, value_set) as a numpy bool array (null: False), bucket by bucket when the
+    set holds more than _CHUNK ids (one hash table over a part of the driver's bookkeeping, at most about 1M ids
+    (spill.PART_IDS), costs less than bucketing it)."""
     values = one_array(values)
     out = np.zeros(len(values), bool)
     if not len(values) or not len(value_set):
         return out
+    if len(value_set) <= _CHUNK:
+        return pc.fill_null(pc.is_in(values, value_set=value_set), False).to_numpy(zero_copy_only=False)
     vb, sb = buckets(values), buckets(value_set)
     for b in range(BUCKETS):
         rows = np.flatnonzero(vb == b)
