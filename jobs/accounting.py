@@ -12,12 +12,11 @@ import pyarrow.compute as pc
 
 from .preflight import OutputUnwritable
 from .progress import Progress
+from .snapshot import SCHEMA as RECORDED_SCHEMA  # the index columns of each row this run records
 from .spill import PartedTable
 from .stages import UNWRITTEN
 
 _EXAMPLES_PER_KIND = 5
-RECORDED_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
-                             ("prompt_truncated", pa.bool_())])
 
 
 @dataclass

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .accounting import Outcome
+from .accounting import RECORDED_SCHEMA, Outcome
 from .compaction import compact
-from .idset import PartedIdSet, buckets, is_in
+from .idset import PartedIdSet, buckets, is_in, per_part
 from .index_spill import SpilledIndex, spill_index
 from .ledger import DONE_STATUSES, Ledger, rows_to_drop
 from .overview import EXAMPLES_PER_KIND
@@ -56,6 +56,11 @@ class Todo:
         return pa.concat_arrays(lost) if lost else pa.array([], pa.string())
 
 
+def skipped_statuses(cfg) -> tuple:
+    """Statuses whose ids a run does not process again: done ones, and errors unless --retry-errors."""
+    return DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",)
+
+
 def _split(ids: pa.Array, parts: int, k: int) -> pa.Array:
     """The ids of `ids` (a few) that fall in part k."""
     return ids.filter(pa.array(buckets(ids, parts) == k)) if parts > 1 else ids
@@ -72,7 +77,7 @@ def reconcile(cfg, ledger: Ledger, scan: ManifestScan, spill: SpillFolder) -> To
         idx = spill_index(ledger, spill, scan.parts)
     todo, skip = spill.table(ID_SCHEMA, scan.parts), spill.table(ID_SCHEMA, scan.parts)
     new_settled, done = [], 0
-    statuses = DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",)
+    statuses = skipped_statuses(cfg)
     for k in range(scan.parts):
         part, ids, settled_k = idx.part(k), scan.ids.ids(k), _split(settled_ids, scan.parts, k)
         done_k = part.ids_with_status(statuses)
@@ -135,13 +140,13 @@ def outcome_of(todo: Todo, scan: ManifestScan, recorded: PartedTable, max_error_
 
 
 def _split_rows(rows: pa.Table, parts: int, k: int) -> pa.Table:
-    rows = rows.select(["id", "status", "error_kind", "prompt_truncated"])
+    rows = rows.select(RECORDED_SCHEMA.names)
     return rows.filter(pa.array(buckets(rows.column("id"), parts) == k)) if parts > 1 else rows
 
 
 def left_to_do(cfg, scan: ManifestScan, idx: SpilledIndex, spill: SpillFolder) -> tuple[int, PartedTable]:
     """(ids done, the ids left, in parts) without changing anything (the dry run)."""
-    statuses = DONE_STATUSES if cfg.retry_errors else DONE_STATUSES + ("error",)
+    statuses = skipped_statuses(cfg)
     done = 0
     left = spill.table(ID_SCHEMA, scan.parts)
     for k in range(scan.parts):
@@ -155,9 +160,4 @@ def left_to_do(cfg, scan: ManifestScan, idx: SpilledIndex, spill: SpillFolder) -
 
 def among(ids: pa.Array, table: PartedTable) -> np.ndarray:
     """One bool per id of `ids`: whether it is in `table` (reads each part of `table` the ids fall in)."""
-    where = buckets(ids, table.parts) if table.parts > 1 else np.zeros(len(ids), np.uint8)
-    found = np.zeros(len(ids), bool)
-    for k in np.unique(where):
-        rows = np.flatnonzero(where == k)
-        found[rows] = is_in(ids.take(pa.array(rows)), table.ids(int(k)))
-    return found
+    return per_part(ids, table.parts, lambda k, part_ids: is_in(part_ids, table.ids(k)))

@@ -80,12 +80,9 @@ class PartedIdSet:
     @classmethod
     def build(cls, table) -> "PartedIdSet":
         """From a spill.PartedTable with an `id` column (put in Ray's object store when Ray is running)."""
-        try:
-            import ray
+        import ray
 
-            put = ray.put if ray.is_initialized() else None
-        except ImportError:
-            put = None
+        put = ray.put if ray.is_initialized() else None
         parts = []
         for k in range(table.parts):
             s = IdSet(table.ids(k))
@@ -113,15 +110,20 @@ class PartedIdSet:
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """One bool per id of `ids` (null ids: False)."""
-        ids = one_array(ids).cast(pa.string())
-        if len(self.parts) == 1:
-            return self._part(0).contains(ids)
-        where = buckets(ids, len(self.parts))
-        found = np.zeros(len(ids), bool)
-        for k in np.unique(where):
-            rows = np.flatnonzero(where == k)
-            found[rows] = self._part(int(k)).contains(ids.take(pa.array(rows)))
-        return found
+        return per_part(one_array(ids).cast(pa.string()), len(self.parts), lambda k, i: self._part(k).contains(i))
+
+
+def per_part(ids: pa.Array, parts: int, test) -> np.ndarray:
+    """One bool per id of `ids`: `test(k, the ids that fall in part k)` for each part k of `parts` they fall in
+    (parts split by `buckets`, as spill.PartedTable splits them)."""
+    if parts == 1:
+        return np.asarray(test(0, ids), bool)
+    where = buckets(ids, parts)
+    found = np.zeros(len(ids), bool)
+    for k in np.unique(where):
+        rows = np.flatnonzero(where == k)
+        found[rows] = test(int(k), ids.take(pa.array(rows)))
+    return found
 
 
 # ---- set operations over millions of ids in bounded memory ----------------------------------------------------

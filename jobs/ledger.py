@@ -290,7 +290,7 @@ class Ledger:
             return _assemble(cols, rows, listing, "snapshot")
         cols = {name: [] for name in _INDEX_COLUMNS + list(_OPTIONAL_INDEX_COLUMNS)}
         rows, kept = [], []
-        for entry, t in zip(listing, self.read_many([p for p, _ in listing], columns_only=True)):
+        for entry, t in self.iter_index(listing):
             if t is None:
                 continue
             for name in cols:

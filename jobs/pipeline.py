@@ -189,8 +189,9 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
                         num_cpus=stage_cpus,
                         compute=caps[1],
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
-    log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], "one prepare task and the finish tasks share the free CPU" if not capped
-             else f"prepare <= {sizes.prepare} and finish <= {sizes.finish} task(s) in flight", block)
+    share = f"prepare <= {sizes.prepare} and finish <= {sizes.finish} task(s) in flight" if capped \
+        else "one prepare task and the finish tasks share the free CPU"
+    log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], share, block)
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink(b)
 

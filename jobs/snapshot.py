@@ -26,7 +26,10 @@ from rayinpaint.io.storage import join_uri, write_bytes
 
 log = logging.getLogger("rayinpaint.ledger")
 
-COLUMNS = ("id", "status", "error_kind", "prompt_truncated")
+# The index columns of a results row: what the snapshot keeps, and what the driver keeps of each row it records.
+SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
+                    ("prompt_truncated", pa.bool_())])
+COLUMNS = tuple(SCHEMA.names)
 _KEY = b"rayinpaint.index_snapshot"
 _VERSION = 1
 
@@ -39,8 +42,6 @@ def _name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("error_kind", pa.string()),
-                    ("prompt_truncated", pa.bool_())])
 _GROUP_ROWS = 1 << 20
 
 
