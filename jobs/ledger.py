@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -54,9 +55,18 @@ READ_THREADS = 32
 READ_ROWS = 1 << 20  # rows whose index columns iter_index reads at once (bounds the driver's memory)
 
 
+_name_clock = {"last": 0}
+_name_lock = threading.Lock()
+
+
 def new_shard_name() -> str:
-    # Sortable by time first, unique by the random tail.
-    return f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
+    """Sortable by time first, unique by the random tail. The clock is read once (reading it twice named a file
+    written just after a second boundary as if it came a second earlier), and within a process each name's time
+    is later than the last one's, even if the wall clock steps back."""
+    with _name_lock:
+        ns = _name_clock["last"] = max(time.time_ns(), _name_clock["last"] + 1)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9))
+    return f"part-{stamp}-{ns % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
 
 
 def successor_name(path: str) -> str:

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayinpaint.io.results import RESULTS_SCHEMA, results_table
-from rayinpaint.jobs import compaction
+from rayinpaint.jobs import compaction, ledger as ledger_mod
 from rayinpaint.jobs.compaction import RunCompactor, compact
 from rayinpaint.jobs.ledger import Ledger, LedgerIndex
 from rayinpaint.io.storage import StorageOptions
@@ -32,6 +32,21 @@ def by_id(ledger: Ledger) -> dict:
     ids = t.column("id").to_pylist()
     assert len(ids) == len(set(ids)), "an id recorded twice"
     return {r["id"]: r for r in t.to_pylist()}
+
+
+@pytest.mark.parametrize("clock", [
+    [5_999_999_999, 6_000_000_001],  # across a second boundary: seconds and fraction from one reading
+    [7_000_000_000, 6_500_000_000, 6_500_000_000],  # the wall clock stepped back, then stood still
+])
+def test_shard_names_sort_in_the_order_they_were_made(monkeypatch, clock):
+    """Reconcile keeps the newest copy of an id by shard name, so names made one after another must sort
+    one after another whatever the wall clock does."""
+    readings = iter(clock)
+    monkeypatch.setattr(ledger_mod.time, "time_ns", lambda: next(readings))
+    names = [ledger_mod.new_shard_name() for _ in clock]
+    assert names == sorted(names) and len(set(names)) == len(names)
+    first_s, first_ns = divmod(clock[0], 10**9)
+    assert names[0].startswith(f"part-19700101T0000{first_s:02d}-{first_ns:09d}-")
 
 
 def test_small_shards_merge_into_one_file_with_the_results_schema(tmp_path):
