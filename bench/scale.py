@@ -5,6 +5,7 @@ requests counted on S3.
     python bench/scale.py --rows 1000000                         # local disk
     python bench/scale.py --rows 1000000 --s3 --latency-ms 20   # moto S3 on loopback, 20 ms added per request
     python bench/scale.py --rows 100000 --shard-rows 16         # the layout of unmerged finish-task shards
+    python bench/scale.py --rows 1000000 --s3 --past-runs 365   # and a year of daily runs' records
 
 The S3 mode needs the test extras (moto) and uses the tests' fault proxy (tests/faultproxy.py) to add the
 latency and count requests. Prints one JSON record: machine, versions, date, settings and the timings.
@@ -40,7 +41,8 @@ def results_chunk(start: int, n: int) -> pa.Table:
     ids = pc.binary_join_element_wise("row-", pa.array(np.char.zfill(i.astype(str), 9)), "")
     err = i % 20 == 0
     status = pa.array(np.where(err, "error", "ok"))
-    timings = pa.StructArray.from_arrays([pa.array(np.full(n, v)) for v in (0.01, 0.02, 0.03, 0.5, 0.04, 0.01)],
+    jitter = np.random.default_rng(start).uniform(0.5, 1.5, (6, n))  # measured times vary, and compress as such
+    timings = pa.StructArray.from_arrays([pa.array(v * j) for v, j in zip((0.01, 0.02, 0.03, 0.5, 0.04, 0.01), jitter)],
                                          fields=list(TIMINGS_TYPE))
     cols = {
         "id": ids, "status": status,
@@ -90,6 +92,16 @@ def synthesise(output: str, manifest: str, rows: int, shard_rows: int, storage) 
         list(ex.map(lambda s: ledger.write_rows(results_chunk(s, min(shard_rows, rows - s)),
                                                 row_group_rows=ROW_GROUP_ROWS), starts))
     return len(starts)
+
+
+def past_runs(output: str, runs: int, storage) -> None:
+    """The run records (`_runs/`) of a job run daily for `runs` days, each of which processed some rows."""
+    from rayinpaint.jobs.overview import record_run
+
+    now = time.time()
+    for day in range(runs):
+        record_run(output, storage, {"started": now - 86_400 * (runs - day), "elapsed_s": 3600.0,
+                                     "processed": 10_000, "by_status": {"ok": 10_000}})
 
 
 def rss_mb() -> float:
@@ -220,6 +232,7 @@ def measure(output: str, manifest: str, args, storage, storage_kw: dict, proxy=N
     rec = {"rows": args.rows, "shard_rows": args.shard_rows}
     t0 = time.perf_counter()
     rec["files_written"] = synthesise(output, manifest, args.rows, args.shard_rows, storage)
+    past_runs(output, args.past_runs, storage)
     rec["synthesise_s"] = round(time.perf_counter() - t0, 1)
     if rec["files_written"] > 1 and not args.no_downstream:  # as written, before the first resume merges it
         rec["downstream_as_written"] = downstream(output, storage)
@@ -272,6 +285,7 @@ def main(argv=None) -> int:
                    help="rows per results file as synthesised (16: the finish tasks' shards before any merge)")
     p.add_argument("--s3", action="store_true", help="a moto S3 server on loopback behind a latency proxy")
     p.add_argument("--latency-ms", type=float, default=20.0)
+    p.add_argument("--past-runs", type=int, default=0, help="run records of earlier daily runs to synthesise")
     p.add_argument("--no-downstream", action="store_true", help="skip the downstream read (it holds every row)")
     args = p.parse_args(argv)
     logging_quiet()

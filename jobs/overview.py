@@ -45,7 +45,10 @@ def read_runs(root: str, storage) -> list[dict]:
         names = sorted(p for p in fs.ls(path, detail=False, refresh=True) if p.endswith(".json"))
     except FileNotFoundError:
         return []
-    return [json.loads(fs.cat_file(p)) for p in names]
+    # One request per run; a daily job gathers hundreds, so they are fetched together (concurrently on an
+    # object store), not one round trip after another.
+    texts = fs.cat(names) if names else {}
+    return [json.loads(texts[p]) for p in sorted(texts)]  # keyed by the filesystem's own form of each path
 
 
 def run_totals(runs: list[dict]) -> dict:
@@ -77,8 +80,10 @@ def results_overview(ledger) -> dict:
     for path in reversed(ledger.shard_paths()):
         with ledger.fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
-            columns = [c for c in _COLUMNS if c in pf.schema_arrow.names]
             for g in range(pf.num_row_groups):  # one row group at a time: memory bounded by a group, not a file
+                # timings are the widest column and only sampled: once the sample is full they are not read
+                wanted = _COLUMNS if _sampling(timings) else tuple(c for c in _COLUMNS if c != "timings")
+                columns = [c for c in wanted if c in pf.schema_arrow.names]
                 t = pf.read_row_group(g, columns=columns)
                 _add_examples(t, examples)
                 if "timings" in columns:  # rows that went through every stage (error and unchanged rows skip some)
@@ -97,6 +102,11 @@ def _add_examples(t: pa.Table, examples: dict) -> None:
         ex = examples.setdefault(kind or "unknown", {"ids": [], "message": msg})
         if len(ex["ids"]) < EXAMPLES_PER_KIND:
             ex["ids"].append(rid)
+
+
+def _sampling(timings: dict) -> bool:
+    """Whether any stage's timing sample still has room."""
+    return any(len(v) < _TIMING_SAMPLE for v in timings.values())
 
 
 def _add_timings(col: pa.StructArray, timings: dict) -> None:

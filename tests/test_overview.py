@@ -1,0 +1,73 @@
+"""The output's overview (jobs/overview.py), which every run and resume builds: run records are fetched
+together, not one round trip after another, and the timings column is read only until its sample is full."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from faultproxy import FaultProxy
+from rayinpaint.io.results import results_table
+from rayinpaint.io.storage import StorageOptions
+from rayinpaint.jobs import overview
+from rayinpaint.jobs.ledger import Ledger
+
+
+def test_run_records_read_in_name_order(tmp_path):
+    root = str(tmp_path / "out")
+    for day in (3, 1, 2):
+        overview.record_run(root, StorageOptions(), {"started": 86_400 * day, "processed": day, "elapsed_s": 1.0})
+    assert [r["processed"] for r in overview.read_runs(root, StorageOptions())] == [1, 2, 3]
+    assert overview.read_runs(str(tmp_path / "none"), StorageOptions()) == []
+
+
+def test_run_records_on_s3_are_fetched_concurrently(s3_bucket, s3_server):
+    """Each record's GET is held 0.4 s: one after another, 20 records take at least 8 s."""
+    bucket, opts = s3_bucket
+    root = f"s3://{bucket}/out"
+    for k in range(20):
+        overview.record_run(root, opts, {"started": 1_700_000_000 + k, "processed": k, "elapsed_s": 1.0})
+    with FaultProxy(s3_server, rate=1.0, mix={"slow": 1}, slow_delay=0.4, methods="GET",
+                    key_regex=r"_runs/.+\.json") as proxy:
+        t0 = time.monotonic()
+        runs = overview.read_runs(root, dataclasses.replace(opts, endpoint_url=proxy.url))
+        elapsed = time.monotonic() - t0
+        assert proxy.counts["slow"] == 20
+    assert [r["processed"] for r in runs] == list(range(20))
+    assert elapsed < 4.0, elapsed
+
+
+def results(start: int, n: int) -> pa.Table:
+    return results_table([{"id": f"r{i:05d}", "status": "ok" if i % 4 else "error",
+                           "error_kind": None if i % 4 else "not_found", "error": None if i % 4 else "gone",
+                           "width": 10, "height": 10, "mask_pixels": i % 100,
+                           "timings": {s: float(i) for s in overview.STAGES} if i % 4 else None}
+                          for i in range(start, start + n)])
+
+
+def test_timings_are_read_until_the_sample_is_full(tmp_path, monkeypatch):
+    """Newest files first: the sample holds the newest ok rows; every row still counts for mask sizes."""
+    monkeypatch.setattr(overview, "_TIMING_SAMPLE", 12)
+    ledger = Ledger(str(tmp_path / "out"), StorageOptions())
+    for f in range(3):
+        ledger.write_rows(results(f * 40, 40), row_group_rows=8)
+    read = []
+    real = pq.ParquetFile.read_row_group
+
+    def spy(self, g, columns=None, **kw):
+        read.append("timings" in columns)
+        return real(self, g, columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    got = overview.results_overview(ledger)
+    # the newest file's first two groups (16 rows, 12 of them ok) fill the sample; 13 groups follow without it
+    assert read == [True, True] + [False] * 13
+    inpaint = got["stage_timings_s"]["inpaint"]
+    newest_ok = [i for i in range(80, 96) if i % 4]
+    assert inpaint["rows"] == 12 and inpaint["mean"] == round(float(np.mean(newest_ok)), 5)
+    assert sum(got["mask_area"].values()) == 90  # the ok rows of all 120
+    assert got["error_examples"]["not_found"]["message"] == "gone"
