@@ -42,6 +42,7 @@ def test_shard_names_sort_in_the_order_they_were_made(monkeypatch, clock):
     """Reconcile keeps the newest copy of an id by shard name, so names made one after another must sort
     one after another whatever the wall clock does."""
     readings = iter(clock)
+    monkeypatch.setattr(ledger_mod, "_name_clock", {"last": 0})  # as in a process that has named no shard yet
     monkeypatch.setattr(ledger_mod.time, "time_ns", lambda: next(readings))
     names = [ledger_mod.new_shard_name() for _ in clock]
     assert names == sorted(names) and len(set(names)) == len(names)
