@@ -5,6 +5,8 @@ every row recorded so far, not only this run's part.
   fingerprint), written at the end of each run; rates over the output come from these.
 - the results rows: per-stage timings of `ok` rows (mean, p50, p95), error examples per kind with their message, and the
   distribution of mask sizes (repainted share of each image), read column by column, shard by shard.
+- `{output}/_index/overview.json`: what each results file adds to the mask sizes and error examples, so that a run
+  reads only the results files new since the last one (and the newest ones' timings).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rayinpaint.io.storage import filesystem, join_uri, write_bytes
+from rayinpaint.io.storage import filesystem, join_uri, read_bytes, write_bytes
 
 log = logging.getLogger("rayinpaint.job")
 
@@ -30,6 +32,8 @@ _TIMING_SAMPLE = 100_000  # per stage: percentiles from at most this many rows (
 # Upper edges of the mask-size bins, as a share of the image's pixels; `unchanged` rows (empty mask) count as 0.
 MASK_BINS = ((0.0, "0 (empty)"), (0.01, "up to 1%"), (0.05, "1-5%"), (0.2, "5-20%"), (0.5, "20-50%"),
              (1.0, "over 50%"))
+CACHE = ("_index", "overview.json")  # under the output: what each results file adds to the overview
+_CACHE_VERSION = 1
 _COLUMNS = ("id", "status", "error_kind", "error", "timings", "mask_pixels", "width", "height")
 
 
@@ -73,27 +77,81 @@ def describe_output(root: str, storage, ledger, record: dict) -> dict:
 
 
 def results_overview(ledger) -> dict:
-    """Stage timings, error examples and mask sizes over every results row (see the module docstring)."""
+    """Stage timings, error examples and mask sizes over every results row (see the module docstring).
+
+    What each results file adds to the mask sizes and error examples is kept in `_index/overview.json`, by file
+    name and size (a file's rows never change under its name: rewrites and merges write new names). So a run
+    reads only the files new since the last one, plus the newest files' timings until the sample is full."""
+    known = _read_cache(ledger)
     timings = {s: [] for s in STAGES}
+    per_file: dict = {}  # newest file first, as the examples and the timing sample are taken
+    for path, size in reversed(ledger.listing()):
+        name = path.rsplit("/", 1)[-1]
+        entry = known.get(name)
+        if entry is not None and entry.get("size") == size:
+            per_file[name] = entry
+            if _sampling(timings):
+                _scan_file(ledger, path, timings, whole=False)
+        else:
+            per_file[name] = {"size": size, **_scan_file(ledger, path, timings, whole=True)}
+    if per_file != known:
+        _write_cache(ledger, per_file)
     examples: dict = {}
     bins = np.zeros(len(MASK_BINS), np.int64)
-    for path in reversed(ledger.shard_paths()):
-        with ledger.fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            for g in range(pf.num_row_groups):  # one row group at a time: memory bounded by a group, not a file
-                # timings are the widest column and only sampled: once the sample is full they are not read
-                wanted = _COLUMNS if _sampling(timings) else tuple(c for c in _COLUMNS if c != "timings")
-                columns = [c for c in wanted if c in pf.schema_arrow.names]
-                t = pf.read_row_group(g, columns=columns)
-                _add_examples(t, examples)
-                if "timings" in columns:  # rows that went through every stage (error and unchanged rows skip some)
-                    ok = t.filter(pc.equal(t.column("status"), "ok")).column("timings")
-                    _add_timings(ok.combine_chunks(), timings)
-                if {"mask_pixels", "width", "height"} <= set(columns):
-                    bins += _mask_bins(t)
+    for entry in per_file.values():
+        bins += np.asarray(entry["bins"], np.int64)
+        for kind, ex in entry["examples"].items():
+            into = examples.setdefault(kind, {"ids": [], "message": ex["message"]})
+            into["ids"].extend(ex["ids"][: EXAMPLES_PER_KIND - len(into["ids"])])
     return {"stage_timings_s": {s: _stats(v) for s, v in timings.items() if v},
             "error_examples": examples,
             "mask_area": {label: int(n) for (_, label), n in zip(MASK_BINS, bins)}}
+
+
+def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
+    """Add the file's ok rows to the timing sample while it has room; with `whole`, also return what the file
+    adds to the mask sizes and error examples (else only the timings are read)."""
+    bins = np.zeros(len(MASK_BINS), np.int64)
+    examples: dict = {}
+    with ledger.fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):  # one row group at a time: memory bounded by a group, not a file
+            # timings are the widest column and only sampled: once the sample is full they are not read
+            sampling = _sampling(timings)
+            if not (whole or sampling):
+                break
+            wanted = _COLUMNS if whole else ("status", "timings")
+            columns = [c for c in wanted if c in pf.schema_arrow.names and (sampling or c != "timings")]
+            t = pf.read_row_group(g, columns=columns)
+            if "timings" in columns:  # rows that went through every stage (error and unchanged rows skip some)
+                _add_timings(t.filter(pc.equal(t.column("status"), "ok")).column("timings").combine_chunks(),
+                             timings)
+            if whole:
+                _add_examples(t, examples)
+            if whole and {"mask_pixels", "width", "height"} <= set(columns):
+                bins += _mask_bins(t)
+    return {"bins": bins.tolist(), "examples": examples}
+
+
+def _cache_uri(ledger) -> str:
+    return join_uri(ledger.output.rstrip("/"), *CACHE)
+
+
+def _read_cache(ledger) -> dict:
+    """{file name: {size, bins, examples}} from the last run; empty when absent, unreadable or of another version."""
+    try:
+        doc = json.loads(read_bytes(_cache_uri(ledger), ledger.storage))
+        return doc["files"] if doc.get("version") == _CACHE_VERSION else {}
+    except Exception:  # noqa: BLE001 - only a cache: without it every file is read, as on a first run
+        return {}
+
+
+def _write_cache(ledger, per_file: dict) -> None:
+    try:
+        doc = {"version": _CACHE_VERSION, "files": per_file}
+        write_bytes(_cache_uri(ledger), json.dumps(doc, separators=(",", ":")).encode(), ledger.storage)
+    except Exception as e:  # noqa: BLE001 - the next run reads the files again
+        log.warning("could not save the overview of the results files (%s); the next run reads them again", e)
 
 
 def _add_examples(t: pa.Table, examples: dict) -> None:

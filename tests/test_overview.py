@@ -71,3 +71,38 @@ def test_timings_are_read_until_the_sample_is_full(tmp_path, monkeypatch):
     assert inpaint["rows"] == 12 and inpaint["mean"] == round(float(np.mean(newest_ok)), 5)
     assert sum(got["mask_area"].values()) == 90  # the ok rows of all 120
     assert got["error_examples"]["not_found"]["message"] == "gone"
+
+
+def spied(monkeypatch) -> list:
+    """(file name, reads timings, reads mask sizes) of every row group the overview reads."""
+    read = []
+    real = pq.ParquetFile.read_row_group
+
+    def spy(self, g, columns=None, **kw):
+        read.append(("timings" in columns, "mask_pixels" in columns))
+        return real(self, g, columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    return read
+
+
+def test_a_later_run_reads_only_new_files_and_the_newest_timings(tmp_path, monkeypatch):
+    monkeypatch.setattr(overview, "_TIMING_SAMPLE", 12)
+    ledger = Ledger(str(tmp_path / "out"), StorageOptions())
+    for f in range(3):
+        ledger.write_rows(results(f * 40, 40), row_group_rows=8)
+    first = overview.results_overview(ledger)
+    read = spied(monkeypatch)
+    assert overview.results_overview(ledger) == first
+    assert read == [(True, False)] * 2  # the newest file's timings until the sample is full, nothing else
+    read.clear()
+    ledger.write_rows(results(120, 8))  # a new file: read whole; the others come from the cache
+    got = overview.results_overview(ledger)
+    assert read == [(True, True), (True, False)]
+    # newest file first: its errors, then the next file's
+    assert got["error_examples"]["not_found"]["ids"] == ["r00120", "r00124", "r00080", "r00084", "r00088"]
+    (tmp_path / "out" / "_index" / "overview.json").write_text("{not json")
+    read.clear()
+    uncached = overview.results_overview(ledger)
+    assert uncached == got and sum(m for _, m in read) == 16  # the cache was unreadable: every group read again
+    assert sum(uncached["mask_area"].values()) == 96  # the ok rows of all 128
