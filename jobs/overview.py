@@ -5,14 +5,14 @@ every row recorded so far, not only this run's part.
   fingerprint), written at the end of each run; rates over the output come from these.
 - the results rows: per-stage timings of `ok` rows (mean, p50, p95), error examples per kind with their message, and the
   distribution of mask sizes (repainted share of each image), read column by column, shard by shard.
-- `{output}/_index/overview.json`: what each results file adds to the mask sizes and error examples, so that a run
-  reads only the results files new since the last one (and the newest ones' timings).
+- `{output}/_index/overview.json` and `runs.json` (jobs/index_cache.py): what each results file adds to the mask
+  sizes and error examples, and the run records already read, so that a run reads only the results files and run
+  records new since the last one (and the newest results' timings).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 
@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rayinpaint.io.storage import filesystem, join_uri, read_bytes, write_bytes
+from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
-log = logging.getLogger("rayinpaint.job")
+from . import index_cache
 
 RUNS = "_runs"
 STAGES = ("fetch", "decode", "prepare", "inpaint", "finish", "write")
@@ -32,8 +32,8 @@ _TIMING_SAMPLE = 100_000  # per stage: percentiles from at most this many rows (
 # Upper edges of the mask-size bins, as a share of the image's pixels; `unchanged` rows (empty mask) count as 0.
 MASK_BINS = ((0.0, "0 (empty)"), (0.01, "up to 1%"), (0.05, "1-5%"), (0.2, "5-20%"), (0.5, "20-50%"),
              (1.0, "over 50%"))
-CACHE = ("_index", "overview.json")  # under the output: what each results file adds to the overview
-_CACHE_VERSION = 1
+OVERVIEW_CACHE = "overview.json"  # {results file name: its size, mask-size bins and error examples}
+RUNS_CACHE = "runs.json"  # {run record name: the record}
 _COLUMNS = ("id", "status", "error_kind", "error", "timings", "mask_pixels", "width", "height")
 
 
@@ -44,15 +44,22 @@ def record_run(root: str, storage, record: dict) -> None:
 
 
 def read_runs(root: str, storage) -> list[dict]:
+    """Every run's record, oldest first. A daily job gathers hundreds: those read by an earlier run come from the
+    cache (`_index/runs.json`), the rest are fetched together, not one round trip after another."""
     fs, path = filesystem(join_uri(root, RUNS), storage)
     try:
-        names = sorted(p for p in fs.ls(path, detail=False, refresh=True) if p.endswith(".json"))
+        paths = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(path, detail=False, refresh=True)
+                 if p.endswith(".json")}
     except FileNotFoundError:
         return []
-    # One request per run; a daily job gathers hundreds, so they are fetched together (concurrently on an
-    # object store), not one round trip after another.
-    texts = fs.cat(names) if names else {}
-    return [json.loads(texts[p]) for p in sorted(texts)]  # keyed by the filesystem's own form of each path
+    known = index_cache.load(root, RUNS_CACHE, storage)
+    new = [p for name, p in paths.items() if name not in known]
+    texts = fs.cat(new) if new else {}  # keyed by the filesystem's own form of each path
+    fetched = {p.rstrip("/").rsplit("/", 1)[-1]: json.loads(t) for p, t in texts.items()}
+    runs = {name: known[name] if name in known else fetched[name] for name in sorted(paths)}
+    if fetched or len(known) != len(runs):
+        index_cache.save(root, RUNS_CACHE, storage, runs)
+    return list(runs.values())
 
 
 def run_totals(runs: list[dict]) -> dict:
@@ -82,7 +89,7 @@ def results_overview(ledger) -> dict:
     What each results file adds to the mask sizes and error examples is kept in `_index/overview.json`, by file
     name and size (a file's rows never change under its name: rewrites and merges write new names). So a run
     reads only the files new since the last one, plus the newest files' timings until the sample is full."""
-    known = _read_cache(ledger)
+    known = index_cache.load(ledger.output, OVERVIEW_CACHE, ledger.storage)
     timings = {s: [] for s in STAGES}
     per_file: dict = {}  # newest file first, as the examples and the timing sample are taken
     for path, size in reversed(ledger.listing()):
@@ -95,7 +102,7 @@ def results_overview(ledger) -> dict:
         else:
             per_file[name] = {"size": size, **_scan_file(ledger, path, timings, whole=True)}
     if per_file != known:
-        _write_cache(ledger, per_file)
+        index_cache.save(ledger.output, OVERVIEW_CACHE, ledger.storage, per_file)
     examples: dict = {}
     bins = np.zeros(len(MASK_BINS), np.int64)
     for entry in per_file.values():
@@ -131,27 +138,6 @@ def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
             if whole and {"mask_pixels", "width", "height"} <= set(columns):
                 bins += _mask_bins(t)
     return {"bins": bins.tolist(), "examples": examples}
-
-
-def _cache_uri(ledger) -> str:
-    return join_uri(ledger.output.rstrip("/"), *CACHE)
-
-
-def _read_cache(ledger) -> dict:
-    """{file name: {size, bins, examples}} from the last run; empty when absent, unreadable or of another version."""
-    try:
-        doc = json.loads(read_bytes(_cache_uri(ledger), ledger.storage))
-        return doc["files"] if doc.get("version") == _CACHE_VERSION else {}
-    except Exception:  # noqa: BLE001 - only a cache: without it every file is read, as on a first run
-        return {}
-
-
-def _write_cache(ledger, per_file: dict) -> None:
-    try:
-        doc = {"version": _CACHE_VERSION, "files": per_file}
-        write_bytes(_cache_uri(ledger), json.dumps(doc, separators=(",", ":")).encode(), ledger.storage)
-    except Exception as e:  # noqa: BLE001 - the next run reads the files again
-        log.warning("could not save the overview of the results files (%s); the next run reads them again", e)
 
 
 def _add_examples(t: pa.Table, examples: dict) -> None:

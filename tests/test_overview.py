@@ -1,9 +1,11 @@
-"""The output's overview (jobs/overview.py), which every run and resume builds: run records are fetched
-together, not one round trip after another, and the timings column is read only until its sample is full."""
+"""The output's overview (jobs/overview.py), which every run and resume builds: run records are fetched together,
+not one round trip after another, and only once; the timings column is read only until its sample is full; and
+each results file is read whole once (jobs/index_cache.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import numpy as np
@@ -17,12 +19,18 @@ from rayinpaint.jobs import overview
 from rayinpaint.jobs.ledger import Ledger
 
 
-def test_run_records_read_in_name_order(tmp_path):
-    root = str(tmp_path / "out")
+def test_run_records_read_in_name_order_and_cached(tmp_path):
+    root, opts = str(tmp_path / "out"), StorageOptions()
     for day in (3, 1, 2):
-        overview.record_run(root, StorageOptions(), {"started": 86_400 * day, "processed": day, "elapsed_s": 1.0})
-    assert [r["processed"] for r in overview.read_runs(root, StorageOptions())] == [1, 2, 3]
-    assert overview.read_runs(str(tmp_path / "none"), StorageOptions()) == []
+        overview.record_run(root, opts, {"started": 86_400 * day, "processed": day, "elapsed_s": 1.0})
+    assert [r["processed"] for r in overview.read_runs(root, opts)] == [1, 2, 3]
+    overview.record_run(root, opts, {"started": 0, "processed": 0, "elapsed_s": 1.0})  # sorts first, not cached yet
+    assert [r["processed"] for r in overview.read_runs(root, opts)] == [0, 1, 2, 3]
+    cache = tmp_path / "out" / "_index" / overview.RUNS_CACHE
+    assert len(json.loads(cache.read_text())["files"]) == 4
+    cache.write_text("[")  # unreadable: every record is read again
+    assert [r["processed"] for r in overview.read_runs(root, opts)] == [0, 1, 2, 3]
+    assert overview.read_runs(str(tmp_path / "none"), opts) == []
 
 
 def test_run_records_on_s3_are_fetched_concurrently(s3_bucket, s3_server):
@@ -37,7 +45,9 @@ def test_run_records_on_s3_are_fetched_concurrently(s3_bucket, s3_server):
         runs = overview.read_runs(root, dataclasses.replace(opts, endpoint_url=proxy.url))
         elapsed = time.monotonic() - t0
         assert proxy.counts["slow"] == 20
-    assert [r["processed"] for r in runs] == list(range(20))
+        again = overview.read_runs(root, dataclasses.replace(opts, endpoint_url=proxy.url))
+        assert proxy.counts["slow"] == 20  # the next run takes them from the cache: no record fetched again
+    assert [r["processed"] for r in runs] == list(range(20)) and again == runs
     assert elapsed < 4.0, elapsed
 
 
