@@ -95,7 +95,7 @@ def results_overview(ledger) -> dict:
     for path, size in reversed(ledger.listing()):
         name = path.rsplit("/", 1)[-1]
         entry = known.get(name)
-        if entry is not None and entry.get("size") == size:
+        if isinstance(entry, dict) and entry.get("size") == size and {"bins", "examples"} <= entry.keys():
             per_file[name] = entry
             if _sampling(timings):
                 _scan_file(ledger, path, timings, whole=False)
