@@ -6,9 +6,14 @@ requests counted on S3.
     python bench/scale.py --rows 1000000 --s3 --latency-ms 20   # moto S3 on loopback, 20 ms added per request
     python bench/scale.py --rows 100000 --shard-rows 16         # the layout of unmerged finish-task shards
     python bench/scale.py --rows 1000000 --s3 --past-runs 365   # and a year of daily runs' records
+    python bench/scale.py --rows 30000000 --new-rows 300000      # then a daily run adding 1% new rows
 
 The S3 mode needs the test extras (moto) and uses the tests' fault proxy (tests/faultproxy.py) to add the
-latency and count requests. Prints one JSON record: machine, versions, date, settings and the timings.
+latency and count requests. Prints one JSON record: machine, versions, date, settings and the timings. With `--new-rows M`, a manifest
+file of M new ids is added after the two no-op resumes and the `run` command is timed once more
+(`incremental_resume`): its pass is replaced by a stand-in that records an `ok` row for each new id as the finish
+tasks do (results files of `NEW_FILE_ROWS` rows, as the in-run compaction leaves them), so `seconds` is the
+bookkeeping's time alone (the stand-in's own time is `pass_s`).
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def results_chunk(start: int, n: int) -> pa.Table:
             [pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 512, 512], n).astype(np.int32)), 4),
              pa.array(np.full(n, 512, np.int32))], names=["window", "resolution"])),  # one region per row
         "mask_pixels": pa.array(i % 50_000), "model_sha256": pa.array(np.full(n, "ab" * 32)), "timings": timings,
-        # null: an output from before settings were fingerprinted, which a rerun adopts (jobs/fingerprint.py)
+        # null: an output from before settings were fingerprinted, which a rerun adopts (ledger/fingerprint.py)
         "settings_fingerprint": pa.nulls(n, pa.string()),
     }
     return pa.table([cols[f.name].cast(f.type) for f in RESULTS_SCHEMA], schema=RESULTS_SCHEMA)
@@ -70,33 +75,39 @@ def results_chunk(start: int, n: int) -> pa.Table:
 
 def synthesise(output: str, manifest: str, rows: int, shard_rows: int, storage) -> int:
     """The manifest (ids and image URIs) and the results of a finished run; returns the results files written."""
-    from rayinpaint.io.storage import filesystem
-    from rayinpaint.jobs.compaction import ROW_GROUP_ROWS
-    from rayinpaint.jobs.ledger import Ledger, READ_THREADS
+    from rayinpaint.ledger.compaction import ROW_GROUP_ROWS
+    from rayinpaint.ledger.files import Ledger, READ_THREADS
     from concurrent.futures import ThreadPoolExecutor
 
-    fs, mpath = filesystem(manifest, storage)
-    fs.makedirs(mpath, exist_ok=True)
     step = 1_000_000
     for k in range(0, rows, step):
-        ids = results_chunk(k, min(step, rows - k)).select(["id", "image_uri"]).rename_columns(["id", "image"])
-        box = pa.array([[[0.0, 0.0, 64.0, 64.0]]], pa.list_(pa.list_(pa.float64())))
-        ids = ids.append_column("boxes", pa.repeat(box[0], ids.num_rows) if hasattr(pa, "repeat")
-                                else pa.array([box[0].as_py()] * ids.num_rows, box.type))
-        with fs.open(f"{mpath}/part-{k // step:05d}.parquet", "wb") as f:
-            pq.write_table(ids, f)
+        manifest_file(manifest, f"part-{k // step:05d}.parquet", k, min(step, rows - k), storage)
     ledger = Ledger(output, storage)
     starts = list(range(0, rows, shard_rows))
     with ThreadPoolExecutor(READ_THREADS) as ex:
-        # in row groups of the size merged files have (jobs/compaction.py), as a merged output would be
+        # in row groups of the size merged files have (ledger/compaction.py), as a merged output would be
         list(ex.map(lambda s: ledger.write_rows(results_chunk(s, min(shard_rows, rows - s)),
                                                 row_group_rows=ROW_GROUP_ROWS), starts))
     return len(starts)
 
 
+def manifest_file(manifest: str, name: str, start: int, n: int, storage) -> None:
+    """One manifest file of the ids start..start+n-1 (ids and image URIs as the results have them)."""
+    from rayinpaint.io.storage import filesystem
+
+    fs, mpath = filesystem(manifest, storage)
+    fs.makedirs(mpath, exist_ok=True)
+    ids = results_chunk(start, n).select(["id", "image_uri"]).rename_columns(["id", "image"])
+    box = pa.array([[[0.0, 0.0, 64.0, 64.0]]], pa.list_(pa.list_(pa.float64())))
+    ids = ids.append_column("boxes", pa.repeat(box[0], ids.num_rows) if hasattr(pa, "repeat")
+                            else pa.array([box[0].as_py()] * ids.num_rows, box.type))
+    with fs.open(f"{mpath}/{name}", "wb") as f:
+        pq.write_table(ids, f)
+
+
 def past_runs(output: str, runs: int, storage) -> None:
     """The run records (`_runs/`) of a job run daily for `runs` days, each of which processed some rows."""
-    from rayinpaint.jobs.overview import record_run
+    from rayinpaint.ledger.overview import record_run
 
     now = time.time()
     for day in range(runs):
@@ -113,17 +124,21 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def noop_resume(output: str, manifest: str, storage_kw: dict) -> dict:
+NEW_FILE_ROWS = 4096  # rows per results file the incremental run's stand-in pass writes
+
+
+def noop_resume(output: str, manifest: str, storage_kw: dict, new_rows: int = 0) -> dict:
     """The `run` command on the finished output (every id done, nothing to process, so Ray is not started), in
-    a process of its own so that its peak memory is the driver's alone."""
+    a process of its own so that its peak memory is the driver's alone. `new_rows`: that many ids are left (a
+    daily run's new file), processed by the stand-in pass (see the module docstring)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(_resume_in_child, (output, manifest, storage_kw))
+        return pool.apply(_resume_in_child, (output, manifest, storage_kw, new_rows))
 
 
-def _resume_in_child(output: str, manifest: str, storage_kw: dict) -> dict:
+def _resume_in_child(output: str, manifest: str, storage_kw: dict, new_rows: int) -> dict:
     import logging
 
     import torch  # noqa: F401 - imported before the clock starts, as the CLI has it loaded already
@@ -134,19 +149,36 @@ def _resume_in_child(output: str, manifest: str, storage_kw: dict) -> dict:
     logging.basicConfig(level=logging.WARNING)
     os.environ["RAYINPAINT_SPILL_DIR"] = tempfile.mkdtemp(prefix="scale-spill-")
     steps = _watch_steps(inpaint)
+    passed = {"s": 0.0}
+    inpaint.process_rows = lambda cfg, storage, ledger, plan, tally, *a, **kw: _stand_in_pass(ledger, plan, tally,
+                                                                                              passed)
     cfg = JobConfig(manifest=(manifest,), output=output, weights="random:tiny", **storage_kw)
     rss_before = rss_mb()
     t0 = time.perf_counter()
     code = inpaint.run_job(cfg)
     took = time.perf_counter() - t0
     summary = json.loads(_read(f"{output}/_SUMMARY.json", cfg.storage()))
-    assert code == 0 and summary["complete"] and summary["this_run"]["processed"] == 0, (code, summary)
+    assert code == 0 and summary["complete"] and summary["this_run"]["processed"] == new_rows, (code, summary)
     peak = max(steps.pop("_seen") + [rss_mb()])
-    return {"seconds": round(took, 2), "exit_code": code, "accounted": summary["accounted"],
-            "index_from": steps.pop("_index_from", None), "spill_bytes": steps.pop("_spill_bytes", None),
+    return {"seconds": round(took - passed["s"], 2), "pass_s": round(passed["s"], 2), "exit_code": code,
+            "accounted": summary["accounted"], "manifest_files_read": steps.pop("_files_read", None),
+            "spill_bytes": steps.pop("_spill_bytes", None),
             "driver_rss_after_imports_mb": round(rss_before), "driver_peak_rss_mb": round(peak),
             "driver_peak_over_imports_bytes_per_id": round((peak - rss_before) * 2**20 / summary["accounted"], 1),
             "steps": steps}
+
+
+def _stand_in_pass(ledger, plan, tally, passed: dict) -> None:
+    """The pass, without Ray or a model: an `ok` row for each id left, recorded as the finish tasks record rows
+    (results files of NEW_FILE_ROWS rows, each handed to the driver's tally)."""
+    t0 = time.perf_counter()
+    for ids in plan.index.ids("SELECT id FROM todo", NEW_FILE_ROWS):
+        first = int(ids[0].as_py().split("-")[1])  # the stand-in's ids are consecutive numbers (results_chunk)
+        rows = results_chunk(first, len(ids))
+        assert rows.column("id").combine_chunks().equals(ids), "ids left are not the new file's"
+        ledger.write_rows(rows)
+        tally.add(rows)
+    passed["s"] += time.perf_counter() - t0
 
 
 def _watch_steps(inpaint) -> dict:
@@ -166,15 +198,15 @@ def _watch_steps(inpaint) -> dict:
             t0 = time.perf_counter()
             out = fn(*a, **kw)
             steps[name] = {"s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(rss_mb())}
-            if name == "reconcile":
-                steps["_index_from"] = out.index.source
-            if name == "outcome_of":  # the spill folder holds every table of the run by now (jobs/spill.py)
+            if name == "start_plan":
+                steps["_files_read"] = len(out.scan.files) - len(out.old)
+            if name == "outcome_of":  # the index's folder holds every table of the run by now (ledger/index.py)
                 folder = Path(os.environ["RAYINPAINT_SPILL_DIR"])
                 steps["_spill_bytes"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
             return out
         return run
 
-    for name in ("scan_manifest", "reconcile", "outcome_of", "describe_output", "write_outputs"):
+    for name in ("start_plan", "compact", "outcome_of", "describe_output", "write_outputs"):
         setattr(inpaint, name, watched(name, getattr(inpaint, name)))
     return steps
 
@@ -207,27 +239,8 @@ def downstream(output: str, storage) -> dict:
     return out
 
 
-def index_memory(output: str, storage) -> dict:
-    """The index read from the snapshot and from the results files: seconds and bytes per id of the table."""
-    from rayinpaint.io.storage import filesystem
-    from rayinpaint.jobs.ledger import Ledger
-    from rayinpaint.jobs.snapshot import snapshot_uri
-
-    ledger = Ledger(output, storage)
-    out = {}
-    for key, use in (("snapshot", True), ("files", False)):
-        t0 = time.perf_counter()
-        idx = ledger.index(use_snapshot=use)
-        out[f"index_from_{key}_s"] = round(time.perf_counter() - t0, 2)
-        assert idx.source == key, (idx.source, key)
-    fs, path = filesystem(snapshot_uri(output), storage)
-    out["snapshot_bytes"] = fs.size(path)
-    out["index_bytes_per_id"] = round(idx.table.nbytes / max(1, idx.table.num_rows), 1)
-    return out
-
-
 def measure(output: str, manifest: str, args, storage, storage_kw: dict, proxy=None) -> dict:
-    from rayinpaint.jobs.ledger import Ledger
+    from rayinpaint.ledger.files import Ledger
 
     rec = {"rows": args.rows, "shard_rows": args.shard_rows}
     t0 = time.perf_counter()
@@ -236,7 +249,7 @@ def measure(output: str, manifest: str, args, storage, storage_kw: dict, proxy=N
     rec["synthesise_s"] = round(time.perf_counter() - t0, 1)
     if rec["files_written"] > 1 and not args.no_downstream:  # as written, before the first resume merges it
         rec["downstream_as_written"] = downstream(output, storage)
-    for k in ("first_resume", "second_resume"):  # the first one also merges an unmerged layout
+    for k in ("first_resume", "second_resume"):  # the first merges an unmerged layout; the second is a daily run
         if proxy is not None:
             proxy.reset_counts()
         rec[k] = noop_resume(output, manifest, storage_kw)
@@ -246,10 +259,18 @@ def measure(output: str, manifest: str, args, storage, storage_kw: dict, proxy=N
             rec[k]["gets"] = methods.count("GET")
             if os.environ.get("SCALE_REQUESTS"):  # every request of the resume, for a look at where they go
                 rec[k]["request_log"] = [f"{m} {key}" for m, key, _ in proxy.history]
-        rec[k]["results_files_after"] = len(Ledger(output, storage).shard_paths())
+        rec[k]["results_files_after"] = len(Ledger(output, storage).paths())
+    if args.new_rows:
+        manifest_file(manifest, "part-new.parquet", args.rows, args.new_rows, storage)
+        if proxy is not None:
+            proxy.reset_counts()
+        rec["incremental_resume"] = noop_resume(output, manifest, storage_kw, args.new_rows)
+        if proxy is not None:
+            rec["incremental_resume"]["requests"] = proxy.requests
+        rec["incremental_resume"].update(new_rows=args.new_rows,
+                                         results_files_after=len(Ledger(output, storage).paths()))
     if not args.no_downstream:
         rec["downstream"] = downstream(output, storage)
-    rec.update(index_memory(output, storage))
     return rec
 
 
@@ -287,6 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--past-runs", type=int, default=0, help="run records of earlier daily runs to synthesise")
     p.add_argument("--no-downstream", action="store_true", help="skip the downstream read (it holds every row)")
+    p.add_argument("--new-rows", type=int, default=0,
+                   help="then a daily run: a manifest file of this many new ids (see the module docstring)")
     args = p.parse_args(argv)
     logging_quiet()
     import torch  # noqa: F401 - imported first, as the job's CLI does, so import time is not counted below

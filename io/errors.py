@@ -95,3 +95,9 @@ def redact_uri(uri: str | None) -> str | None:
     if uri is None:
         return None
     return _BARE_USERINFO.sub(r"\1***@", _QUERY.sub(r"\1?***", _USERINFO.sub(r"\1***@", uri)))
+
+
+class StorageUnavailable(Exception):
+    """Reading the manifest kept failing with transient storage errors (throttling, 5xx, timeouts, resets) after
+    the storage client's retries. Nothing was started or recorded; rerunning the same command later resumes.
+    The command line reports it in one line with exit code 4."""

@@ -22,12 +22,14 @@ in one row (null id, missing object, bad boxes...) becomes that row's error late
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from .errors import ManifestError, SettingsError
-from .storage import StorageOptions, dirname_uri, filesystem, protocol_of, resolve_uri
+from .errors import ManifestError, SettingsError, StorageUnavailable, redact_uri
+from .retry import classify
+from .storage import StorageOptions, dirname_uri, filesystem, protocol_of, resolve_uri, row_error_for
 
 CANONICAL_NAMES = ("id", "image", "mask", "boxes", "mask_rle", "prompt", "negative_prompt", "seed")
 MASK_SOURCES = ("mask", "boxes", "mask_rle")
@@ -88,15 +90,16 @@ class ColumnMap:
         return self.names.get(canonical, canonical)
 
 
-def list_manifest_files(uris, opts: StorageOptions | None = None) -> list[str]:
+def list_manifest_files(uris, opts: StorageOptions | None = None, detail: bool = False) -> list:
     """Parquet files named by a file, a folder (searched recursively), a glob, or a list of those.
 
     Files and folders whose names start with "_" or "." (markers, temporaries) are skipped in
-    folders. Raises ManifestError when something is missing or nothing is found.
+    folders. Raises ManifestError when something is missing or nothing is found. `detail`: (path, version)
+    pairs, the version saying whether a file changed since it was last seen (`file_version`).
     """
     if isinstance(uris, str):
         uris = [uris]
-    out: list[str] = []
+    out: list = []
     for uri in uris:
         fs, path = filesystem(uri, opts)
         proto = protocol_of(uri)
@@ -104,32 +107,43 @@ def list_manifest_files(uris, opts: StorageOptions | None = None) -> list[str]:
         def full(p: str) -> str:
             return p if proto == "file" else fs.unstrip_protocol(p)
 
-        if any(c in path for c in "*?["):
-            found = sorted(p for p, d in fs.glob(path, detail=True).items() if d.get("type") == "file")
-            if not found:
-                raise ManifestError(f"manifest glob {uri!r} matches no files")
-            out.extend(full(p) for p in found)
-            continue
-        # fs.info, not isfile/isdir: those answer False when the store fails, which would read as "not found".
-        # Storage errors propagate, for the caller to tell a store that fails from one that refuses.
-        try:
-            kind = fs.info(path).get("type")
-        except FileNotFoundError:
-            raise ManifestError(f"manifest {uri!r} not found") from None
-        if kind == "directory":
-            found = sorted(
-                p for p in fs.find(path)
-                if p.endswith((".parquet", ".pq"))
-                and not any(part.startswith(("_", ".")) for part in p[len(path.rstrip("/")):].split("/") if part)
-            )
-            if not found:
-                raise ManifestError(f"manifest folder {uri!r} holds no .parquet files")
-            out.extend(full(p) for p in found)
-        else:
-            out.append(full(path))
+        out.extend((full(p), file_version(info)) for p, info in _found(uri, fs, path))
     if not out:
         raise ManifestError("no manifest given")
-    return out
+    return out if detail else [p for p, _ in out]
+
+
+def file_version(info: dict) -> str:
+    """A file's size and ETag (object stores) or modification time (local disk), from its listing: a file
+    whose version is unchanged holds the same rows."""
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size')}:{str(tag).strip(chr(34))}"
+
+
+def _found(uri: str, fs, path: str) -> list[tuple[str, dict]]:
+    """(path, listing info) of the Parquet files `uri` names, sorted by path."""
+    if any(c in path for c in "*?["):
+        found = sorted((p, d) for p, d in fs.glob(path, detail=True).items() if d.get("type") == "file")
+        if not found:
+            raise ManifestError(f"manifest glob {uri!r} matches no files")
+        return found
+    # fs.info, not isfile/isdir: those answer False when the store fails, which would read as "not found".
+    # Storage errors propagate, for the caller to tell a store that fails from one that refuses.
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {uri!r} not found") from None
+    if info.get("type") != "directory":
+        return [(path, info)]
+    found = sorted(
+        (p, d) for p, d in fs.find(path, detail=True).items()
+        if p.endswith((".parquet", ".pq"))
+        and not any(part.startswith(("_", ".")) for part in p[len(path.rstrip("/")):].split("/") if part)
+    )
+    if not found:
+        raise ManifestError(f"manifest folder {uri!r} holds no .parquet files")
+    return found
+
 
 
 def _base(t: pa.DataType) -> pa.DataType:
@@ -294,3 +308,27 @@ def canonicalize(table: pa.Table, colmap: ColumnMap | None = None, source_column
         return pa.Table.from_pydict(out, schema=CANONICAL_SCHEMA)
     except (pa.ArrowInvalid, OverflowError) as exc:  # e.g. uint64 seeds beyond int64
         raise ManifestError(f"manifest values do not fit the canonical schema: {exc}") from None
+
+
+@contextmanager
+def manifest_storage_errors(uri: str, action: str):
+    """Storage failures while scanning the manifest become one clear line: StorageUnavailable when they may
+    pass (transient, after the client's retries), a ManifestError when they will not (not found, access
+    denied, another storage refusal). Anything that is not a storage error keeps its traceback."""
+    try:
+        yield
+    except (ManifestError, SettingsError):
+        raise
+    except Exception as e:  # noqa: BLE001 - sorted below
+        verdict = classify(e)
+        if verdict == "permanent" and not isinstance(e, (OSError, pa.ArrowException)):
+            raise
+        detail = f"{type(e).__name__}: {redact_uri(str(e).splitlines()[0] if str(e) else '')[:200]}"
+        if verdict == "transient":
+            raise StorageUnavailable(f"manifest {redact_uri(uri)}: {action} kept failing after the storage "
+                                     f"client's retries ({detail}); nothing was started: rerun the same command "
+                                     f"when the store answers again") from None
+        if verdict == "permanent":  # an OSError or Arrow error that is no store's verdict (one line, not a traceback)
+            raise ManifestError(f"manifest {redact_uri(uri)}: {action} failed ({detail})") from None
+        hint = "; check the credentials and the bucket policy" if verdict == "access_denied" else ""
+        raise ManifestError(f"manifest {row_error_for(e, uri, action, 1).message}{hint}") from None

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# A row's status: the results' vocabulary, used by every stage and by the bookkeeping (ledger/layout.py).
+OK, UNCHANGED, ERROR = "ok", "unchanged", "error"
+DONE_STATUSES = (OK, UNCHANGED)  # a row of these is never processed again
 
 TIMINGS_TYPE = pa.struct([
     ("fetch", pa.float64()), ("decode", pa.float64()), ("prepare", pa.float64()),
@@ -44,7 +47,7 @@ RESULTS_SCHEMA = pa.schema([
     ("regions", pa.list_(REGION_TYPE)),   # one per region, in region order
     ("mask_pixels", pa.int64()),          # repaint pixels after dilation
     ("model_sha256", pa.string()),
-    ("settings_fingerprint", pa.string()),  # the run's pixel settings (jobs/fingerprint.py); null: not a model row
+    ("settings_fingerprint", pa.string()),  # the run's pixel settings (ledger/fingerprint.py); null: not a model row
     ("timings", TIMINGS_TYPE),
 ])
 

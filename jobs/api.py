@@ -19,7 +19,7 @@ from rayinpaint.io.manifest import canonicalize
 from rayinpaint.io.results import results_table
 
 from .config import JobConfig, validate
-from .fingerprint import fingerprint_of, model_identity, pixel_settings
+from rayinpaint.ledger.fingerprint import fingerprint_of, model_identity, pixel_settings
 
 
 def inpaint_dataset(ds, cfg: JobConfig, *, base_dir: str | None = None):

@@ -38,7 +38,7 @@ def image_path(output_uri: str) -> str:
 def card_details(root: str, storage, ledger, names: set) -> dict:
     """{output file stem: {"id", "prompt", "output_uri", "mask_pixels", "zoom": jpeg bytes or None}}."""
     found: dict = {}
-    for path in reversed(ledger.shard_paths()):
+    for path in reversed(ledger.paths()):
         if len(found) == len(names):
             break
         with ledger.fs.open(path, "rb") as f:

@@ -1,6 +1,8 @@
 """`rayinpaint` command line: `run` (the job), `demo` (a synthetic offline run), `bench` (model throughput).
 
 The only argv parser: every command turns its options into a JobConfig (jobs/config.py) and calls run_job.
+`demo` and `bench` live in the benchmarks package (bench/), imported only when their command runs or its
+options are built: the job itself never imports it.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rows", type=int, default=24, help="good rows to generate (default: 24)")
     d.add_argument("--weights", default="random:tiny", help="model weights (default: random:tiny)")
     b = sub.add_parser("bench", help="measure model throughput (images/s) on this machine")
-    from .bench import add_bench_arguments
+    from rayinpaint.bench.throughput import add_bench_arguments  # here, not at the top: the job never needs bench/
 
     add_bench_arguments(b)
     return p
@@ -243,7 +245,9 @@ def _outcome_options(opt) -> None:
     opt("--progress-interval", type=float, help="seconds between progress lines")
 
 
-def main(argv=None) -> int:
+def main(argv=None, model_actor: tuple | None = None) -> int:
+    """`model_actor`: for `run`, another model actor than the product's (jobs/pipeline.py PassPlan.actor; the
+    sleeping stand-in of `python -m rayinpaint.bench.standin`); None for the command line itself."""
     p = build_parser()
     args = p.parse_args(argv)
     _setup_logging(getattr(args, "log_level", "info"))
@@ -251,14 +255,14 @@ def main(argv=None) -> int:
         if args.cmd == "run":
             from .inpaint import run_job
 
-            return run_job(build_config(vars(args), args.config))
+            return run_job(build_config(vars(args), args.config), model_actor=model_actor)
         if args.cmd == "demo":
-            from .demo import run_demo
+            from rayinpaint.bench.demo import run_demo  # inside main: the job never imports bench/
 
             return run_demo(args.output, rows=args.rows, weights=args.weights)
         if args.cmd == "bench":
-            from .bench import run_bench
-            from .verify import run_verify
+            from rayinpaint.bench.throughput import run_bench
+            from rayinpaint.bench.verify import run_verify
 
             return run_verify(args) if args.verify else run_bench(args)
     except (SettingsError, ManifestError) as e:

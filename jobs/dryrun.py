@@ -17,25 +17,24 @@ import pyarrow.parquet as pq
 
 from rayinpaint.io.manifest import canonicalize
 from rayinpaint.io.prepare import prepare_row
-from rayinpaint.io.storage import dirname_uri, filesystem, join_uri
+from rayinpaint.io.storage import dirname_uri, filesystem
 
-from .fingerprint import SETTINGS_FILE, differences, fingerprint_of, model_identity, pixel_settings
-from .books import among, left_to_do
+from rayinpaint.ledger.fingerprint import differences, fingerprint_of, model_identity, pixel_settings
+from rayinpaint.ledger.layout import ERROR, Layout
 
 
-def dry_run(cfg, storage, scan, idx, spill) -> int:
+def dry_run(cfg, storage, plan) -> int:
     """Print the dry run's findings (stdout, one fact a line); 0 when the sample holds a row that would be
     repainted, 1 otherwise (every sampled row an error or unchanged: a real run would not be a success).
-    `idx`: the ledger's index (index_spill.SpilledIndex, read only); `spill`: a spill.SpillFolder."""
-    done, left = left_to_do(cfg, scan, idx, spill)
-    todo_n = left.rows if cfg.limit is None else min(left.rows, cfg.limit)
-    print(f"dry run: {scan.unique} unique id(s) in the manifest, {done} already done, {todo_n} to do")
+    `plan`: the bookkeeping's start, made without writing (ledger/plan.py)."""
+    todo_n = plan.todo if cfg.limit is None else min(plan.todo, cfg.limit)
+    print(f"dry run: {plan.unique} unique id(s) in the manifest, {plan.done} already done, {todo_n} to do")
     print(f"settings: {_settings_line(cfg, storage)}")
-    sample = sample_rows(cfg, storage, scan, left)
-    statuses = Counter(r["status"] if r["status"] != "error" else f"error:{r['error_kind']}" for r in sample)
+    sample = sample_rows(cfg, storage, plan)
+    statuses = Counter(r["status"] if r["status"] != ERROR else f"error:{r['error_kind']}" for r in sample)
     print(f"sample of {len(sample)} row(s) fetched and decoded: "
           + (", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none"))
-    for r in [r for r in sample if r["status"] == "error"][:5]:
+    for r in [r for r in sample if r["status"] == ERROR][:5]:
         print(f"  {r['id']}: {r['error_kind']}: {r['error']}")
     ready = [len(r["windows"]) for r in sample if r["status"] == "ready"]
     per_row = sum(ready) / len(ready) if ready else 1.0
@@ -47,7 +46,7 @@ def dry_run(cfg, storage, scan, idx, spill) -> int:
 
 def _settings_line(cfg, storage) -> str:
     settings = pixel_settings(cfg, model_identity(cfg, storage))
-    fs, path = filesystem(join_uri(cfg.output.rstrip("/"), SETTINGS_FILE), storage)
+    fs, path = filesystem(Layout(cfg.output).settings, storage)
     if not fs.exists(path):
         return f"new output (fingerprint {fingerprint_of(settings)})"
     recorded = json.loads(fs.cat_file(path))
@@ -56,13 +55,13 @@ def _settings_line(cfg, storage) -> str:
         f"differ from the output's ({'; '.join(diff)}): a run would stop; use a new --output or --reprocess")
 
 
-def sample_rows(cfg, storage, scan, left) -> list[dict]:
+def sample_rows(cfg, storage, plan) -> list[dict]:
     """Prepared rows (status, error kind and message) for the first --dry-run-sample manifest rows whose id is
-    in `left` (a spill.PartedTable of the ids left), reading manifest files in order until there are enough."""
+    left to do, reading manifest files in order until there are enough."""
     out = []
-    want = min(cfg.dry_run_sample, left.rows)
+    want = min(cfg.dry_run_sample, plan.todo)
     settings = cfg.prepare_settings(storage)
-    for path in (p for group in scan.groups for p in group):
+    for path in (p for group in plan.groups_to_read() for p in group):
         if len(out) >= want:
             break
         fs, p = filesystem(path, storage)
@@ -70,7 +69,7 @@ def sample_rows(cfg, storage, scan, left) -> list[dict]:
             t = pq.read_table(f)
         t = canonicalize(t, cfg.column_map(), source_column=None, base_dir=dirname_uri(path))
         t = t.filter(pc.fill_null(pc.not_equal(t.column("id"), ""), False))
-        t = t.filter(pa.array(among(t.column("id").combine_chunks(), left)))
+        t = t.filter(pa.array(plan.index.among(t.column("id").combine_chunks(), "todo")))
         out += [prepare_row(row, settings) for row in t.to_pylist()[: want - len(out)]]
     return out
 

@@ -68,35 +68,38 @@ class IdSet:
 
 
 class PartedIdSet:
-    """An IdSet in the parts of a spill.PartedTable (split by `buckets`): the driver builds one part at a time
-    and, under Ray, puts it in the object store, so the driver never holds the whole set; a task fetches the
-    parts its ids fall in (zero-copy from the object store) when it first needs them."""
+    """An IdSet in parts, each a range of the ids in sorted order (ledger/index.py Index.ids hands them out
+    sorted, a batch at a time): the driver builds one part at a time and, under Ray, puts it in the object
+    store, so the driver never holds the whole set; a task fetches the parts its ids fall in (zero-copy from the
+    object store) when it first needs them."""
 
-    def __init__(self, parts: list, size: int):
-        self.parts = parts  # IdSet or ray.ObjectRef of an IdSet, one per part
+    def __init__(self, parts: list, firsts: list, size: int):
+        self.parts = parts    # IdSet or ray.ObjectRef of an IdSet, one per part
+        self.firsts = firsts  # the smallest id of each part, ascending
         self.size = size
         self._got: dict = {}
 
     @classmethod
-    def build(cls, table) -> "PartedIdSet":
-        """From a spill.PartedTable with an `id` column (put in Ray's object store when Ray is running)."""
-        import ray
-
-        put = ray.put if ray.is_initialized() else None
-        parts = []
-        for k in range(table.parts):
-            s = IdSet(table.ids(k))
+    def build(cls, batches, put=None) -> "PartedIdSet":
+        """From arrays of ids sorted across batches (`put`: ray.put, to hold each part in the object store)."""
+        parts, firsts, size = [], [], 0
+        for ids in batches:
+            if not len(ids):
+                continue
+            s = IdSet(ids)
             parts.append(put(s) if put is not None else s)
-        return cls(parts, table.rows)
+            firsts.append(ids[0].as_py())
+            size += len(ids)
+        return cls(parts, firsts, size)
 
     def __len__(self) -> int:
         return self.size
 
     def __getstate__(self) -> dict:
-        return {"parts": self.parts, "size": self.size}
+        return {"parts": self.parts, "firsts": self.firsts, "size": self.size}
 
     def __setstate__(self, state: dict) -> None:
-        self.parts, self.size, self._got = state["parts"], state["size"], {}
+        self.parts, self.firsts, self.size, self._got = state["parts"], state["firsts"], state["size"], {}
 
     def _part(self, k: int) -> IdSet:
         if k not in self._got:
@@ -110,80 +113,15 @@ class PartedIdSet:
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """One bool per id of `ids` (null ids: False)."""
-        return per_part(one_array(ids).cast(pa.string()), len(self.parts), lambda k, i: self._part(k).contains(i))
-
-
-def per_part(ids: pa.Array, parts: int, test) -> np.ndarray:
-    """One bool per id of `ids`: `test(k, the ids that fall in part k)` for each part k of `parts` they fall in
-    (parts split by `buckets`, as spill.PartedTable splits them)."""
-    if parts == 1:
-        return np.asarray(test(0, ids), bool)
-    where = buckets(ids, parts)
-    found = np.zeros(len(ids), bool)
-    for k in np.unique(where):
-        rows = np.flatnonzero(where == k)
-        found[rows] = test(int(k), ids.take(pa.array(rows)))
-    return found
-
-
-# ---- set operations over millions of ids in bounded memory ----------------------------------------------------
-# Arrow's hash kernels (is_in, value_counts, count_distinct) build one hash table over the whole value set: about
-# 70 bytes per id at 10M ids (a table sized to twice the ids plus a copy of every string), on top of the ids
-# themselves. The ids are split into BUCKETS by a hash of their last bytes; the same id always falls in the same
-# bucket, so each operation is done bucket by bucket, exactly, with a table of 1/BUCKETS of the ids at a time.
-BUCKETS = 16
-_TAIL = 16  # bytes of each id's end that decide its bucket (ids usually differ there: counters, hashes, uuids,
-#             numbered names before a fixed suffix). Ids alike there share a bucket: less memory saved, same answers.
-
-
-def buckets(ids: pa.Array | pa.ChunkedArray, n: int = BUCKETS) -> np.ndarray:
-    """The bucket (0 <= b < n) of each id, a function of the id's bytes alone (null ids: bucket 0)."""
-    ids = one_array(ids)
-    return np.concatenate([_buckets(ids.slice(k, _CHUNK), n) for k in range(0, len(ids), _CHUNK)] or
-                          [np.empty(0, np.uint8)])
-
-
-def _buckets(ids: pa.Array, n: int) -> np.ndarray:
-    ids = ids.cast(pa.large_binary())
-    offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset: ids.offset + len(ids) + 1]
-    data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(1, np.uint8)
-    start, end = offsets[:-1], offsets[1:]
-    h = np.zeros(len(ids), np.uint32)
-    for k in range(1, _TAIL + 1):
-        at = end - k
-        byte = data[np.clip(at, 0, len(data) - 1)].astype(np.uint32)
-        byte[at < start] = 0
-        h = h * np.uint32(131) + byte
-    h ^= h >> np.uint32(15)
-    h *= np.uint32(0x2C1B3C6D)
-    h ^= h >> np.uint32(12)
-    return (h % np.uint32(n)).astype(np.uint8)
-
-
-def is_in(values: pa.Array | pa.ChunkedArray, value_set: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """pyarrow.compute.is_in(values, value_set) as a numpy bool array (null: False), bucket by bucket when the
-    set holds more than _CHUNK ids (one hash table over a part of the driver's bookkeeping, at most about 1M ids
-    (spill.PART_IDS), costs less than bucketing it)."""
-    values = one_array(values)
-    out = np.zeros(len(values), bool)
-    if not len(values) or not len(value_set):
-        return out
-    if len(value_set) <= _CHUNK:
-        return pc.fill_null(pc.is_in(values, value_set=value_set), False).to_numpy(zero_copy_only=False)
-    vb, sb = buckets(values), buckets(value_set)
-    for b in range(BUCKETS):
-        rows = np.flatnonzero(vb == b)
-        if len(rows):
-            subset = value_set.filter(pa.array(sb == b))
-            found = pc.is_in(values.take(pa.array(rows)), value_set=subset)
-            out[rows] = pc.fill_null(found, False).to_numpy(zero_copy_only=False)
-    return out
-
-
-def count_distinct(ids: pa.Array | pa.ChunkedArray) -> int:
-    """Distinct non-null ids, bucket by bucket."""
-    ids = one_array(ids)
-    if len(ids) <= _CHUNK:
-        return pc.count_distinct(ids).as_py()
-    b = buckets(ids)
-    return sum(pc.count_distinct(ids.filter(pa.array(b == k))).as_py() for k in range(BUCKETS))
+        ids = one_array(ids).cast(pa.string())
+        found = np.zeros(len(ids), bool)
+        if not self.parts or not len(ids):
+            return found
+        # The part whose range holds each id: Python's string order is the engine's (code points = UTF-8 bytes).
+        values = np.asarray(pc.fill_null(ids, "").to_pylist(), dtype=object)
+        where = np.searchsorted(np.asarray(self.firsts, dtype=object), values, side="right") - 1
+        valid = pc.is_valid(ids).to_numpy(zero_copy_only=False)
+        for k in np.unique(where[(where >= 0) & valid]):
+            rows = np.flatnonzero((where == k) & valid)
+            found[rows] = self._part(int(k)).contains(ids.take(pa.array(rows)))
+        return found

@@ -1,12 +1,12 @@
-"""The job, as a short list of named steps: pre-flight, reconcile the ledger, process what is left (Ray),
-account for every id, write the summary, the report and `_SUCCESS`.
+"""The job, as a short list of named steps: pre-flight, the bookkeeping's start (repair the results, find the
+ids left), process what is left (Ray), account for every id, write the summary, the report and `_SUCCESS`.
 
-Exactly once: before work, the ledger (`{output}/results/`, jobs/ledger.py) is reconciled and every id already
-`ok`/`unchanged` (or `error`, unless --retry-errors) is skipped; each finish task writes one complete shard;
-rows lost to a dead worker are retried (jobs/pipeline.py). Small shards are merged into large files at the
-start, during and at the end of a run (jobs/compaction.py). The ledger is read once per run: the end-of-run
-accounting is the start's index plus the rows the driver received. Duplicate ids in the manifest become one error row
-each (`duplicate_id`): which of the rows was meant cannot be known.
+Exactly once: before work, the results (`{output}/results/`, ledger/files.py) are repaired and every id already
+`ok`/`unchanged` (or `error`, unless --retry-errors) is skipped (ledger/plan.py); each finish task writes one
+complete results file; rows lost to a dead worker are retried (jobs/pipeline.py). Small files are merged into
+large ones at the start, during and at the end of a run (ledger/compaction.py). The results are read once per run:
+the end-of-run accounting is the start's counts plus the rows the driver received. Duplicate ids in the manifest
+become one error row each (`duplicate_id`): which of the rows was meant cannot be known.
 """
 
 from __future__ import annotations
@@ -21,60 +21,60 @@ from rayinpaint.io.errors import RowError
 from rayinpaint.io.naming import output_name
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
-from .accounting import RECORDED_SCHEMA, Outcome, RunTally
-from .books import outcome_of, reconcile
+from rayinpaint.ledger.compaction import RunCompactor, compact
+from rayinpaint.ledger.files import Ledger
+from rayinpaint.ledger.fingerprint import settle_settings
+from rayinpaint.ledger.index import local_index
+from rayinpaint.ledger.layout import Layout
+from rayinpaint.ledger.overview import describe_output
+from rayinpaint.ledger.plan import Plan, read_manifest, remember, start, totals
+
 from .cards import card_details
-from .compaction import RunCompactor, compact
 from .config import JobConfig
 from .dryrun import dry_run
-from .fingerprint import settle_settings
-from .index_spill import spill_index
-from .ledger import Ledger
-from .manifest_ids import ManifestScan, scan_manifest
-from .overview import describe_output
-from .preflight import OutputUnwritable, check_output_writable, check_weights
 from .placement import pool_timeout
+from .preflight import OutputUnwritable, check_output_writable, check_weights
 from .progress import Progress
 from .report import build_summary, report_html, summary_json
-from .snapshot import save_snapshot
-from .spill import SpillFolder
+from .tally import Outcome, RunTally, outcome_of
 
 log = logging.getLogger("rayinpaint.job")
 
 
-def run_job(cfg: JobConfig) -> int:
-    """Run the job; returns the process exit code (0 = success within --max-error-rate).
+def run_job(cfg: JobConfig, model_actor: tuple | None = None) -> int:
+    """Run the job; returns the process exit code (0 = success within --max-error-rate). `model_actor`: the
+    model actor class and its arguments after the model settings (jobs/pipeline.py PassPlan.actor); None, the
+    product's InpaintPredictor.
 
     Raises SettingsError/ManifestError (bad settings, manifest or weights: nothing started),
     StorageUnavailable (the manifest could not be read for transient storage errors: nothing started) and
     OutputUnwritable (the output cannot be written: the job stopped; a rerun resumes)."""
     try:
-        return _run_job(cfg)
+        return _run_job(cfg, model_actor)
     except RowError as e:  # only the driver's own storage calls (ledger, summary, report) get here
         raise OutputUnwritable(f"the output cannot be read or written: {e.message}") from None
 
 
-def _run_job(cfg: JobConfig) -> int:
+def _run_job(cfg: JobConfig, model_actor: tuple | None = None) -> int:
     started, t0 = time.time(), time.perf_counter()
     storage = cfg.storage()
     cfg.prepare_settings(storage).validate()
     check_weights(cfg, storage)
     check_output_writable(cfg.output, storage)
-    with SpillFolder() as spill:  # the ids' bookkeeping on local disk, in parts (jobs/spill.py)
-        scan = scan_manifest(cfg, storage, spill)
-        log.info("manifest: %d file(s), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
-                 sum(len(g) for g in scan.groups), scan.unique, len(scan.duplicates), len(scan.missing))
-        ledger = Ledger(cfg.output, storage)
+    ledger = Ledger(cfg.output, storage)
+    with local_index() as index:  # the ids' bookkeeping, in a database on local disk (ledger/index.py)
+        reading = read_manifest(ledger, cfg.manifest, cfg.column_map(), storage, index, cfg.retry_errors)
         if cfg.dry_run:
-            return dry_run(cfg, storage, scan, spill_index(ledger, spill, scan.parts), spill)
+            return dry_run(cfg, storage, start_plan(cfg, storage, ledger, index, reading, write=False))
         fingerprint = settle_settings(cfg, storage, ledger)
-        todo = reconcile(cfg, ledger, scan, spill)
-        tally = RunTally(cfg.preview_count, recorded_rows=spill.table(RECORDED_SCHEMA, scan.parts))
-        if todo.count:
-            process_rows(cfg, storage, scan, ledger, todo, tally, fingerprint)
-        compact(ledger, file_rows=todo.file_rows)
-        keep_snapshot(ledger, todo.index)
-        outcome = outcome_of(todo, scan, tally.recorded_rows, cfg.max_error_rate, cfg.max_unchanged_rate)
+        plan = start_plan(cfg, storage, ledger, index, reading)
+        tally = RunTally(cfg.preview_count, recorded=index)
+        if plan.todo:
+            process_rows(cfg, storage, ledger, plan, tally, fingerprint, model_actor=model_actor)
+        compact(ledger, file_rows=plan.file_rows)
+        counts, accounted = totals(plan)
+        outcome = outcome_of(plan, counts, accounted, cfg.max_error_rate, cfg.max_unchanged_rate)
+        remember(ledger, plan, counts, storage)
         release_memory()
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     elapsed = time.perf_counter() - t0
@@ -93,38 +93,37 @@ def release_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def keep_snapshot(ledger: Ledger, read) -> None:
-    """Write the index snapshot of the results as they are at the end of the run (jobs/snapshot.py): a cache,
-    so a failure to write it is only logged (the next run reads the results files instead)."""
-    try:
-        save_snapshot(ledger, read)
-    except Exception as e:  # noqa: BLE001 - the ledger itself is complete without it
-        log.warning("index snapshot not written (%s: %s); the next run reads the results files instead",
-                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+def start_plan(cfg: JobConfig, storage, ledger: Ledger, index, reading, write: bool = True) -> Plan:
+    """The bookkeeping's start (ledger/plan.py), logged."""
+    plan = start(ledger, reading, storage, index, retry_errors=cfg.retry_errors, write=write)
+    log.info("manifest: %d file(s) (%d read), %d unique id(s), %d duplicated id(s), %d row(s) without an id",
+             len(plan.scan.files), len(plan.scan.files) - len(plan.old), plan.unique, len(plan.duplicates),
+             len(plan.missing))
+    return plan
 
 
-def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, todo, tally: RunTally,
-                 fingerprint: str | None = None) -> None:
+def process_rows(cfg: JobConfig, storage, ledger: Ledger, plan: Plan, tally: RunTally,
+                 fingerprint: str | None = None, model_actor: tuple | None = None) -> None:
     """Start Ray (unless already connected), stream the rows to do through the pipeline, stop Ray."""
     import ray
 
     from .pipeline import PassPlan, process, start_ray
     from .stages import FinishContext
 
-    n = todo.count if cfg.limit is None else min(todo.count, cfg.limit)
+    n = plan.todo if cfg.limit is None else min(plan.todo, cfg.limit)
     rows = cfg.prepare_settings(storage)
     run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength,
            "settings_fingerprint": fingerprint}
     finish = FinishContext(rows=rows, out=cfg.output_settings(storage), run=run,
-                           results_uri=join_uri(cfg.output.rstrip("/"), "results"))
-    plan = PassPlan(storage=storage, groups=scan.groups, rows=rows, finish=finish,
-                    model=cfg.model_settings(storage))
-    tally.progress = Progress(n, cfg.progress_interval, before=todo.done)
+                           results_uri=ledger.uri)
+    passes = PassPlan(storage=storage, groups=plan.groups_to_read(), rows=rows, finish=finish,
+                      model=cfg.model_settings(storage), actor=model_actor)
+    tally.progress = Progress(n, cfg.progress_interval, before=plan.done)
     tally.after_add = RunCompactor(ledger).after_batch
     tally.progress.start_ticker()
     started_ray = start_ray(cfg)
     try:
-        process(cfg, plan, ledger, todo, tally, preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))
+        process(cfg, passes, ledger, plan, tally, preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))
     except Exception as e:
         timed_out = pool_timeout(e, cfg.wait_for_actors)  # the pool never started: one line, not a traceback
         if timed_out is None:
@@ -139,12 +138,13 @@ def process_rows(cfg: JobConfig, storage, scan: ManifestScan, ledger: Ledger, to
 
 def write_outputs(cfg: JobConfig, storage, summary: dict, previews: list, success: bool) -> None:
     """_SUMMARY.json, _REPORT.html and the _SUCCESS marker (removed when the run is not a success)."""
-    root = cfg.output.rstrip("/")
-    write_bytes(join_uri(root, "_SUMMARY.json"), summary_json(summary), storage)
+    out = Layout(cfg.output)
+    root = out.root
+    write_bytes(out.summary, summary_json(summary), storage)
     kept = keep_previews(root, previews, cfg, storage)
     cards = card_details(root, storage, Ledger(root, storage), {name for name, _, _ in kept})
-    write_bytes(join_uri(root, "_REPORT.html"), report_html(summary, kept, cards), storage)
-    marker = join_uri(root, "_SUCCESS")
+    write_bytes(out.report, report_html(summary, kept, cards), storage)
+    marker = out.success
     fs, mp = filesystem(marker, storage)
     if success:
         write_bytes(marker, b"", storage)
@@ -157,14 +157,14 @@ def write_outputs(cfg: JobConfig, storage, summary: dict, previews: list, succes
     log.info("done: %s; %d region(s) inpainted this run; error rate %.4f (limit %s); %s", counts,
              summary["this_run"]["regions"], summary["error_rate"], cfg.max_error_rate,
              "complete" if summary["complete"] else f"{left} id(s) not yet done")
-    print(f"results: {join_uri(root, 'results')}  summary: {join_uri(root, '_SUMMARY.json')}  "
-          f"report: {join_uri(root, '_REPORT.html')}  success: {success}", file=sys.stderr)
+    print(f"results: {out.results}  summary: {out.summary}  report: {out.report}  success: {success}",
+          file=sys.stderr)
 
 
 def keep_previews(root: str, previews: list, cfg: JobConfig, storage) -> list:
     """Store this run's preview thumbnails under `_previews/` and return the report's sample: a rerun that had
     little or nothing left to do still shows the rows of earlier runs."""
-    folder = join_uri(root, "_previews")
+    folder = Layout(root).previews
     for rid, status, jpeg in previews:
         write_bytes(join_uri(folder, f"{output_name(rid)[0]}.{status}.jpg"), jpeg, storage)
     fs, path = filesystem(folder, storage)

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from rayinpaint.io.results import results_table
+from rayinpaint.io.results import ERROR, results_table
 from rayinpaint.io.storage import filesystem, protocol_of
 
 from .config import JobConfig
-from .idset import IdSet
+from .idset import IdSet, PartedIdSet
 from .placement import check_pool
 from .raylogs import name_ray_logs, quiet_ray_console
 from .preflight import WeightsUnavailable
@@ -41,10 +41,14 @@ log = logging.getLogger("rayinpaint.job")
 class PassPlan:
     """What one pass needs besides the config, built once per run on the driver."""
     storage: object          # io.storage.StorageOptions
-    groups: list             # manifest file groups (manifest_ids.ManifestScan.groups)
+    groups: list             # manifest file groups to read (ledger/plan.py Plan.groups_to_read)
     rows: object             # io.settings.PrepareSettings: prepare and finish
     finish: object           # stages.FinishContext
     model: object            # predictor.ModelSettings
+    # The model actor: (callable class, constructor arguments after `model`), built as cls(model, *args) in
+    # each actor. None: predictor.InpaintPredictor. Callers pass another one for tests and benchmarks
+    # (bench/standin.py sleeps instead of running a model); nothing in the config selects it.
+    actor: tuple | None = None
 
 
 def start_ray(cfg: JobConfig) -> bool:
@@ -131,10 +135,9 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
     import ray
 
     from .predictor import InpaintPredictor
-    from .standin import SleepPredictor, standin_args
 
     n_actors, gpus, cpus = pool
-    standin = standin_args()  # tests and the keep-up benchmark only (jobs/standin.py)
+    actor_cls, actor_args = plan.actor or (InpaintPredictor, ())
     with warnings.catch_warnings():
         # Ray 2.60 takes max_restarts/max_task_retries only through **ray_remote_args (deprecated, no named
         # parameter yet). A dead actor is always restarted (a poison row must not take the pool down for every
@@ -142,7 +145,7 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
         # crashes its worker every time would never finish (see the module docstring).
         warnings.simplefilter("ignore", DeprecationWarning)
         return ds.map_batches(
-            SleepPredictor if standin else InpaintPredictor,
+            actor_cls,
             batch_format="pyarrow",
             batch_size=batch,
             compute=ray.data.ActorPoolStrategy(size=n_actors,
@@ -151,7 +154,7 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
             num_cpus=cpus,
             max_restarts=-1,
             max_task_retries=1,
-            fn_constructor_args=(plan.model, *standin) if standin else (plan.model,),
+            fn_constructor_args=(plan.model, *actor_args),
         )
 
 
@@ -216,14 +219,27 @@ def guarded_pass(cfg: JobConfig, plan: PassPlan, sink, tally, **kwargs) -> None:
                     type(e).__name__, str(e).splitlines()[0][:200])
 
 
-def process(cfg: JobConfig, plan: PassPlan, ledger, todo, tally, preview_p: float) -> None:
-    """The main pass over `todo` (books.Todo), then crash-retry passes until no row is missing (see the module
-    docstring). Under --limit the rows a pass took are not known in advance, so lost rows simply wait for the
-    next run."""
-    guarded_pass(cfg, plan, tally.add, tally, **todo.selector(), limit=cfg.limit, preview_p=preview_p)
+def selector(plan) -> dict:
+    """What the main pass's read tasks test ids against (ledger/plan.py Plan): the smaller of `include` (the ids
+    left) and `exclude` (the ids to skip), each built a part at a time and held in Ray's object store. A daily run
+    always includes: it knows the new ids only."""
+    import ray
+
+    put = ray.put if ray.is_initialized() else None
+    skipped = plan.index.skipped_query(plan.skipped)
+    if plan.old or plan.todo <= plan.index.count(skipped):
+        return {"include": PartedIdSet.build(plan.index.ids("SELECT id FROM todo"), put)}
+    return {"exclude": PartedIdSet.build(plan.index.ids(skipped), put)}
+
+
+def process(cfg: JobConfig, passes: PassPlan, ledger, plan, tally, preview_p: float) -> None:
+    """The main pass over the ids left (ledger/plan.py Plan), then crash-retry passes until no row is missing
+    (see the module docstring). Under --limit the rows a pass took are not known in advance, so lost rows simply
+    wait for the next run."""
+    guarded_pass(cfg, passes, tally.add, tally, **selector(plan), limit=cfg.limit, preview_p=preview_p)
     stalled, before = 0, None  # retry passes that recovered nothing; rows missing after the last pass
     while cfg.limit is None:
-        missing = todo.missing(tally.recorded_rows)  # from what this run received: the ledger is not re-read
+        missing = plan.index.lost()  # from what this run received: the results are not read again
         if not len(missing):
             return
         if before is not None and len(missing) >= before:
@@ -233,11 +249,11 @@ def process(cfg: JobConfig, plan: PassPlan, ledger, todo, tally, preview_p: floa
             _record_worker_crashes(ledger, missing, tally)
             return
         log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
-        guarded_pass(cfg, plan, tally.add, tally, include=IdSet(missing), retry_pass=True)
+        guarded_pass(cfg, passes, tally.add, tally, include=IdSet(missing), retry_pass=True)
 
 
 def _record_worker_crashes(ledger, missing: pa.Array, tally) -> None:
-    rows = results_table([{"id": i, "status": "error", "error_kind": "worker_crash",
+    rows = results_table([{"id": i, "status": ERROR, "error_kind": "worker_crash",
                            "error": "the model worker died each time it processed this row; see the Ray worker logs"}
                           for i in missing.to_pylist()])
     ledger.write_rows(rows)

@@ -82,19 +82,27 @@ class InpaintPredictor:
                                    guidance=settings.guidance, eta=settings.eta, strength=settings.strength,
                                    karras=settings.karras and settings.sampler != "ddim", speed=switches,
                                    strict_speed=settings.strict_speed)
-        self.res = settings.resolution
-        self.pad_to = max(1, settings.pad_to)   # regions per model call at side self.res
-        self._pads: dict[int, int] = {}         # per larger side (--max-resolution), once out of memory there
-        self.sha = self.model.sha256
-        self.actor = _actor_name()
-        self._tokens = _token_counter()
-        self._context = self.model.config.text.context_length  # longer prompts are cut (and counted)
-        self._oom = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError
+        self.set_batching(settings, sha=self.model.sha256, tokens=_token_counter(),
+                          context=self.model.config.text.context_length,
+                          oom=torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else RuntimeError)
         if self.device == "cuda":
             self._warmup(switches)
         log.info("speed switches in effect: %s", self.speed_text())
         log.info("model %s loaded on %s/%s in %.1fs", settings.weights, self.device, self.dtype,
                  time.perf_counter() - t0)
+
+    def set_batching(self, settings: ModelSettings, *, sha: str, tokens, context: int, oom: type) -> None:
+        """Everything besides the model that __call__ and _run use: the fixed batch shape, the identity written
+        into every row, the prompt-length check and the exception that means out of memory. One method, so that a
+        model actor with another model call (a subclass overriding `_padded`) is set up the same way."""
+        self.res = settings.resolution
+        self.pad_to = max(1, settings.pad_to)   # regions per model call at side self.res
+        self._pads: dict[int, int] = {}         # per larger side (--max-resolution), once out of memory there
+        self.sha = sha
+        self.actor = _actor_name()
+        self._tokens = tokens                   # prompt -> token count
+        self._context = context                 # longer prompts are cut (and counted)
+        self._oom = oom
 
     def _warmup(self, switches: dict) -> None:
         """Compile, autotune and capture the CUDA graph for the fixed batch shape now, before streaming starts.

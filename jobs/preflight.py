@@ -1,21 +1,20 @@
 """Pre-flight: everything the driver checks before any work, and the job's own exceptions.
 
 In order: the weights exist and their header matches the model, the output can be written, and the manifest
-is listed, every file's schema checked and its id column (only) read (jobs/manifest_ids.py, with the storage
-errors sorted here). A failure here is one clear line and nothing has started.
+is listed, every file's schema checked and its id column (only) read (ledger/manifest.py; its storage errors
+are sorted by io/manifest.py). A failure here is one clear line and nothing has started.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from contextlib import contextmanager
 
-import pyarrow as pa
 
-from rayinpaint.io.errors import ManifestError, RowError, SettingsError, redact_uri
-from rayinpaint.io.retry import classify
-from rayinpaint.io.storage import filesystem, join_uri, row_error_for, write_bytes
+from rayinpaint.io.errors import RowError, SettingsError, StorageUnavailable, redact_uri  # noqa: F401
+# The manifest's storage errors are sorted where the manifest is read; re-exported: every pre-flight error is here.
+from rayinpaint.io.manifest import manifest_storage_errors  # noqa: F401
+from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 from .config import DEFAULT_WEIGHTS, JobConfig
 
@@ -30,12 +29,6 @@ class OutputUnwritable(Exception):
     """The output cannot be written (permission denied, disk full, bucket policy). The job stops; rows whose
     results were not written are not recorded, so rerunning the same command once the output is fixed resumes.
     The command line reports it in one line with exit code 3."""
-
-
-class StorageUnavailable(Exception):
-    """Reading the manifest kept failing with transient storage errors (throttling, 5xx, timeouts, resets) after
-    the storage client's retries. Nothing was started or recorded; rerunning the same command later resumes.
-    The command line reports it in one line with exit code 4."""
 
 
 # ---- weights and output -----------------------------------------------------------------------------
@@ -101,29 +94,3 @@ def check_output_writable(output: str, storage) -> None:
         fs.rm(p)
     except Exception as e:  # noqa: BLE001 - a leftover probe is harmless; say so and go on
         log.warning("could not remove the write probe %s: %s", redact_uri(probe), type(e).__name__)
-
-
-# ---- the manifest -------------------------------------------------------------------------------------
-
-@contextmanager
-def manifest_storage_errors(uri: str, action: str):
-    """Storage failures while scanning the manifest become one clear line: StorageUnavailable when they may
-    pass (transient, after the client's retries), a ManifestError when they will not (not found, access
-    denied, another storage refusal). Anything that is not a storage error keeps its traceback."""
-    try:
-        yield
-    except (ManifestError, SettingsError):
-        raise
-    except Exception as e:  # noqa: BLE001 - sorted below
-        verdict = classify(e)
-        if verdict == "permanent" and not isinstance(e, (OSError, pa.ArrowException)):
-            raise
-        detail = f"{type(e).__name__}: {redact_uri(str(e).splitlines()[0] if str(e) else '')[:200]}"
-        if verdict == "transient":
-            raise StorageUnavailable(f"manifest {redact_uri(uri)}: {action} kept failing after the storage "
-                                     f"client's retries ({detail}); nothing was started: rerun the same command "
-                                     f"when the store answers again") from None
-        if verdict == "permanent":  # an OSError or Arrow error that is no store's verdict (one line, not a traceback)
-            raise ManifestError(f"manifest {redact_uri(uri)}: {action} failed ({detail})") from None
-        hint = "; check the credentials and the bucket policy" if verdict == "access_denied" else ""
-        raise ManifestError(f"manifest {row_error_for(e, uri, action, 1).message}{hint}") from None

@@ -9,7 +9,7 @@ import platform
 import urllib.parse
 import time
 
-from .accounting import unchanged_warning
+from .tally import unchanged_warning
 from .cards import image_path
 
 
@@ -34,7 +34,7 @@ def versions() -> dict:
 
 def error_examples(outcome, tally, recorded: dict | None = None) -> dict:
     """{error kind: {"ids": a few ids, "message": one message}} for every kind in the output: ids and messages
-    from the results rows (`recorded`, jobs/overview.py) or this run's rows, duplicated ids from the manifest,
+    from the results rows (`recorded`, ledger/overview.py) or this run's rows, duplicated ids from the manifest,
     other kinds named with no example."""
     examples = {k: dict(v) for k, v in (recorded or {}).items()}
     for k, v in tally.examples.items():

@@ -21,7 +21,7 @@ from rayinpaint.io.results import results_table
 from rayinpaint.io.settings import OutputSettings, PrepareSettings
 
 from .idset import IdSet
-from .ledger import write_shard
+from rayinpaint.ledger.files import write_file
 
 # What each finish task sends back to the driver: small, for progress, summary and report.
 DRIVER_SCHEMA = pa.schema([
@@ -103,7 +103,7 @@ def finish_and_write(batch: pa.Table, ctx: FinishContext) -> pa.Table:
     recorded = [r for r in done if r["status"] != UNWRITTEN]
     if recorded:
         try:
-            write_shard(ctx.results_uri, results_table(recorded), ctx.out.storage)
+            write_file(ctx.results_uri, results_table(recorded), ctx.out.storage)
         except RowError as e:  # the ledger cannot be written: none of these rows is recorded
             msg = f"cannot write the results ledger {e.message}"
             done = [{"id": r["id"], "status": UNWRITTEN, "error": msg, "actor": r.get("actor")} for r in done]

@@ -1,6 +1,6 @@
 """Shared pieces of the whole-job tests: tiny fast settings, what the demo dataset holds, the command line.
 
-Results are read with the product's own `rayinpaint.jobs.ledger.read_results(output, storage)`, not here.
+Results are read with the product's own `rayinpaint.ledger.files.read_results(output, storage)`, not here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ FAST = dict(steps=2, resolution=128, batch_size=4, progress_interval=1.0, max_er
             feather=4)
 FAST_TINY = dict(weights="random:tiny", **FAST)
 
-# The deliberately bad rows `rayinpaint.jobs.demo.make_dataset` adds, with the error_kind each must end as.
+# The deliberately bad rows `rayinpaint.bench.demo.make_dataset` adds, with the error_kind each must end as.
 BAD = {"bad-truncated": "truncated", "bad-not-an-image": "not_an_image", "bad-missing-file": "not_found",
        "bad-mask-size": "mask_size_mismatch"}
 DEMO_BAD = 5  # make_dataset adds five extra rows: four bad ones and one with an empty mask

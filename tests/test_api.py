@@ -10,7 +10,7 @@ import pytest
 import rayinpaint.jobs as api
 from helpers_job import BAD, FAST_TINY
 from rayinpaint.io.results import RESULTS_SCHEMA
-from rayinpaint.jobs.demo import make_dataset
+from rayinpaint.bench.demo import make_dataset
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rayinpaint.jobs.bench import SWITCHES, ablation_variants, speed_from_args
-from rayinpaint.jobs.bench_timing import steady_rate
+from rayinpaint.bench.throughput import SWITCHES, ablation_variants, speed_from_args
+from rayinpaint.bench.timing import steady_rate
 from rayinpaint.jobs.cli import build_parser
 from rayinpaint.model import PRESETS, load_model
 from rayinpaint.model.flops import count_flops, inpaint_flops, unet_flops, vae_flops

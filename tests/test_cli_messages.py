@@ -57,7 +57,7 @@ def test_missing_column_suggests_the_columns_mapping():
 
 
 def test_output_that_is_a_file_says_so(tmp_path, capsys):
-    from rayinpaint.jobs.demo import make_dataset
+    from rayinpaint.bench.demo import make_dataset
 
     manifest = make_dataset(str(tmp_path / "in"), rows=1)
     target = tmp_path / "results.txt"

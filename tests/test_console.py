@@ -8,7 +8,7 @@ import logging
 import re
 
 from helpers_job import run_cli
-from rayinpaint.jobs.demo import make_dataset
+from rayinpaint.bench.demo import make_dataset
 from rayinpaint.jobs.raylogs import _below_error_from_ray, quiet_ray_console
 
 JOB_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING|ERROR) rayinpaint\.")

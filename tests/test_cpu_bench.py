@@ -4,7 +4,7 @@ machine's)."""
 from __future__ import annotations
 
 from rayinpaint.jobs.cli import build_parser
-from rayinpaint.jobs.cpu_bench import run_cpu_bench
+from rayinpaint.bench.cpu import run_cpu_bench
 
 
 def test_cpu_stage_record_is_consistent():

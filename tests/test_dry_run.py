@@ -9,9 +9,9 @@ from helpers_job import BAD
 from rayinpaint.io.results import results_table
 from rayinpaint.jobs.cli import main
 from rayinpaint.jobs.config import JobConfig
-from rayinpaint.jobs.demo import make_dataset
-from rayinpaint.jobs.fingerprint import settle_settings
-from rayinpaint.jobs.ledger import Ledger
+from rayinpaint.bench.demo import make_dataset
+from rayinpaint.ledger.fingerprint import settle_settings
+from rayinpaint.ledger.files import Ledger
 from rayinpaint.io.storage import StorageOptions
 
 

@@ -40,9 +40,10 @@ from PIL import Image
 from faultproxy import RANDOM_KINDS, AnyMethodHandler, FaultProxy
 from helpers_io import write_tiny_checkpoint
 from helpers_job import BAD, FAST, run_cli
+from helpers_ledger import index_ids, index_rows
 from rayinpaint.io.errors import RowError
 from rayinpaint.io.storage import StorageOptions, read_bytes, write_bytes
-from rayinpaint.jobs.ledger import read_results
+from rayinpaint.ledger.files import read_results
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -414,7 +415,7 @@ def test_lost_response_to_an_applied_write_is_exactly_once(proxy, s3_bucket, rel
     """The server applies a results-shard PUT but the answer is lost (reset after forwarding): the client
     retries the same PUT to the same key, and the ledger holds each id exactly once in one shard."""
     from rayinpaint.io.results import results_table
-    from rayinpaint.jobs.ledger import Ledger
+    from rayinpaint.ledger.files import Ledger
 
     bucket, opts = s3_bucket
     proxy.force("reset_after", times=1, method="PUT", key_regex=r"/out/results/part-")
@@ -424,9 +425,9 @@ def test_lost_response_to_an_applied_write_is_exactly_once(proxy, s3_bucket, rel
     key = uri.split(f"s3://{bucket}/", 1)[1]
     puts = [k for m, k, _ in proxy.history if m == "PUT" and k == f"{bucket}/{key}"]
     assert proxy.counts["reset_after"] == 1 and len(puts) == 2  # applied, answer lost, sent again
-    idx = Ledger(f"s3://{bucket}/out", opts).index()  # read back directly
-    assert sorted(idx.ids.to_pylist()) == ["r0", "r1", "r2"]
-    assert len(set(idx.table.column("shard").to_pylist())) == 1
+    idx, _ = index_rows(Ledger(f"s3://{bucket}/out", opts))  # read back directly
+    assert sorted(idx.column("id").to_pylist()) == ["r0", "r1", "r2"]
+    assert len(set(idx.column("file").to_pylist())) == 1
     reliability.record("fault", "S3 write applied but its response lost (reset after forwarding)", 1,
                        "the PUT was retried to the same key; the ledger holds each id exactly once")
 
@@ -459,7 +460,7 @@ def test_client_retries_cover_requests_outside_our_retry_layer(proxy, s3_bucket,
     from botocore.retries.standard import ExponentialBackoff
     from rayinpaint.io.results import results_table
     from rayinpaint.io.retry import classify
-    from rayinpaint.jobs.ledger import Ledger
+    from rayinpaint.ledger.files import Ledger
 
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0.0)
     bucket, opts = s3_bucket
@@ -469,13 +470,13 @@ def test_client_retries_cover_requests_outside_our_retry_layer(proxy, s3_bucket,
         return sum(1 for m, k, _ in proxy.history if m == "GET" and k == bucket)  # ListObjectsV2 is GET /bucket
 
     proxy.force("service_unavailable", times=7, method="GET", key_regex=rf"^{bucket}$")
-    assert Ledger(f"s3://{bucket}/out", via(opts, proxy)).index().ids.to_pylist() == ["a"]
+    assert index_ids(Ledger(f"s3://{bucket}/out", via(opts, proxy))) == ["a"]
     assert proxy.counts["service_unavailable"] == 7 and listings() == 8
 
     proxy.reset_counts()
     proxy.force("service_unavailable", times=7, method="GET", key_regex=rf"^{bucket}$")
     with pytest.raises(OSError) as ei:
-        Ledger(f"s3://{bucket}/out", via(opts, proxy, client_max_attempts=3)).index()
+        index_ids(Ledger(f"s3://{bucket}/out", via(opts, proxy, client_max_attempts=3)))
     assert classify(ei.value) == "transient" and listings() == 3
     proxy.clear_rules()
     reliability.record("fault", "S3 listing failing 7 times in a row (503)", 7,
@@ -487,7 +488,7 @@ def test_ledger_does_not_quarantine_a_shard_on_a_transient_read_error(proxy, s3_
     shard: the ledger must fail or retry, never move a good shard to _quarantine (its rows would be redone)."""
     from botocore.retries.standard import ExponentialBackoff
     from rayinpaint.io.results import results_table
-    from rayinpaint.jobs.ledger import Ledger
+    from rayinpaint.ledger.files import Ledger
 
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0.0)
     bucket, opts = s3_bucket
@@ -496,8 +497,8 @@ def test_ledger_does_not_quarantine_a_shard_on_a_transient_read_error(proxy, s3_
     from rayinpaint.io.errors import RowError
 
     with pytest.raises(RowError) as ei:  # a clear storage error, after the retries
-        Ledger(f"s3://{bucket}/out", via(opts, proxy)).index()
-    assert ei.value.kind == "io_error" and "results shard" in ei.value.message
+        index_ids(Ledger(f"s3://{bucket}/out", via(opts, proxy)))
+    assert ei.value.kind == "io_error" and "results file" in ei.value.message
     proxy.clear_rules()
     import s3fs
 
@@ -509,18 +510,18 @@ def test_ledger_sees_shards_written_by_other_processes(s3_bucket):
     """The ledger is written by Ray workers (other processes) and read by the driver, so a listing must
     never come from a cache: after another writer adds a shard, the same Ledger object sees it."""
     from rayinpaint.io.results import results_table
-    from rayinpaint.jobs.ledger import Ledger
+    from rayinpaint.ledger.files import Ledger
 
     bucket, opts = s3_bucket
     ledger = Ledger(f"s3://{bucket}/out", opts)
     ledger.write_rows(results_table([{"id": "a", "status": "ok"}]))
-    assert ledger.index().ids.to_pylist() == ["a"]
+    assert index_ids(ledger) == ["a"]
     other = boto(opts.endpoint_url)  # another process's writer, as a Ray worker is
     buf = io.BytesIO()
     pq.write_table(results_table([{"id": "b", "status": "ok"}]), buf)
     other.put_object(Bucket=bucket, Key="out/results/part-29990101T000000-000000000-ffffffff.parquet",
                      Body=buf.getvalue())
-    assert sorted(ledger.index().ids.to_pylist()) == ["a", "b"]
+    assert sorted(index_ids(ledger)) == ["a", "b"]
 
 
 # ---------------------------------------------------------------- the whole job
@@ -537,7 +538,7 @@ def test_job_completes_exactly_once_with_a_fifth_of_s3_requests_failing(ray_loca
     every written row's image exists and decodes at the input's size; nothing was quarantined."""
     import s3fs
     from rayinpaint.jobs.config import JobConfig
-    from rayinpaint.jobs.demo import make_dataset
+    from rayinpaint.bench.demo import make_dataset
     from rayinpaint.jobs.inpaint import run_job
 
     bucket, opts = s3_bucket
@@ -618,7 +619,7 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
     once writes are allowed again completes every id exactly once."""
     import s3fs
     from rayinpaint.jobs.config import JobConfig
-    from rayinpaint.jobs.demo import make_dataset
+    from rayinpaint.bench.demo import make_dataset
     from rayinpaint.jobs.inpaint import run_job
     from rayinpaint.jobs.preflight import OutputUnwritable
 
@@ -668,7 +669,7 @@ def test_manifest_unreadable_is_one_line_and_nothing_is_started(s3_bucket, proxy
     the command line prints one line naming the manifest and what failed, no traceback and no credentials,
     exits 4 for a transient failure (rerun later) or 2 for access denied (fix the access), and writes nothing."""
     import s3fs
-    from rayinpaint.jobs.demo import make_dataset
+    from rayinpaint.bench.demo import make_dataset
 
     bucket, opts = s3_bucket
     fs = s3fs.S3FileSystem(**opts.fsspec_kwargs("s3"))

@@ -33,16 +33,20 @@ def test_empty_set_and_chunked_input():
     assert len(s) == 3
 
 
-def test_bucketed_set_operations_equal_arrows(monkeypatch):
-    """is_in and count_distinct bucket by bucket (the path taken above idset._CHUNK ids) give exactly
-    what Arrow's kernels over the whole set give, whatever the ids' lengths and bytes."""
-    from rayinpaint.jobs import idset
+def test_a_parted_set_from_the_index_answers_as_one_set_whatever_the_ids_bytes(monkeypatch):
+    """The index hands ids out sorted by the engine (ledger/index.py); the parted set finds each id's part by
+    Python's string order. Both orders must agree for every id, non-ASCII and long ones included."""
+    from rayinpaint.jobs.idset import PartedIdSet
+    from rayinpaint.ledger.index import local_index
 
-    monkeypatch.setattr(idset, "_CHUNK", 64)
     rng = np.random.default_rng(7)
-    pool = [f"row-{i:06d}" for i in range(300)] + ["", "é", "a" * 300, "x.jpg", "y.jpg", "日本"]
-    ids = pa.array([pool[i] for i in rng.integers(0, len(pool), 2000)] + [None])
-    some = pa.array(pool[::3] + ["not-there", None])
-    assert list(idset.is_in(ids, some)) == pc.fill_null(pc.is_in(ids, value_set=some), False).to_pylist()
-    assert idset.count_distinct(ids) == pc.count_distinct(ids).as_py()
-    assert len(np.unique(idset.buckets(pa.array(pool)))) == idset.BUCKETS  # every bucket used
+    pool = [f"row-{i:06d}" for i in range(300)] + ["", "é", "e\u0301", "a" * 300, "x.jpg", "Y.jpg", "日本", "\U0001f600",
+                                                   "ab", "abc", "ab\x00"]
+    members = [pool[i] for i in rng.choice(len(pool), 200, replace=False)]
+    asked = pa.array(pool + ["not-there", None])
+    with local_index() as index:
+        index.add_manifest_ids(pa.array(members), 0)
+        parted = PartedIdSet.build(index.ids("SELECT DISTINCT id FROM manifest", 16))
+    assert len(parted) == len(set(members)) and len(parted.parts) == -(-len(set(members)) // 16)
+    assert parted.contains(asked).tolist() == IdSet(pa.array(members)).contains(asked).tolist()
+    assert parted.contains(asked).tolist() == [x in set(members) for x in pool] + [False, False]

@@ -18,10 +18,10 @@ from PIL import Image, ImageFilter
 from helpers_io import write_tiny_checkpoint
 from helpers_job import BAD, FAST, FAST_TINY, faulthooks_pythonpath, run_cli
 from rayinpaint.jobs.config import JobConfig
-from rayinpaint.jobs.demo import make_dataset
-from rayinpaint.jobs import spill
+from rayinpaint.bench.demo import make_dataset
+from rayinpaint.ledger import index as index_mod
 from rayinpaint.jobs.inpaint import run_job
-from rayinpaint.jobs.ledger import read_results
+from rayinpaint.ledger.files import read_results
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -127,9 +127,9 @@ def test_rerun_is_deterministic_and_retry_errors(ray_local, tmp_path, monkeypatc
     # Fix the missing file, then --retry-errors reprocesses error rows only; ids stay unique.
     (data / "images" / "does-not-exist.png").write_bytes((data / "images" / "img-0000.png").read_bytes())
     cfg_r = JobConfig(manifest=(manifest,), output=str(tmp_path / "a"), retry_errors=True, **FAST_TINY)
-    # The driver's bookkeeping in parts of 2 ids (jobs/spill.py): the read tasks test ids against the parts of
-    # the set of ids left (4 error rows, fewer than the 7 done) in Ray's object store.
-    monkeypatch.setattr(spill, "PART_IDS", 2)
+    # The set of ids left (4 error rows, fewer than the 7 done) in parts of 2 ids (ledger/index.py hands ids out
+    # in batches): the read tasks test ids against those parts in Ray's object store.
+    monkeypatch.setattr(index_mod, "BATCH_IDS", 2)
     assert run_job(cfg_r) == 0
     res = read_results(str(tmp_path / "a")).to_pylist()
     ids = [r["id"] for r in res]
@@ -142,7 +142,7 @@ def test_rerun_is_deterministic_and_retry_errors(ray_local, tmp_path, monkeypatc
 
 
 def test_duplicate_ids_are_reported_once(ray_local, tmp_path, monkeypatch):
-    monkeypatch.setattr(spill, "PART_IDS", 3)  # in parts: the read tasks skip the ids the manifest settles
+    monkeypatch.setattr(index_mod, "BATCH_IDS", 3)  # in parts: the read tasks skip the ids the manifest settles
     src = tmp_path / "in"
     make_dataset(str(src), rows=4)
     t = pq.read_table(str(src / "manifest.parquet"))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rayinpaint.jobs.config import JobConfig
-from rayinpaint.jobs.demo import make_dataset
+from rayinpaint.bench.demo import make_dataset
 from rayinpaint.jobs.inpaint import run_job
 
 pytestmark = pytest.mark.timeout(600)

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from helpers_job import FAST_TINY, run_cli
-from rayinpaint.jobs.accounting import Outcome, unchanged_warning
+from rayinpaint.jobs.tally import Outcome, unchanged_warning
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.jobs.inpaint import run_job
-from rayinpaint.jobs.ledger import read_results
+from rayinpaint.ledger.files import read_results
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -124,7 +124,7 @@ def test_rerun_with_other_settings_stops_or_reprocesses_every_row(ray_local, tmp
 
 def test_summary_and_report_of_a_resume_describe_the_whole_output(ray_local, tmp_path):
     from helpers_job import BAD
-    from rayinpaint.jobs.demo import make_dataset
+    from rayinpaint.bench.demo import make_dataset
 
     manifest = make_dataset(str(tmp_path / "in"), rows=4)
     out = tmp_path / "out"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rayinpaint.jobs.demo import make_dataset
+from rayinpaint.bench.demo import make_dataset
 
 _JOB_SERVER_DEPS = ("aiohttp", "aiohttp_cors", "prometheus_client", "grpc", "opencensus")
 

@@ -1,16 +1,20 @@
 """Every stage keeps up: the real job (run_job on a local Ray this test starts) with stand-in model actors that
-sleep per model batch (jobs/standin.py), measured by jobs/keepup_bench.py.
+sleep per model batch (bench/standin.py), measured by bench/keepup.py.
 
 Sized for 2 shared cores: 8 actors asking for 8 rows/s in all (4 rows per 4 s each), which prepare and finish
 deliver there; a sleeping actor uses no CPU, so Ray is given one logical CPU per actor plus 2 for the CPU stages.
-`python -m rayinpaint.jobs.keepup_bench` runs larger or faster cases on a machine with more cores (BENCHMARKS.md).
+`python -m rayinpaint.bench.keepup` runs larger or faster cases on a machine with more cores (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from rayinpaint.jobs.keepup_bench import run
+from rayinpaint.bench.keepup import make_rows, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -36,3 +40,17 @@ def test_object_store_stays_bounded_when_finish_is_the_slowest_stage(tmp_path):
     everything_mb = rec["rows"] * stage["after_bytes_per_row"] / 2 ** 20
     assert rec["object_store_peak_mb"] <= 1.1 * 100, rec  # bounded by the budget, not by the row count
     assert everything_mb > 1.5 * rec["object_store_peak_mb"], rec
+
+
+def test_the_command_line_runs_with_the_stand_in(tmp_path):
+    """`python -m rayinpaint.bench.standin ... -- run ...`: the `rayinpaint run` command with the sleeping actors."""
+    manifest = make_rows(str(tmp_path / "input"), rows=8, size=64)
+    cmd = [sys.executable, "-m", "rayinpaint.bench.standin", "--sleep", "0.01", "--log", str(tmp_path / "actors"),
+           "--", "run", "--manifest", manifest, "--output", str(tmp_path / "out"), "--weights", "random:tiny",
+           "--resolution", "64", "--batch-size", "4", "--num-gpus-per-actor", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "_SUMMARY.json").read_text())
+    assert summary["counts_by_status"] == {"ok": 8} and summary["model_sha256"] == "standin-sleep", summary
+    calls = [line.split() for f in (tmp_path / "actors").glob("actor-*.txt") for line in f.read_text().splitlines()]
+    assert sum(int(c[2]) for c in calls) == 8, calls  # every region went through the stand-in's model call

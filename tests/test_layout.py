@@ -1,5 +1,6 @@
-"""The code stays easy to see: product files of at most ~400 lines, functions of at most ~60, no import cycle
-between modules of one folder, and no citation of a document this repository does not have.
+"""The code stays easy to see: files of at most ~400 lines, functions of at most ~60, no import cycle between
+modules of one folder, and no citation of a document this repository does not have. The bars hold for the
+product's folders and for the benchmarks' (bench/) alike.
 
 `python tests/test_layout.py` prints the measurements (file sizes, the largest functions, the import graph).
 """
@@ -11,7 +12,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = {"jobs": "rayinpaint.jobs", "model": "rayinpaint.model", "io": "rayinpaint.io"}
+FOLDERS = {"jobs": "rayinpaint.jobs", "model": "rayinpaint.model", "io": "rayinpaint.io",
+           "ledger": "rayinpaint.ledger", "bench": "rayinpaint.bench"}
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
@@ -86,6 +88,41 @@ def test_no_product_function_is_too_long():
 
 def test_no_import_cycle_within_a_folder():
     assert cycles(import_graph()) == []
+
+
+def _imports(text: str) -> set[str]:
+    """Every module name an import in `text` names, lazy imports inside functions included (absolute names)."""
+    out = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_the_bookkeeping_imports_neither_ray_nor_the_job():
+    """ledger/ is plain functions and classes over pyarrow and an embedded engine: testable without Ray."""
+    bad = {name: sorted(m for m in _imports(text) if m.split(".")[0] == "ray" or m.startswith("rayinpaint.jobs"))
+           for name, text in product_files().items() if name.startswith("ledger/")}
+    assert not {k: v for k, v in bad.items() if v}, bad
+
+
+def test_no_product_module_imports_the_benchmarks_at_module_level():
+    """bench/ uses the product, never the other way round: only the command line's `demo` and `bench` commands
+    load it, inside the functions that run them."""
+    bad = []
+    for name, text in product_files().items():
+        if name.startswith("bench/"):
+            continue
+        for node in ast.parse(text).body:  # module level only
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                bad += [f"{name}: {n}" for n in names if n.startswith("rayinpaint.bench")]
+    assert not bad, bad
+    lazy = sorted(name for name, text in product_files().items()
+                  if not name.startswith("bench/") and any(m.startswith("rayinpaint.bench") for m in _imports(text)))
+    assert lazy == ["jobs/cli.py"], lazy
 
 
 def test_no_citation_of_documents_the_repository_lacks():

@@ -1,4 +1,4 @@
-"""The ledger's compaction and index: small shards merged into few files with one schema, every row kept
+"""The results files' compaction and repair: small files merged into few files with one schema, every row kept
 exactly once whatever point a merge stops at, duplicates resolved by the same rule everywhere."""
 
 from __future__ import annotations
@@ -8,10 +8,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayinpaint.io.results import RESULTS_SCHEMA, results_table
-from rayinpaint.jobs import compaction, ledger as ledger_mod
-from rayinpaint.jobs.compaction import RunCompactor, compact
-from rayinpaint.jobs.ledger import Ledger, LedgerIndex
 from rayinpaint.io.storage import StorageOptions
+from rayinpaint.ledger import compaction, files as files_mod
+from rayinpaint.ledger.compaction import RunCompactor, compact
+from rayinpaint.ledger.files import Ledger
+from rayinpaint.ledger.index import local_index
+from rayinpaint.ledger.plan import repair
+
+from helpers_ledger import index_rows
+
+
+def repaired(ledger: Ledger) -> pa.Table:
+    """The repair a run's start makes (ledger/plan.py), then the index read again."""
+    with local_index() as index:
+        index.add_results(ledger, ledger.listing())
+        repair(ledger, index, retry_errors=False)
+    return index_rows(ledger)[0]
 
 
 def rows(start: int, n: int, status: str = "ok") -> pa.Table:
@@ -38,27 +50,27 @@ def by_id(ledger: Ledger) -> dict:
     [5_999_999_999, 6_000_000_001],  # across a second boundary: seconds and fraction from one reading
     [7_000_000_000, 6_500_000_000, 6_500_000_000],  # the wall clock stepped back, then stood still
 ])
-def test_shard_names_sort_in_the_order_they_were_made(monkeypatch, clock):
-    """Reconcile keeps the newest copy of an id by shard name, so names made one after another must sort
+def test_file_names_sort_in_the_order_they_were_made(monkeypatch, clock):
+    """A repair keeps the newest copy of an id by file name, so names made one after another must sort
     one after another whatever the wall clock does."""
     readings = iter(clock)
-    monkeypatch.setattr(ledger_mod, "_name_clock", {"last": 0})  # as in a process that has named no shard yet
-    monkeypatch.setattr(ledger_mod.time, "time_ns", lambda: next(readings))
-    names = [ledger_mod.new_shard_name() for _ in clock]
+    monkeypatch.setattr(files_mod, "_name_clock", {"last": 0})  # as in a process that has named no file yet
+    monkeypatch.setattr(files_mod.time, "time_ns", lambda: next(readings))
+    names = [files_mod.new_name() for _ in clock]
     assert names == sorted(names) and len(set(names)) == len(names)
     first_s, first_ns = divmod(clock[0], 10**9)
     assert names[0].startswith(f"part-19700101T0000{first_s:02d}-{first_ns:09d}-")
 
 
-def test_small_shards_merge_into_one_file_with_the_results_schema(tmp_path):
+def test_small_files_merge_into_one_file_with_the_results_schema(tmp_path):
     ledger = ledger_of(tmp_path, 40)
     before = by_id(ledger)
-    # A shard written before `prompt_truncated` and `image_uri` existed: the merged file has every column.
+    # A file written before `prompt_truncated` and `image_uri` existed: the merged file has every column.
     old = rows(1000, 3).drop_columns(["prompt_truncated", "image_uri"])
     pq.write_table(old, str(tmp_path / "out" / "results" / "part-20000101T000000-000000000-00000000.parquet"))
     done = compact(ledger)
     assert (done.merged, done.replaced, done.rows) == (1, 41, 323)
-    files = ledger.shard_paths()
+    files = ledger.paths()
     assert len(files) == 1
     assert pq.read_schema(files[0]).remove_metadata() == RESULTS_SCHEMA
     after = by_id(ledger)
@@ -70,14 +82,14 @@ def test_small_shards_merge_into_one_file_with_the_results_schema(tmp_path):
 def test_target_rows_bounds_each_merged_file(tmp_path):
     ledger = ledger_of(tmp_path, 50, per=10)
     compact(ledger, target_rows=120)
-    sizes = [pq.ParquetFile(p).metadata.num_rows for p in ledger.shard_paths()]
+    sizes = [pq.ParquetFile(p).metadata.num_rows for p in ledger.paths()]
     assert sum(sizes) == 500 and all(s <= 120 for s in sizes) and len(sizes) == 5, sizes
 
 
 @pytest.mark.parametrize("removed", [0, 1, 5])
 def test_a_merge_stopped_after_writing_loses_nothing(tmp_path, monkeypatch, removed):
     """The merged file is written before its inputs are removed: stopped after `removed` removals, every row
-    is still there (some twice), and the next reconcile keeps exactly one copy of each."""
+    is still there (some twice), and the next run's repair keeps exactly one copy of each."""
     ledger = ledger_of(tmp_path, 12)
     before = by_id(ledger)
     calls = []
@@ -95,20 +107,19 @@ def test_a_merge_stopped_after_writing_loses_nothing(tmp_path, monkeypatch, remo
     assert set(t.column("id").to_pylist()) == set(before)
     assert t.num_rows == len(before) + (len(before) - 8 * removed)  # the merged copy plus what was not removed
     monkeypatch.undo()
-    idx = ledger.reconcile()
-    assert idx.table.num_rows == len(before)
+    assert repaired(ledger).num_rows == len(before)
     assert by_id(ledger) == before
     compact(ledger)
-    assert len(ledger.shard_paths()) == 1 and by_id(ledger) == before
+    assert len(ledger.paths()) == 1 and by_id(ledger) == before
 
 
 def test_duplicates_inside_one_file_keep_one_row(tmp_path):
-    """An id twice in the same file (two crash-retry copies merged together): reconcile keeps one, the done one."""
+    """An id twice in the same file (two crash-retry copies merged together): the repair keeps one, the done one."""
     ledger = Ledger(str(tmp_path / "out"), StorageOptions())
     ledger.write_rows(pa.concat_tables([rows(0, 4, "error"), rows(0, 4), rows(4, 2)]))
-    idx = ledger.reconcile()
-    assert sorted(idx.ids.to_pylist()) == [f"r{i:05d}" for i in range(6)]
-    assert set(idx.table.column("status").to_pylist()) == {"ok"}
+    idx = repaired(ledger)
+    assert sorted(idx.column("id").to_pylist()) == [f"r{i:05d}" for i in range(6)]
+    assert set(idx.column("status").to_pylist()) == {"ok"}
     assert by_id(ledger)["r00001"]["status"] == "ok"
 
 
@@ -125,30 +136,31 @@ def test_a_merge_drops_superseded_copies(tmp_path):
                                                         "r00006": "ok"}
 
 
-def test_index_with_this_runs_rows(tmp_path):
+def test_index_places_and_this_runs_rows(tmp_path):
     ledger = ledger_of(tmp_path, 2, per=3)
-    idx = ledger.index()
-    assert idx.shards == ledger.shard_paths() and idx.table.column("pos").to_pylist() == [0, 1, 2, 0, 1, 2]
-    new = pa.table({"id": ["r00001", "r00100", "r00101"], "status": ["error", "ok", "error"],
-                    "error_kind": [None, None, "decode"]})
-    got = idx.with_rows(new)
-    assert got.table.num_rows == 8
-    status = dict(zip(got.ids.to_pylist(), got.table.column("status").to_pylist()))
-    assert status["r00001"] == "ok" and status["r00100"] == "ok" and status["r00101"] == "error"
-    assert LedgerIndex.empty().with_rows(new).table.num_rows == 3
+    rows_, files = index_rows(ledger)
+    assert files == ledger.paths() and rows_.column("pos").to_pylist() == [0, 1, 2, 0, 1, 2]
+    assert rows_.column("file").to_pylist() == [0, 0, 0, 1, 1, 1]
+    with local_index() as index:  # this run's rows: one per id by the same rule, later rows newer
+        index.add_recorded(pa.table({"id": ["r1", "r2", "r3"], "status": ["ok", "error", "error"],
+                                     "error_kind": [None, "decode", "decode"]}))
+        index.add_recorded(pa.table({"id": ["r1", "r2", "r3"], "status": ["error", "ok", "error"],
+                                     "error_kind": ["decode", None, "not_found"]}))
+        counts = index.counts("recorded")
+    assert counts.by_status == {"ok": 2, "error": 1} and counts.by_kind == {"not_found": 1}
 
 
-def test_in_run_compaction_merges_new_shards_only(tmp_path):
+def test_in_run_compaction_merges_new_files_only(tmp_path):
     ledger = ledger_of(tmp_path, 6)
     compact(ledger)
-    merged = ledger.shard_paths()
+    merged = ledger.paths()
     for s in range(6, 10):
         ledger.write_rows(rows(s * 8, 8))
     c = RunCompactor(ledger, every=2)
     c.after_batch()
-    assert len(ledger.shard_paths()) == 5  # nothing yet
+    assert len(ledger.paths()) == 5  # nothing yet
     c.after_batch()
-    files = ledger.shard_paths()
+    files = ledger.paths()
     assert len(files) == 2 and merged[0] in files  # the earlier merged file was not read again
     assert len(by_id(ledger)) == 80
 
@@ -159,7 +171,7 @@ def test_merged_files_are_sorted_by_id_in_row_groups(tmp_path, monkeypatch):
     for s in reversed(range(20)):  # written in descending id order
         ledger.write_rows(rows(s * 10, 10))
     compact(ledger)
-    (path,) = ledger.shard_paths()
+    (path,) = ledger.paths()
     meta = pq.ParquetFile(path).metadata
     assert meta.num_row_groups == 4
     ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
@@ -174,15 +186,16 @@ def test_files_known_to_be_large_are_not_read_again(tmp_path, monkeypatch):
     ledger = ledger_of(tmp_path, 3, per=60)  # three files of 60 rows: large for a target of 100
     for s in range(3, 6):
         ledger.write_rows(rows(s * 60, 10))
-    big = ledger.shard_paths()[:3]
-    known = ledger.index().rows_per_shard()
+    big = ledger.paths()[:3]
+    t, files = index_rows(ledger)
+    known = dict(zip(files, [t.column("file").to_pylist().count(k) for k in range(len(files))]))
     read = []
     real = Ledger.read_many
     monkeypatch.setattr(Ledger, "read_many", lambda self, paths, **kw: read.extend(paths) or real(self, paths, **kw))
     done = compact(ledger, target_rows=100, file_rows=known)
     assert not set(read) & set(big) and len(read) == 3 and done.merged == 1
-    assert all(p in ledger.shard_paths() for p in big)
+    assert all(p in ledger.paths() for p in big)
     assert done.file_rows[done.written[0].split("://")[-1]] == 30 and all(done.file_rows[p] == 60 for p in big)
     read.clear()
     again = compact(ledger, target_rows=100)  # rows not given: the 60-row files are read, found large, kept
-    assert again.merged == 0 and all(p in ledger.shard_paths() for p in big)
+    assert again.merged == 0 and all(p in ledger.paths() for p in big)

@@ -1,5 +1,6 @@
-"""The ledger on S3 (moto on loopback, behind the tests' proxy that counts requests): the index costs requests
-per file, not per row, and compaction on an object store keeps every row."""
+"""The bookkeeping on S3 (moto on loopback, behind the tests' proxy that counts requests): the index costs
+requests per file, not per row, compaction on an object store keeps every row, and a daily run with nothing new
+reads no results file and no manifest file."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ import pyarrow as pa
 import pytest
 
 from faultproxy import FaultProxy
-from rayinpaint.jobs.compaction import compact, conform
-from rayinpaint.jobs.ledger import Ledger
+from rayinpaint.io.manifest import ColumnMap
+from rayinpaint.io.storage import filesystem
+from rayinpaint.ledger.compaction import compact, conform
+from rayinpaint.ledger.files import Ledger
+from rayinpaint.ledger.index import local_index
+from rayinpaint.ledger.plan import remember, totals
+
+from helpers_ledger import begin, index_rows
 
 
 def rows(start: int, n: int) -> pa.Table:
@@ -26,14 +33,15 @@ def proxy(s3_server):
 
 
 def index_gets(bucket: str, opts, proxy, name: str, files: int, per_file: int) -> int:
-    """GET requests of one Ledger.index() over `files` files of `per_file` rows (written around the proxy)."""
+    """GET requests of reading the index (as a run's start does) over `files` files of `per_file` rows (written
+    around the proxy)."""
     out = f"s3://{bucket}/{name}"
     direct = Ledger(out, opts)
     for f in range(files):
         direct.write_rows(rows(f * per_file, per_file))
     proxy.reset_counts()
-    idx = Ledger(out, dataclasses.replace(opts, endpoint_url=proxy.url)).index()
-    assert idx.table.num_rows == files * per_file
+    idx, _ = index_rows(Ledger(out, dataclasses.replace(opts, endpoint_url=proxy.url)))
+    assert idx.num_rows == files * per_file
     return sum(1 for method, _, _ in proxy.history if method == "GET")
 
 
@@ -57,33 +65,43 @@ def test_compaction_on_s3_keeps_every_row_and_bounds_the_file_count(s3_bucket):
         ledger.write_rows(rows(total, n))
         total += n
     compact(ledger)
-    files = ledger.shard_paths()
+    files = ledger.paths()
     assert len(files) <= max(1, math.ceil(total / 100_000)), len(files)
     ids = ledger.read_all().column("id").to_pylist()
     assert len(ids) == len(set(ids)) == total
 
 
-def test_an_index_from_a_current_snapshot_reads_no_results_file_on_s3(s3_bucket, proxy):
-    """With the snapshot of exactly the files listed, the index costs one listing and the snapshot's reads
-    whatever the number of results files; a results file added after it makes the index read the files."""
-    from rayinpaint.jobs.snapshot import save_snapshot
-
+def test_a_daily_run_with_nothing_new_reads_no_results_file_and_no_manifest_file_on_s3(s3_bucket, proxy):
+    """After a run that accounted for every id, the next run with the same manifest files costs the listings and
+    the record (ledger/accounted.py), whatever the number of results files; a results file added since makes it
+    read every file again."""
     bucket, opts = s3_bucket
-    out = f"s3://{bucket}/snap"
+    out, manifest = f"s3://{bucket}/daily", f"s3://{bucket}/daily-manifest"
     direct = Ledger(out, opts)
+    fs, mpath = filesystem(manifest, opts)
     for f in range(40):
         direct.write_rows(rows(f * 500, 500))
-    save_snapshot(direct, direct.index())
-    via = Ledger(out, dataclasses.replace(opts, endpoint_url=proxy.url))
+        with fs.open(f"{mpath}/m{f:02d}.parquet", "wb") as fh:
+            pa.parquet.write_table(rows(f * 500, 500).select(["id"]).append_column(
+                "image", pa.array([f"s3://b/i/{k}.jpg" for k in range(500)])).append_column(
+                "boxes", pa.array([[[0.0, 0.0, 8.0, 8.0]]] * 500)), fh)
+    def books(storage) -> tuple:
+        ledger = Ledger(out, storage)
+        with local_index() as index:
+            plan = begin(ledger, (manifest,), ColumnMap(), storage, index, write=False)
+            counts, ids_with_a_row = totals(plan)
+            remember(ledger, plan, counts, storage)
+            return plan.todo, len(plan.old), ids_with_a_row
+
+    assert books(opts) == (0, 0, 20_000)
+    via = dataclasses.replace(opts, endpoint_url=proxy.url)
     proxy.reset_counts()
-    idx = via.index()
+    assert books(via) == (0, 40, 20_000)
     gets = [key for method, key, _ in proxy.history if method == "GET"]
-    assert idx.source == "snapshot" and idx.table.num_rows == 20_000
-    assert not [k for k in gets if "/results/part-" in k], gets
-    assert 1 <= len(gets) <= 4, gets  # the listing and the snapshot (footer, data): not one per file
+    assert not [k for k in gets if k.split("?")[0].endswith(".parquet")], gets  # no results or manifest file
+    assert len(gets) <= 6, gets  # the two listings and the record: not one per file
     direct.write_rows(rows(50_000, 10))
     proxy.reset_counts()
-    idx = via.index()
+    assert books(via) == (0, 0, 20_000)
     gets = [key for method, key, _ in proxy.history if method == "GET"]
-    assert idx.source == "files" and idx.table.num_rows == 20_010
     assert len([k for k in gets if "/results/part-" in k]) >= 41

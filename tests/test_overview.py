@@ -1,6 +1,6 @@
-"""The output's overview (jobs/overview.py), which every run and resume builds: run records are fetched together,
+"""The output's overview (ledger/overview.py), which every run and resume builds: run records are fetched together,
 not one round trip after another, and only once; the timings column is read only until its sample is full; and
-each results file is read whole once (jobs/index_cache.py)."""
+each results file is read whole once (ledger/caches.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 from faultproxy import FaultProxy
 from rayinpaint.io.results import results_table
 from rayinpaint.io.storage import StorageOptions
-from rayinpaint.jobs import overview
-from rayinpaint.jobs.ledger import Ledger
+from rayinpaint.ledger import overview
+from rayinpaint.ledger.files import Ledger
 
 
 def test_run_records_read_in_name_order_and_cached(tmp_path):

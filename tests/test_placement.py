@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rayinpaint.jobs.config import JobConfig
-from rayinpaint.jobs.demo import make_dataset
+from rayinpaint.bench.demo import make_dataset
 from rayinpaint.jobs.inpaint import run_job
 from rayinpaint.jobs import placement
 from rayinpaint.jobs.placement import (UNKNOWN_MAX, PoolDoesNotFit, PoolNotReady, autoscaler_activity,

@@ -123,7 +123,7 @@ def test_warmup_out_of_memory_halves_the_batch_until_it_fits(predictor):
 
 
 def test_the_switches_in_effect_are_recorded_per_row_and_per_actor_in_the_tally(predictor):
-    from rayinpaint.jobs.accounting import RunTally
+    from rayinpaint.jobs.tally import RunTally
 
     out = predictor(batch(2))
     speed = out.column("speed").to_pylist()

@@ -82,7 +82,7 @@ def test_a_rows_regions_do_not_depend_on_what_shares_their_batch(actor):
 
 
 def test_marks_far_apart_are_inpainted_at_native_resolution_with_more_detail():
-    from rayinpaint.jobs.region_bench import detail_ratio
+    from rayinpaint.bench.regions import detail_ratio
 
     rec = detail_ratio(width=1200, height=800, mark=12, count=2, resolution=128, steps=2)
     assert [w[2] - w[0] for w in rec["regions"]["windows"]] == [128, 128]  # each mark: its own native window

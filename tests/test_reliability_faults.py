@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from helpers_job import DEMO_BAD, cli_cmd, faulthooks_pythonpath, run_cli
-from rayinpaint.jobs.demo import make_dataset
-from rayinpaint.jobs.ledger import read_results
+from rayinpaint.bench.demo import make_dataset
+from rayinpaint.ledger.files import read_results
 
 pytestmark = pytest.mark.timeout(900)
 

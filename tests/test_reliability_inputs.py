@@ -23,8 +23,8 @@ from test_io_bad_inputs import corrupt_png, exif_jpeg, gif_animated, p_transpare
 from rayinpaint.io.errors import ManifestError
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.jobs.inpaint import run_job
-from rayinpaint.jobs.ledger import read_results
-from rayinpaint.jobs.manifest_ids import missing_id_name
+from rayinpaint.ledger.files import read_results
+from rayinpaint.ledger.manifest import missing_id_name
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -28,7 +28,7 @@ import pytest
 
 from helpers_io import make_mask_png, make_png
 from helpers_job import cli_cmd
-from rayinpaint.jobs.ledger import read_results
+from rayinpaint.ledger.files import read_results
 
 W, H = 256, 192  # noisy PNGs of ~100 KB: each prepared block carries its rows' source bytes
 ROWS = int(os.environ.get("RAYINPAINT_LOAD_ROWS", "20000"))

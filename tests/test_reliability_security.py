@@ -19,7 +19,7 @@ import pytest
 
 from helpers_io import make_mask_png, make_png
 from helpers_job import run_cli
-from rayinpaint.jobs.ledger import read_results
+from rayinpaint.ledger.files import read_results
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -119,7 +119,7 @@ class _Evil:
 def test_malicious_pickle_weights_never_run(tmp_path, reliability):
     import torch
 
-    from rayinpaint.jobs.demo import make_dataset
+    from rayinpaint.bench.demo import make_dataset
 
     marker = tmp_path / "pwned"
     weights = tmp_path / "evil.ckpt"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rayinpaint.jobs import verify
+from rayinpaint.bench import verify
 from rayinpaint.jobs.cli import build_parser
 
 REHEARSAL = ["bench", "--verify", "--weights", "random:tiny", "--batch-size", "2", "--resolution", "64",

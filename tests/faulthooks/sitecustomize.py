@@ -67,7 +67,7 @@ if _KILL_IN_COMPACTION:
     # the k-th input of the merged file (k=1: the merged file is written, none of its inputs removed yet).
     import signal
 
-    from rayinpaint.jobs import compaction
+    from rayinpaint.ledger import compaction
 
     _real_remove = compaction.remove_merged
     _removals = []

@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from .bench import (bench_model, device_name, speed_from_args, time_diffusers, time_e2e, unet_calls, versions)
-from .bench_timing import matmul_ceiling, release_memory
+from .throughput import (bench_model, device_name, speed_from_args, time_diffusers, time_e2e, unet_calls, versions)
+from .timing import matmul_ceiling, release_memory
 
 TARGETS = {"ratio_vs_diffusers": 2.0, "fraction_of_ceiling": 0.6, "e2e_vs_model": 0.9}
 GPU_TESTS = Path(__file__).resolve().parents[1] / "tests" / "test_gpu_model.py"
@@ -129,9 +129,8 @@ def e2e_phase(args, rows: int, dtype, speed, model_rate: float | None) -> dict:
 def run_verify(args: argparse.Namespace) -> int:
     import torch
 
+    from rayinpaint.jobs.predictor import pick_device_and_dtype
     from rayinpaint.model import load_model
-
-    from .predictor import pick_device_and_dtype
 
     device, dtype = pick_device_and_dtype(args.dtype)
     device = torch.device(device)

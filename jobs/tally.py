@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayinpaint.ledger.files import INDEX_SCHEMA
+from rayinpaint.ledger.index import Counts, Index
+from rayinpaint.ledger.layout import ERROR, OK, UNCHANGED
+
 from .preflight import OutputUnwritable
 from .progress import Progress
-from .snapshot import SCHEMA as RECORDED_SCHEMA  # the index columns of each row this run records
-from .spill import PartedTable
 from .stages import UNWRITTEN
 
 _EXAMPLES_PER_KIND = 5
@@ -36,8 +38,8 @@ class RunTally:
     previews: list = field(default_factory=list)   # (id, status, jpeg)
     model_sha256: str | None = None
     after_add: Callable[[], None] | None = None    # called after each batch is added (in-run compaction)
-    # id, status, error_kind, prompt_truncated of every row recorded, in parts by id (jobs/spill.py; None: not kept)
-    recorded_rows: PartedTable | None = None
+    # where the index columns of every row recorded go (ledger/index.py; None: not kept)
+    recorded: Index | None = None
 
     def add(self, batch: pa.Table) -> None:
         status = batch.column("status").to_pylist()
@@ -70,15 +72,11 @@ class RunTally:
             self.after_add()
 
     def _keep_recorded(self, batch: pa.Table) -> None:
-        if self.recorded_rows is None:
-            return
-        cols = [batch.column(c) for c in ("id", "status", "error_kind")]
-        truncated = batch.column("prompt_truncated") if "prompt_truncated" in batch.column_names \
-            else pa.nulls(batch.num_rows, pa.bool_())
-        self.recorded_rows.add(pa.table(cols + [truncated.cast(pa.bool_())], names=list(RECORDED_SCHEMA.names)))
+        if self.recorded is not None:
+            self.recorded.add_recorded(batch.select([c for c in INDEX_SCHEMA.names if c in batch.column_names]))
 
     def _keep_examples(self, batch: pa.Table) -> None:
-        errors = batch.filter(pc.equal(batch.column("status"), "error"))
+        errors = batch.filter(pc.equal(batch.column("status"), ERROR))
         for rid, kind, msg in zip(*(errors.column(c).to_pylist() for c in ("id", "error_kind", "error"))):
             ex = self.examples.setdefault(kind or "unknown", {"ids": [], "message": msg})
             if len(ex["ids"]) < _EXAMPLES_PER_KIND:
@@ -114,8 +112,8 @@ class Outcome:
     @property
     def unchanged_rate(self) -> float:
         """Unchanged rows among the rows that were not errors: 1.0 means no row of the output was repainted."""
-        done = self.by_status.get("ok", 0) + self.by_status.get("unchanged", 0)
-        return self.by_status.get("unchanged", 0) / done if done else 0.0
+        done = self.by_status.get(OK, 0) + self.by_status.get(UNCHANGED, 0)
+        return self.by_status.get(UNCHANGED, 0) / done if done else 0.0
 
     @property
     def within_unchanged_rate(self) -> bool:
@@ -132,7 +130,7 @@ class Outcome:
 
     @property
     def error_rate(self) -> float:
-        return self.by_status.get("error", 0) / max(1, sum(self.by_status.values()))
+        return self.by_status.get(ERROR, 0) / max(1, sum(self.by_status.values()))
 
     @property
     def within_error_rate(self) -> bool:
@@ -143,13 +141,22 @@ class Outcome:
         return self.within_rates and self.complete
 
 
+def outcome_of(plan, counts: Counts, accounted: int, max_error_rate: float,
+               max_unchanged_rate: float = 1.0) -> Outcome:
+    """The Outcome of a run whose bookkeeping is `plan` (ledger/plan.py), from its `totals`."""
+    return Outcome(by_status=counts.by_status, by_kind=counts.by_kind, unique_ids=plan.unique, accounted=accounted,
+                   duplicates=plan.duplicates, prompts_truncated=counts.prompts_truncated,
+                   max_error_rate=max_error_rate, max_unchanged_rate=max_unchanged_rate,
+                   unchanged_examples=tuple(counts.unchanged_examples))
+
+
 def unchanged_warning(outcome: Outcome, cfg) -> str | None:
     """One sentence when more than half of the rows were left unchanged (their mask was empty), naming the
     likely causes and a few of those ids; None otherwise. `cfg`: the run's JobConfig."""
     if outcome.unchanged_rate <= 0.5:
         return None
-    n = outcome.by_status.get("unchanged", 0)
-    done = n + outcome.by_status.get("ok", 0)
+    n = outcome.by_status.get(UNCHANGED, 0)
+    done = n + outcome.by_status.get(OK, 0)
     return (f"{n} of {done} row(s) ({outcome.unchanged_rate:.0%}) are `unchanged`: their mask was empty after "
             f"the threshold. Likely causes: --mask-threshold {cfg.mask_threshold} is above the masks' values "
             f"(faint or dark-grey marks), --mask-invert is {'on' if cfg.mask_invert else 'off'} (black = repaint "

@@ -29,7 +29,7 @@ import time
 
 from rayinpaint.model.choices import COMPILE_MODES, DTYPES, SAMPLERS, SDPA_CHOICES, SWITCHES
 
-from .bench_timing import matmul_ceiling, release_memory, steady_rate, time_calls
+from .timing import matmul_ceiling, release_memory, steady_rate, time_calls
 
 ABLATABLE = SWITCHES + ("sdpa", "prompt_cache")
 
@@ -71,13 +71,13 @@ def add_bench_arguments(p) -> None:
                    help="matrix size of the matmul ceiling (default: 8192 on CUDA, 1024 on CPU)")
     c.add_argument("--json", default=None, help="also write the result to this file")
     c.add_argument("--verify", action="store_true",
-                   help="the GPU verification run, one JSON written as it goes (jobs/verify.py): versions and matmul "
+                   help="the GPU verification run, one JSON written as it goes (bench/verify.py): versions and matmul "
                         "ceiling, the self-check at this shape, the GPU tests, DDIM --steps and DPM++(2M) --steps/2 "
                         "against diffusers, the Ray job on --e2e rows (default 160); exit 1 if a correctness check "
                         "fails")
     c.add_argument("--verify-tests-timeout", type=float, default=300,
                    help="with --verify: seconds allowed for the GPU tests (default: 300)")
-    from .cpu_bench import add_cpu_bench_arguments
+    from .cpu import add_cpu_bench_arguments
 
     add_cpu_bench_arguments(p)
     # Older spellings, kept working: --diffusers == --against diffusers, --job-rows N == --e2e N.
@@ -251,13 +251,13 @@ def _environ(values: dict):
 
 
 def time_e2e(args, rows: int, dtype, speed) -> dict:
-    """run_job over `rows` synthetic rows (rayinpaint.jobs.demo.make_dataset; its 5 deliberately bad rows
+    """run_job over `rows` synthetic rows (rayinpaint.bench.demo.make_dataset; its 5 deliberately bad rows
     become error rows, max-error-rate is 1 so they do not fail the run), local Parquet in and out."""
+    from rayinpaint.jobs.config import JobConfig
+    from rayinpaint.jobs.inpaint import run_job
     from rayinpaint.model.speed import ENV_VAR, env_text
 
-    from .config import JobConfig
     from .demo import make_dataset
-    from .inpaint import run_job
 
     d = tempfile.mkdtemp(prefix="rayinpaint-bench-")
     try:
@@ -298,7 +298,7 @@ def time_e2e(args, rows: int, dtype, speed) -> dict:
 def versions(device) -> dict:
     import torch
 
-    from .report import package_versions
+    from rayinpaint.jobs.report import package_versions
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
@@ -321,19 +321,18 @@ def unet_calls(args) -> int:
 
 def run_bench(args) -> int:
     if args.cpu_stages:  # the CPU stages alone: no model, no torch
-        from .cpu_bench import run_cpu_bench_cli
+        from .cpu import run_cpu_bench_cli
 
         return run_cpu_bench_cli(args)
-    if args.regions:  # detail and splitting cost of regions (jobs/region_bench.py)
-        from .region_bench import run_region_bench_cli
+    if args.regions:  # detail and splitting cost of regions (bench/regions.py)
+        from .regions import run_region_bench_cli
 
         return run_region_bench_cli(args)
     import torch
 
+    from rayinpaint.jobs.predictor import pick_device_and_dtype
     from rayinpaint.model import load_model
     from rayinpaint.model.flops import inpaint_flops
-
-    from .predictor import pick_device_and_dtype
 
     device, dtype = pick_device_and_dtype(args.dtype)
     device = torch.device(device)

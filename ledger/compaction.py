@@ -1,15 +1,15 @@
-"""Compaction: the ledger's many small shards (one per finish task) merged into few large files.
+"""Compaction: the many small results files (one per finish task) merged into few large files.
 
-A finish task writes one shard of a few rows; a million rows would be tens of thousands of files, each a
+A finish task writes one file of a few rows; a million rows would be tens of thousands of files, each a
 request to list and read, mostly Parquet metadata. The driver merges small files into files of up to
-`target_rows` rows: at the start of a run (after the ledger is reconciled), every `IN_RUN_SHARDS` batches
-during a run (this run's new shards only, so a long run does not re-read what it merged already), and at the
+`target_rows` rows: at the start of a run (after the ledger is repaired), every `IN_RUN_BATCHES` batches
+during a run (this run's new files only, so a long run does not re-read what it merged already), and at the
 end of a run.
 
 Crash safety: a merged file is written whole before any file it replaces is removed, and it is named to sort
-right after its newest input (ledger.successor_name). A crash at any point leaves rows present twice, never
-absent; the next reconcile keeps one copy of each. Duplicate ids among the files of one merge (a row
-written twice by crash retries) are resolved in the merge by the same rule as reconcile's.
+right after its newest input (ledger/files.py successor_name). A crash at any point leaves rows present twice, never
+absent; the next run keeps one copy of each. Duplicate ids among the files of one merge (a row
+written twice by crash retries) are resolved in the merge by the supersede rule (ledger/rule.py).
 
 Every merged file has the results schema (io.results.RESULTS_SCHEMA) in its column order, so readers that
 take `results/*.parquet` as one table (DuckDB, Polars, pandas, pyarrow.dataset, HF datasets) see one schema.
@@ -25,7 +25,8 @@ import pyarrow as pa
 
 from rayinpaint.io.results import RESULTS_SCHEMA
 
-from .ledger import READ_THREADS, Ledger, place_order, successor_name, superseded
+from .files import READ_THREADS, Ledger, is_merged, successor_name
+from .rule import place_order, superseded
 
 log = logging.getLogger("rayinpaint.ledger")
 
@@ -35,7 +36,7 @@ TARGET_ROWS = 1_000_000
 SMALL_BYTES = 8 * 2**20
 # A merge never holds more than this much of the rows in memory (wide prompts or error texts).
 MAX_MERGE_BYTES = 512 * 2**20
-IN_RUN_SHARDS = 256
+IN_RUN_BATCHES = 256
 # Merged files are sorted by id in row groups of this many rows, so a reader looking ids up skips the row groups
 # whose min/max statistics exclude them.
 ROW_GROUP_ROWS = 128 * 1024
@@ -70,7 +71,7 @@ def conform(table: pa.Table) -> pa.Table:
 def compact(ledger: Ledger, *, target_rows: int = TARGET_ROWS, new_only: bool = False,
             file_rows: dict | None = None) -> Compaction:
     """Merge the ledger's small files, oldest first, into files of up to `target_rows` rows. `new_only`:
-    only shards written by finish tasks (not earlier merges), for compactions during a run. `file_rows`: rows
+    only files written by finish tasks (not earlier merges), for compactions during a run. `file_rows`: rows
     per file where known (the index has them): a file is small when it holds under half `target_rows` rows,
     and, where its rows are not known, when it is under SMALL_BYTES; large files are never read."""
     known = dict(file_rows or {})
@@ -104,11 +105,6 @@ def compact(ledger: Ledger, *, target_rows: int = TARGET_ROWS, new_only: bool = 
     return done
 
 
-def is_merged(path: str) -> bool:
-    """Written by a merge or a rewrite (successor_name), not by a finish task."""
-    return "_" in path.rsplit("/", 1)[-1]
-
-
 def _merge(ledger: Ledger, group: list, done: Compaction) -> None:
     tables = [conform(t) for _, t in group]
     merged = pa.concat_tables(tables, promote_options="permissive")
@@ -139,9 +135,9 @@ def remove_merged(ledger: Ledger, path: str) -> None:
 
 
 class RunCompactor:
-    """Merges this run's new shards every `every` batches the driver receives (see the module docstring)."""
+    """Merges this run's new files every `every` batches the driver receives (see the module docstring)."""
 
-    def __init__(self, ledger: Ledger, target_rows: int = TARGET_ROWS, every: int = IN_RUN_SHARDS):
+    def __init__(self, ledger: Ledger, target_rows: int = TARGET_ROWS, every: int = IN_RUN_BATCHES):
         self.ledger, self.target_rows, self.every = ledger, target_rows, every
         self.batches = 0
 

@@ -5,7 +5,7 @@ every row recorded so far, not only this run's part.
   fingerprint), written at the end of each run; rates over the output come from these.
 - the results rows: per-stage timings of `ok` rows (mean, p50, p95), error examples per kind with their message, and the
   distribution of mask sizes (repainted share of each image), read column by column, shard by shard.
-- `{output}/_index/overview.json` and `runs.json` (jobs/index_cache.py): what each results file adds to the mask
+- `{output}/_index/overview.json` and `runs.json` (ledger/caches.py): what each results file adds to the mask
   sizes and error examples, and the run records already read, so that a run reads only the results files and run
   records new since the last one (and the newest results' timings).
 """
@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
-from . import index_cache
+from . import caches
+from .layout import RUNS
 
-RUNS = "_runs"
 STAGES = ("fetch", "decode", "prepare", "inpaint", "finish", "write")
 EXAMPLES_PER_KIND = 5
 _TIMING_SAMPLE = 100_000  # per stage: percentiles from at most this many rows (the newest shards first)
@@ -52,13 +52,13 @@ def read_runs(root: str, storage) -> list[dict]:
                  if p.endswith(".json")}
     except FileNotFoundError:
         return []
-    known = index_cache.load(root, RUNS_CACHE, storage)
+    known = caches.load(root, RUNS_CACHE, storage)
     new = [p for name, p in paths.items() if name not in known]
     texts = fs.cat(new) if new else {}  # keyed by the filesystem's own form of each path
     fetched = {p.rstrip("/").rsplit("/", 1)[-1]: json.loads(t) for p, t in texts.items()}
     runs = {name: known[name] if name in known else fetched[name] for name in sorted(paths)}
     if fetched or len(known) != len(runs):
-        index_cache.save(root, RUNS_CACHE, storage, runs)
+        caches.save(root, RUNS_CACHE, storage, runs)
     return list(runs.values())
 
 
@@ -89,7 +89,7 @@ def results_overview(ledger) -> dict:
     What each results file adds to the mask sizes and error examples is kept in `_index/overview.json`, by file
     name and size (a file's rows never change under its name: rewrites and merges write new names). So a run
     reads only the files new since the last one, plus the newest files' timings until the sample is full."""
-    known = index_cache.load(ledger.output, OVERVIEW_CACHE, ledger.storage)
+    known = caches.load(ledger.output, OVERVIEW_CACHE, ledger.storage)
     timings = {s: [] for s in STAGES}
     per_file: dict = {}  # newest file first, as the examples and the timing sample are taken
     for path, size in reversed(ledger.listing()):
@@ -102,7 +102,7 @@ def results_overview(ledger) -> dict:
         else:
             per_file[name] = {"size": size, **_scan_file(ledger, path, timings, whole=True)}
     if per_file != known:
-        index_cache.save(ledger.output, OVERVIEW_CACHE, ledger.storage, per_file)
+        caches.save(ledger.output, OVERVIEW_CACHE, ledger.storage, per_file)
     examples: dict = {}
     bins = np.zeros(len(MASK_BINS), np.int64)
     for entry in per_file.values():

@@ -22,14 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayinpaint.io.errors import SettingsError, redact_uri
-from rayinpaint.io.storage import filesystem, join_uri, protocol_of, write_bytes
+from rayinpaint.io.storage import filesystem, protocol_of, write_bytes
 
-from .ledger import DONE_STATUSES
+from .layout import DONE_STATUSES, SUPERSEDED, Layout
 
-log = logging.getLogger("rayinpaint.job")
+log = logging.getLogger("rayinpaint.ledger")
 
-SETTINGS_FILE = "_SETTINGS.json"
-SUPERSEDED = "_superseded"
 PIXEL_SETTINGS = ("model_config", "sampler", "karras", "eta", "steps", "guidance", "strength", "resolution",
                   "mask_threshold", "mask_invert", "mask_dilate", "feather", "context", "min_context",
                   "max_regions", "max_resolution",
@@ -80,11 +78,12 @@ def settle_settings(cfg, storage, ledger) -> str:
     --reprocess, which moves those rows aside first. Records this run's settings before any work."""
     settings = pixel_settings(cfg, model_identity(cfg, storage))
     fp = fingerprint_of(settings)
-    root = cfg.output.rstrip("/")
-    recorded = _read_recorded(join_uri(root, SETTINGS_FILE), storage)
-    shards = ledger.shard_paths()
-    old_fp = recorded.get("fingerprint") if recorded else (_newest_row_fingerprint(ledger) if shards else None)
-    if shards and old_fp and old_fp != fp:
+    out = Layout(cfg.output)  # the output being run (a caller may check another output's results)
+    root = out.root
+    recorded = _read_recorded(out.settings, storage)
+    files = ledger.paths()
+    old_fp = recorded.get("fingerprint") if recorded else (_newest_row_fingerprint(ledger) if files else None)
+    if files and old_fp and old_fp != fp:
         if not cfg.reprocess:
             what = "; ".join(differences(recorded.get("settings", {}), settings)) if recorded else \
                 "the recorded fingerprint differs"
@@ -92,15 +91,15 @@ def settle_settings(cfg, storage, ledger) -> str:
                 f"--output {redact_uri(root)} holds results made with other settings ({what}); nothing was "
                 f"started. Use a new --output, or add --reprocess to redo every row under these settings (the "
                 f"earlier rows are replaced, and kept under {SUPERSEDED}/)")
-    if shards and cfg.reprocess:
-        supersede(ledger, shards, fp, storage)
+    if files and cfg.reprocess:
+        supersede(ledger, files, fp, storage)
     doc = {"fingerprint": fp, "settings": settings}
-    write_bytes(join_uri(root, SETTINGS_FILE), (json.dumps(doc, indent=2, default=str) + "\n").encode(), storage)
+    write_bytes(out.settings, (json.dumps(doc, indent=2, default=str) + "\n").encode(), storage)
     return fp
 
 
 def _stale_fingerprint(fs, path: str, fp: str) -> str | None:
-    """The other fingerprint a shard's rows were made under ("unrecorded" for model rows without one), or None
+    """The other fingerprint a file's rows were made under ("unrecorded" for model rows without one), or None
     when every row of it is current or carries no model result (manifest-settled and worker-crash rows)."""
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
@@ -120,7 +119,7 @@ def _newest_row_fingerprint(ledger) -> str | None:
     fingerprints existed)."""
     try:
         return ledger.first_value("settings_fingerprint")
-    except Exception:  # noqa: BLE001 - shards written before the column existed cannot name one
+    except Exception:  # noqa: BLE001 - files written before the column existed cannot name one
         return None
 
 
@@ -132,17 +131,17 @@ def _read_recorded(uri: str, storage) -> dict | None:
         return None
 
 
-def supersede(ledger, shards: list, fp: str, storage) -> int:
-    """Move every results shard holding rows made under other settings (another fingerprint, or a model row with
-    none: written before fingerprints existed) to `_superseded/<fingerprint>/`; returns the shards moved. Rows the
+def supersede(ledger, files: list, fp: str, storage) -> int:
+    """Move every results file holding rows made under other settings (another fingerprint, or a model row with
+    none: written before fingerprints existed) to `_superseded/<fingerprint>/`; returns the files moved. Rows the
     manifest alone settles (duplicate or missing ids) carry no fingerprint and stay."""
     moved = 0
-    for path in shards:
+    for path in files:
         stale = _stale_fingerprint(ledger.fs, path, fp)
         if stale is None:
             continue
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        _, folder = filesystem(join_uri(ledger.output, f"{SUPERSEDED}/{stale}"), storage)
+        _, folder = filesystem(ledger.layout.superseded(stale), storage)
         try:
             ledger.fs.makedirs(folder, exist_ok=True)
         except Exception:  # noqa: BLE001 - object stores have no folders
@@ -150,6 +149,6 @@ def supersede(ledger, shards: list, fp: str, storage) -> int:
         ledger.fs.copy(path, f"{folder}/{name}")  # copy, then remove: a crash in between leaves a copy, no loss
         ledger.fs.rm(path)
         moved += 1
-    log.info("--reprocess: moved %d results shard(s) made under other settings to %s/", moved, SUPERSEDED)
+    log.info("--reprocess: moved %d results file(s) made under other settings to %s/", moved, SUPERSEDED)
     return moved
 

@@ -110,8 +110,8 @@ def make_dataset(folder: str, rows: int = 24, seed: int = 0) -> str:
 
 
 def run_demo(output: str, rows: int = 24, weights: str = "random:tiny") -> int:
-    from .config import build_config
-    from .inpaint import run_job
+    from rayinpaint.jobs.config import build_config
+    from rayinpaint.jobs.inpaint import run_job
 
     output = os.path.abspath(output)
     manifest = make_dataset(os.path.join(output, "input"), rows=rows)

@@ -1,9 +1,9 @@
 """Does every stage keep up? The real job (run_job, local Parquet in and out) with stand-in model actors that
-sleep per model batch (jobs/standin.py), on a local Ray this module starts:
+sleep per model batch (bench/standin.py), on a local Ray this module starts:
 
-    python -m rayinpaint.jobs.keepup_bench --actors 8 --rows 400 --sleep 0.4          # actors the bottleneck
-    python -m rayinpaint.jobs.keepup_bench --actors 8 --rows 200 --sleep 0.01 --size 1024 --png-level 9
-                                                                                        # finish the bottleneck
+    python -m rayinpaint.bench.keepup --actors 8 --rows 400 --sleep 0.4          # actors the bottleneck
+    python -m rayinpaint.bench.keepup --actors 8 --rows 200 --sleep 0.01 --size 1024 --png-level 9
+                                                                                   # finish the bottleneck
 
 Prints one JSON record: per-actor busy fraction over the streaming window (from the moment every actor has
 started its first model call to the moment the first actor ends its last one: start-up and the final drain left
@@ -45,8 +45,7 @@ def make_rows(folder: str, rows: int, size: int, distinct: int = 8) -> str:
 def model_stage_bytes(manifest: str, batch: int, resolution: int) -> dict:
     """Bytes per row of the prepared blocks entering the model stage, now and with `source` inline (before)."""
     from rayinpaint.io.settings import PrepareSettings
-
-    from .stages import prepare_batch
+    from rayinpaint.jobs.stages import prepare_batch
 
     t = pq.read_table(manifest)
     sample = t.slice(0, min(len(t), 4 * batch))
@@ -110,16 +109,15 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
     """Start a local Ray, run the job with the stand-in actors, stop Ray; the measurements as a dict."""
     import ray
 
-    from .config import JobConfig
-    from .inpaint import run_job
-    from .standin import LOG_ENV, SLEEP_ENV
+    from rayinpaint.jobs.config import JobConfig
+    from rayinpaint.jobs.inpaint import run_job
+
+    from .standin import sleeping_actor
 
     stage_cpus = stage_cpus or os.cpu_count() or 2
     work = workdir or tempfile.mkdtemp(prefix="keepup-")
     manifest = make_rows(os.path.join(work, "input"), rows, size)
     log_dir = os.path.join(work, "actors")
-    saved = {k: os.environ.get(k) for k in (SLEEP_ENV, LOG_ENV)}
-    os.environ.update({SLEEP_ENV: str(sleep), LOG_ENV: log_dir})
     ray.init(address="local", num_cpus=actors + stage_cpus, object_store_memory=object_store_mb * 2 ** 20,
              include_dashboard=False, logging_level="WARNING")
     tracker = StoreTracker()
@@ -130,14 +128,12 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
                         num_actors=actors, num_gpus_per_actor=0, batch_size=batch, resolution=resolution,
                         png_level=png_level, steps=1,
                         progress_interval=5.0, max_error_rate=0.0)
-        rc = run_job(cfg)
+        rc = run_job(cfg, model_actor=sleeping_actor(sleep, log_dir))
         wall = time.time() - t0
     finally:
         tracker.__exit__()
         peak = tracker.peak
         ray.shutdown()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     busy = actor_busy(log_dir)
     return {"rc": rc, "rows": rows, "actors": actors, "sleep_s": sleep, "batch": batch, "size": size,
             "png_level": png_level, "ray_cpus": actors + stage_cpus, "wall_s": round(wall, 2),

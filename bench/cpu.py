@@ -119,7 +119,7 @@ def add_cpu_bench_arguments(p) -> None:
     g.add_argument("--repeat", type=int, default=3, help="timed repeats per measure; the median (default: 3)")
     g.add_argument("--regions", action="store_true",
                    help="regions: detail inside small marks far apart with regions vs one window (through the model "
-                        "of --weights), and the cost of splitting 12-MP masks (jobs/region_bench.py)")
+                        "of --weights), and the cost of splitting 12-MP masks (bench/regions.py)")
 
 
 def run_cpu_bench_cli(args) -> int:

@@ -1,6 +1,6 @@
 """`rayinpaint bench --regions`: what regions buy and what they cost, without Ray.
 
-Detail. A photo-like image (cpu_bench.photo_like) gets small marks far apart (by default two 52-px marks in
+Detail. A photo-like image (cpu.photo_like) gets small marks far apart (by default two 52-px marks in
 opposite corners of a 3000x2000 photo, the case that motivated regions). The row goes through the job's own
 prepare, model actor (InpaintPredictor with the model given by --weights) and finish,
 twice: with regions (--max-regions 8) and with one window around the whole mask (--max-regions 1, the old
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .cpu_bench import _median_ms, photo_like
+from .cpu import _median_ms, photo_like
 
 
 def _marks(width: int, height: int, size: int, count: int) -> list[list[int]]:
@@ -53,8 +53,7 @@ def detail_ratio(width: int = 3000, height: int = 2000, mark: int = 52, count: i
                  weights: str = "random:tiny", steps: int = 4) -> dict:
     """Detail inside the marks with regions and with one window (see the module docstring)."""
     from rayinpaint.io.settings import PrepareSettings
-
-    from .predictor import InpaintPredictor, ModelSettings
+    from rayinpaint.jobs.predictor import InpaintPredictor, ModelSettings
 
     boxes = _marks(width, height, mark, count)
     row = {"id": "detail", "image_bytes": photo_like(width, height, seed=3), "boxes": boxes, "prompt": ""}
@@ -105,7 +104,7 @@ def run_region_bench_cli(args) -> int:
     import os
     import platform
 
-    from .cpu_bench import print_record
+    from .cpu import print_record
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     return print_record({"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine,

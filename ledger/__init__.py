@@ -1,0 +1,1 @@
+"""The output\x27s bookkeeping, without Ray (see docs/ledger.md)."""
