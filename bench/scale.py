@@ -206,7 +206,7 @@ def _watch_steps(inpaint) -> dict:
             return out
         return run
 
-    for name in ("start_plan", "compact", "outcome_of", "describe_output", "write_outputs"):
+    for name in ("read_manifest", "start_plan", "compact", "outcome_of", "describe_output", "write_outputs"):
         setattr(inpaint, name, watched(name, getattr(inpaint, name)))
     return steps
 

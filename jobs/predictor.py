@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from rayinpaint.io.errors import redact_uri
+from rayinpaint.io.results import ERROR
 
 log = logging.getLogger("rayinpaint.predictor")
 
@@ -326,7 +327,7 @@ def _with_errors(batch: pa.Table, errors: dict[int, tuple[str, str]]) -> pa.Tabl
     kinds = batch.column("error_kind").to_pylist()
     msgs = batch.column("error").to_pylist()
     for i, (k, m) in errors.items():
-        st[i], kinds[i], msgs[i] = "error", k, m
+        st[i], kinds[i], msgs[i] = ERROR, k, m
     batch = _replace(batch, "status", pa.array(st, pa.string()))
     batch = _replace(batch, "error_kind", pa.array(kinds, pa.string()))
     return _replace(batch, "error", pa.array(msgs, pa.string()))

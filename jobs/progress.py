@@ -14,9 +14,11 @@ import threading
 import time
 from collections import deque
 
+from rayinpaint.io.results import DONE_STATUSES
+
 log = logging.getLogger("rayinpaint.progress")
 
-IMAGE_STATUSES = ("ok", "unchanged")  # rows with an image written
+IMAGE_STATUSES = DONE_STATUSES  # rows with an image written
 
 
 def _hms(seconds: float) -> str:

@@ -9,6 +9,8 @@ import platform
 import urllib.parse
 import time
 
+from rayinpaint.io.results import DONE_STATUSES
+
 from .tally import unchanged_warning
 from .cards import image_path
 
@@ -54,7 +56,7 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
     Top-level rates and times describe the output as a whole; `this_run` holds this run's part."""
     whole = whole or {}
     merged = sum(n - 1 for n in outcome.duplicates.values())
-    written = tally.by_status.get("ok", 0) + tally.by_status.get("unchanged", 0)
+    written = sum(tally.by_status.get(s, 0) for s in DONE_STATUSES)
     this_run = {**tally.this_run(), "elapsed_s": round(elapsed, 3),
                 "rows_per_s": round(tally.processed / elapsed, 4) if elapsed > 0 else None,
                 "images_per_s": round(written / elapsed, 4) if elapsed > 0 else None,

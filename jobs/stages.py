@@ -17,7 +17,7 @@ from rayinpaint.io.errors import OutputWriteError, RowError
 from rayinpaint.io.manifest import canonicalize
 from rayinpaint.io.finish import finish_row
 from rayinpaint.io.prepare import PREPARED_SCHEMA, prepare_row
-from rayinpaint.io.results import results_table
+from rayinpaint.io.results import OK, results_table
 from rayinpaint.io.settings import OutputSettings, PrepareSettings
 
 from .idset import IdSet
@@ -126,5 +126,5 @@ def _finish_one(row: dict, ctx: FinishContext) -> dict:
         r = {"id": row["id"], "status": UNWRITTEN, "error": str(e)}
     r["actor"] = actor
     r["speed"] = speed
-    r["region_count"] = len(r.get("regions") or []) if r["status"] == "ok" else 0
+    r["region_count"] = len(r.get("regions") or []) if r["status"] == OK else 0
     return r

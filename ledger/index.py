@@ -33,7 +33,7 @@ from .rule import RANK, connect
 EXAMPLES = 5           # ids kept as examples (unchanged rows)
 BATCH_IDS = 1 << 20    # ids handed out at once (what the driver holds of a table at a time)
 # The engine's own bound: beyond it, DuckDB spills to the index's folder (`$RAYINPAINT_MEMORY_LIMIT` to change).
-MEMORY_LIMIT = os.environ.get("RAYINPAINT_MEMORY_LIMIT", "256MB")
+MEMORY_LIMIT = os.environ.get("RAYINPAINT_MEMORY_LIMIT", "128MB")
 
 _TABLES = """
 CREATE TABLE manifest (id VARCHAR, file INTEGER);

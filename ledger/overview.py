@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 from . import caches
-from .layout import RUNS
+from .layout import DONE_STATUSES, ERROR, OK, RUNS, UNCHANGED
 
 STAGES = ("fetch", "decode", "prepare", "inpaint", "finish", "write")
 EXAMPLES_PER_KIND = 5
@@ -67,7 +67,7 @@ def run_totals(runs: list[dict]) -> dict:
     working = [r for r in runs if r.get("processed")]
     seconds = sum(r.get("elapsed_s", 0.0) for r in working)
     rows = sum(r["processed"] for r in working)
-    images = sum(r.get("by_status", {}).get(s, 0) for r in working for s in ("ok", "unchanged"))
+    images = sum(r.get("by_status", {}).get(s, 0) for r in working for s in DONE_STATUSES)
     counted = [r for r in working if "regions" in r]  # runs recorded before regions were counted have none
     region_s = sum(r.get("elapsed_s", 0.0) for r in counted)
     regions = sum(r["regions"] for r in counted)
@@ -131,7 +131,7 @@ def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
             columns = [c for c in wanted if c in pf.schema_arrow.names and (sampling or c != "timings")]
             t = pf.read_row_group(g, columns=columns)
             if "timings" in columns:  # rows that went through every stage (error and unchanged rows skip some)
-                _add_timings(t.filter(pc.equal(t.column("status"), "ok")).column("timings").combine_chunks(),
+                _add_timings(t.filter(pc.equal(t.column("status"), OK)).column("timings").combine_chunks(),
                              timings)
             if whole:
                 _add_examples(t, examples)
@@ -141,7 +141,7 @@ def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
 
 
 def _add_examples(t: pa.Table, examples: dict) -> None:
-    errors = t.filter(pc.equal(t.column("status"), "error"))
+    errors = t.filter(pc.equal(t.column("status"), ERROR))
     for rid, kind, msg in zip(*(errors.column(c).to_pylist() for c in ("id", "error_kind", "error"))):
         ex = examples.setdefault(kind or "unknown", {"ids": [], "message": msg})
         if len(ex["ids"]) < EXAMPLES_PER_KIND:
@@ -169,8 +169,8 @@ def _stats(values: list) -> dict:
 
 def _mask_bins(t: pa.Table) -> np.ndarray:
     """Rows per mask-size bin: ok rows by their repainted share, unchanged rows in the first bin."""
-    ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
-    unchanged = pc.fill_null(pc.equal(t.column("status"), "unchanged"), False).to_numpy(zero_copy_only=False)
+    ok = pc.fill_null(pc.equal(t.column("status"), OK), False).to_numpy(zero_copy_only=False)
+    unchanged = pc.fill_null(pc.equal(t.column("status"), UNCHANGED), False).to_numpy(zero_copy_only=False)
     px = pc.fill_null(t.column("mask_pixels"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
     area = (pc.fill_null(t.column("width"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
             * pc.fill_null(t.column("height"), 0).to_numpy(zero_copy_only=False))

@@ -9,6 +9,9 @@ that resolves duplicates uses it (the index at the start of a run, a merge, this
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -25,7 +28,8 @@ def connect(folder: str | None = None, memory_limit: str = "256MB", threads: int
     tables spilled to `folder`. No extension is ever installed or loaded: the job runs offline."""
     config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
               "memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": False}
-    if folder is None:
+    if folder is None:  # a merge's rows (at most about 1M): spilling, if ever, goes to the system's temp folder
+        config["temp_directory"] = os.path.join(tempfile.gettempdir(), "rayinpaint-duckdb")
         return duckdb.connect(":memory:", config=config)
     config["temp_directory"] = f"{folder}/spill"
     return duckdb.connect(f"{folder}/books.duckdb", config=config)
