@@ -100,7 +100,7 @@ def compact(ledger: Ledger, *, target_rows: int = TARGET_ROWS, new_only: bool = 
     if len(group) >= 2:
         _merge(ledger, group, done)
     if done.merged:
-        log.info("ledger: merged %d file(s) into %d (%d row(s), %d duplicate(s) dropped)", done.replaced,
+        log.info("merged %d file(s) into %d (%d row(s), %d duplicate(s) dropped)", done.replaced,
                  done.merged, done.rows, done.duplicates)
     return done
 

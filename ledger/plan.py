@@ -80,7 +80,7 @@ def start(ledger: Ledger, reading: Reading, storage, index: Index, retry_errors:
         plan = _daily(ledger, reading, index)
         if plan is not None:
             return _settle(ledger, plan, retry_errors, write)
-        log.info("ledger: new manifest files hold ids that already have rows; reading every manifest file")
+        log.info("new manifest files hold ids that already have rows; reading every manifest file")
     if reading.old:  # not a daily run after all: every file's ids are needed
         index.reset()
         scan = read_ids(scan.files, list(range(len(scan.files))), reading.colmap, storage, index)
@@ -98,7 +98,7 @@ def _daily(ledger: Ledger, reading: Reading, index: Index) -> Plan | None:
         index.add_results(ledger, reading.listing, only_manifest_ids=True)
         if index.count_results():
             return None
-    log.info("ledger: %d manifest file(s) accounted for by earlier runs (not read again), %d new",
+    log.info("%d manifest file(s) accounted for by earlier runs (not read again), %d new",
              len(reading.old), len(scan.files) - len(reading.old))
     return Plan(index, scan, 0, 0, acc.counts, acc.unique + index.unique_ids(),
                 {**acc.duplicates, **index.duplicates()}, acc.missing + scan.missing, old=reading.old)
@@ -125,7 +125,7 @@ def _settle(ledger: Ledger, plan: Plan, retry_errors: bool, write: bool) -> Plan
     if write:
         known = dict(zip(index.files, index.rows))
         plan.file_rows = compact(ledger, file_rows=known).file_rows
-    log.info("ledger: %d row(s) already done; %d to process", plan.done, plan.todo)
+    log.info("%d row(s) already done; %d to process", plan.done, plan.todo)
     return plan
 
 
@@ -135,7 +135,7 @@ def repair(ledger: Ledger, index: Index, retry_errors: bool) -> bool:
     drop = index.superseded(retry_errors)
     n = sum(ledger.drop_rows(path, rows) for path, rows in drop.items())
     if n:
-        log.info("ledger: removed %d superseded row(s) from %d file(s)", n, len(drop))
+        log.info("removed %d superseded row(s) from %d file(s)", n, len(drop))
     return bool(n)
 
 
