@@ -92,9 +92,9 @@ class FinishContext:
 
 
 def finish_and_write(batch: pa.Table, ctx: FinishContext) -> pa.Table:
-    """Paste back, encode and write each image; write this batch's rows as one results shard.
+    """Paste back, encode and write each image; write this batch's rows as one results file.
 
-    A row whose image, or whose shard, could not be written to the output comes back to the driver with
+    A row whose image, or whose results file, could not be written to the output comes back to the driver with
     status UNWRITTEN (never a ledger status): it is not recorded, so it is redone by the next run, and the
     driver stops the job with the message."""
     rows = batch.to_pylist()

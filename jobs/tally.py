@@ -97,7 +97,7 @@ class RunTally:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The output as a whole, from the reconciled ledger: counts, completeness and the success verdict."""
+    """The output as a whole, from the bookkeeping (ledger/plan.py totals): counts, completeness and the verdict."""
 
     by_status: dict
     by_kind: dict

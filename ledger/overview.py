@@ -4,7 +4,7 @@ every row recorded so far, not only this run's part.
 - `{output}/_runs/<start>-<random>.json`: one record per run (when, how long, how many rows, the settings
   fingerprint), written at the end of each run; rates over the output come from these.
 - the results rows: per-stage timings of `ok` rows (mean, p50, p95), error examples per kind with their message, and the
-  distribution of mask sizes (repainted share of each image), read column by column, shard by shard.
+  distribution of mask sizes (repainted share of each image), read column by column, file by file.
 - `{output}/_index/overview.json` and `runs.json` (ledger/caches.py): what each results file adds to the mask
   sizes and error examples, and the run records already read, so that a run reads only the results files and run
   records new since the last one (and the newest results' timings).
@@ -28,7 +28,7 @@ from .layout import DONE_STATUSES, ERROR, OK, RUNS, UNCHANGED
 
 STAGES = ("fetch", "decode", "prepare", "inpaint", "finish", "write")
 EXAMPLES_PER_KIND = 5
-_TIMING_SAMPLE = 100_000  # per stage: percentiles from at most this many rows (the newest shards first)
+_TIMING_SAMPLE = 100_000  # per stage: percentiles from at most this many rows (the newest files first)
 # Upper edges of the mask-size bins, as a share of the image's pixels; `unchanged` rows (empty mask) count as 0.
 MASK_BINS = ((0.0, "0 (empty)"), (0.01, "up to 1%"), (0.05, "1-5%"), (0.2, "5-20%"), (0.5, "20-50%"),
              (1.0, "over 50%"))
