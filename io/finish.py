@@ -31,6 +31,7 @@ from .masks import feather_alpha
 from .naming import image_path, output_name
 from .settings import OutputSettings, PrepareSettings
 from .prepare import source_digest
+from .results import ERROR, OK, UNCHANGED
 from .storage import join_uri, read_bytes, write_bytes
 
 PREVIEW_HEIGHT = 192
@@ -97,7 +98,7 @@ def composite(prepared: dict, results, settings: PrepareSettings) -> tuple[np.nd
     if (w, h) != (prepared["width"], prepared["height"]):
         raise RowError("finish_failed", f"source decodes to {w}x{h}, prepare saw "
                                         f"{prepared['width']}x{prepared['height']}")
-    if prepared["status"] == "unchanged":
+    if prepared["status"] == UNCHANGED:
         return rgb, rgb
     regions = _region_outputs(prepared, results)
     repaint = _decode_repaint(prepared["repaint_mask"], w, h)
@@ -155,23 +156,23 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
     windows = []
     try:
         status = prepared.get("status")
-        if status in ("ready", "unchanged"):
+        if status in ("ready", UNCHANGED):
             final, original = composite(prepared, result, settings)
             if status == "ready" and preview:
                 repaint = _decode_repaint(prepared["repaint_mask"], original.shape[1], original.shape[0])
                 windows = prepared.get("windows") or []
             uri, hashed, t_write = _write_image(final, row["id"], out)
-            row.update(status="ok" if status == "ready" else "unchanged", output_uri=redact_uri(uri),
+            row.update(status=OK if status == "ready" else UNCHANGED, output_uri=redact_uri(uri),
                        output_name_hashed=hashed)
-        elif status != "error":
+        elif status != ERROR:
             raise RowError("finish_failed", f"unknown prepared status {status!r}")
     except OutputWriteError:
         raise
     except RowError as e:
-        row.update(status="error", error_kind=e.kind, error=e.message, output_uri=None, window=None, regions=None)
+        row.update(status=ERROR, error_kind=e.kind, error=e.message, output_uri=None, window=None, regions=None)
         final = None
     except Exception as e:  # noqa: BLE001 - one row must never stop the job
-        row.update(status="error", error_kind="finish_failed", output_uri=None, window=None, regions=None,
+        row.update(status=ERROR, error_kind="finish_failed", output_uri=None, window=None, regions=None,
                    error=f"unexpected {type(e).__name__} while finishing: {redact_uri(str(e))[:300]}")
         final = None
     row["timings"] = {

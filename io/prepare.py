@@ -21,6 +21,7 @@ from .geometry import model_inputs
 from .images import decode_image
 from .masks import bbox, boxes_to_mask, decode_mask_values, dilate, threshold_mask
 from .regions import region_resolution, region_seed, region_windows
+from .results import ERROR, UNCHANGED
 from .rle import rle_to_mask
 from .settings import PrepareSettings
 from .storage import protocol_of, read_bytes
@@ -207,18 +208,18 @@ def prepare_row(row: dict, settings: PrepareSettings) -> dict:
         box = bbox(repaint)
         out["mask_pixels"] = int(repaint.sum())
         if box is None:
-            out["status"] = "unchanged"
+            out["status"] = UNCHANGED
         else:
             out.update(_regions(rgb, repaint, out["seed"], settings))
             png = io.BytesIO()
             Image.fromarray(repaint).save(png, "PNG", optimize=False)  # bool -> mode "1"
             out.update(status="ready", repaint_mask=png.getvalue())
     except RowError as e:
-        out.update(status="error", error_kind=e.kind, error=e.message, **_EMPTY)
+        out.update(status=ERROR, error_kind=e.kind, error=e.message, **_EMPTY)
     except MemoryError:
-        out.update(status="error", error_kind="too_large", error="out of memory while preparing the row", **_EMPTY)
+        out.update(status=ERROR, error_kind="too_large", error="out of memory while preparing the row", **_EMPTY)
     except Exception as e:  # noqa: BLE001 - one row must never stop the job
-        out.update(status="error", error_kind="prepare_failed",
+        out.update(status=ERROR, error_kind="prepare_failed",
                    error=f"unexpected {type(e).__name__} while preparing: {redact_uri(str(e))[:300]}", **_EMPTY)
     out["t_prepare"] = time.perf_counter() - t_start
     return out
