@@ -57,7 +57,8 @@ def run_books(cfg: JobConfig, do: int | None = None) -> dict:
         compact(ledger, file_rows=plan.file_rows)
         counts, ids_with_a_row = totals(plan)
         remember(ledger, plan, counts, storage)
-        return {"old": len(plan.old), "todo": plan.todo, "done": plan.done, "unique": plan.unique,
+        return {"old": len(plan.old), "todo": plan.todo, "read": [os.path.basename(p) for g in plan.groups_to_read()
+                                                                    for p in g], "done": plan.done, "unique": plan.unique,
                 "accounted": ids_with_a_row, "by_status": counts.by_status, "duplicates": plan.duplicates}
 
 
@@ -88,6 +89,7 @@ def test_a_daily_run_reads_only_the_new_files_and_counts_as_a_full_run(daily, re
     reads.clear()
     got = run_books(cfg)
     assert reads == ["day3.parquet"] and got["old"] == 3 and got["todo"] == 10
+    assert got["read"] == ["day3.parquet"]  # the pass reads the new file only
     full = full_answer(cfg, tmp_path)
     assert full["old"] == 0 and full["todo"] == 0
     for key in ("unique", "accounted", "by_status", "duplicates"):
@@ -117,6 +119,8 @@ def test_anything_the_record_does_not_describe_means_every_file_is_read(daily, r
     reads.clear()
     got = run_books(cfg)
     assert sorted(set(reads)) == sorted(os.listdir(folder)) and got["todo"] == expected_todo
+    # the pass reads only the files holding ids left: the new one, and the changed one's new ids
+    assert got["read"] == (["day1.parquet", "day3.parquet"] if change == "changed" else ["day3.parquet"])
     full = full_answer(cfg, tmp_path)
     for key in ("unique", "accounted", "by_status", "duplicates"):
         assert got[key] == full[key], key
