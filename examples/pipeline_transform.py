@@ -17,6 +17,8 @@ ds = ray.data.read_parquet(manifest)                      # or any dataset with 
 ds = ds.filter(lambda row: not row["id"].startswith("skip-"))   # your own steps before...
 cfg = JobConfig(manifest=(), output=output, weights="random:tiny", steps=4, resolution=128, batch_size=4)
 results = inpaint_dataset(ds, cfg, base_dir=manifest.rsplit("/", 1)[0])
-results = results.filter(lambda row: row["status"] == "ok")  # ...and after
+# Lazy, like any Ray Dataset: materialize() runs the model once; without it, write_parquet() and count() below
+# would each run every row again (same images, twice the work).
+results = results.filter(lambda row: row["status"] == "ok").materialize()  # ...and after
 results.write_parquet(f"{output}/my-results")
 print(results.count(), "rows repainted")

@@ -6,7 +6,9 @@
   in, a dataset of results rows (`io.results.RESULTS_SCHEMA`) out; output images are written under
   `{cfg.output}/images/`. No ledger, resume, summary or report: the caller's pipeline decides what to do with
   the rows (write them, filter errors, join them back). The same row with the same settings gives the same
-  image bytes as `run_job`.
+  image bytes as `run_job`. The dataset it returns is lazy, like any Ray Dataset: each execution (`write_parquet`,
+  `count`, iterating) runs the model over the rows again and rewrites the same images with the same bytes. To
+  use the results more than once, run it once: `results = inpaint_dataset(ds, cfg).materialize()`.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ from rayinpaint.io.errors import ManifestError, SettingsError
 from rayinpaint.io.settings import FORMATS
 from rayinpaint.model.choices import DTYPES, SAMPLERS
 
-from .config import FIELDS, MODEL_CONFIGS, build_config, did_you_mean
+from .config import FIELDS, LOG_FORMAT, MODEL_CONFIGS, build_config, did_you_mean
 
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=LOG_FORMAT)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,6 +27,7 @@ SAMPLER_ALIASES = {"dpmsolvermultistepscheduler": "dpmpp_2m", "eulerdiscretesche
                    "eulerancestraldiscretescheduler": "euler_a", "ddimscheduler": "ddim"}
 DEFAULT_WEIGHTS = "hf://stabilityai/stable-diffusion-2-inpainting/512-inpainting-ema.safetensors"
 MODEL_CONFIGS = ("sd2-inpainting", "tiny")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the job's lines, on the console and in scripts
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class JobConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.manifest, (str, list)):  # JobConfig(manifest="x.parquet") in Python: one manifest
+            object.__setattr__(self, "manifest", (self.manifest,) if isinstance(self.manifest, str)
+                               else tuple(self.manifest))
         if isinstance(self.sampler, str):  # the one place aliases are resolved: command line, file and Python API
             object.__setattr__(self, "sampler", SAMPLER_ALIASES.get(self.sampler.lower(), self.sampler))
 

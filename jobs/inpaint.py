@@ -30,7 +30,7 @@ from rayinpaint.ledger.overview import describe_output
 from rayinpaint.ledger.plan import Plan, read_manifest, remember, start, totals
 
 from .cards import card_details
-from .config import JobConfig
+from .config import LOG_FORMAT, JobConfig, validate
 from .dryrun import dry_run
 from .placement import pool_timeout
 from .preflight import OutputUnwritable, check_output_writable, check_weights
@@ -57,6 +57,8 @@ def run_job(cfg: JobConfig, model_actor: tuple | None = None) -> int:
 
 def _run_job(cfg: JobConfig, model_actor: tuple | None = None) -> int:
     started, t0 = time.time(), time.perf_counter()
+    validate(cfg)  # ranges before anything reads the output: `steps=0` is a bad setting, not a settings change
+    default_logging()
     storage = cfg.storage()
     cfg.prepare_settings(storage).validate()
     check_weights(cfg, storage)
@@ -85,6 +87,20 @@ def _run_job(cfg: JobConfig, model_actor: tuple | None = None) -> int:
     summary["settings_fingerprint"] = fingerprint
     write_outputs(cfg, storage, summary, tally.previews, outcome.success)
     return _exit_code(cfg, outcome)
+
+
+def default_logging() -> None:
+    """A script that calls run_job sees the job's lines (progress, warnings, the final line) as the command line
+    shows them: when logging is not configured at all (no handler on the root or the `rayinpaint` logger), INFO
+    lines go to stderr. Configuring logging, or setting the `rayinpaint` logger's level, chooses otherwise."""
+    pkg = logging.getLogger("rayinpaint")
+    if logging.getLogger().handlers or pkg.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    pkg.addHandler(handler)
+    if pkg.level == logging.NOTSET:
+        pkg.setLevel(logging.INFO)
 
 
 def release_memory() -> None:
