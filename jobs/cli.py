@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 
 from rayinpaint.io.errors import ManifestError, SettingsError
 from rayinpaint.io.settings import FORMATS
 from rayinpaint.model.choices import DTYPES, SAMPLERS
 
-from .config import FIELDS, LOG_FORMAT, MODEL_CONFIGS, build_config, did_you_mean
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format=LOG_FORMAT)
+from .config import FIELDS, MODEL_CONFIGS, build_config, did_you_mean
+from .logsafe import REDACT, console_logging, storage_secrets
 
 
 class _Parser(argparse.ArgumentParser):
@@ -250,12 +245,14 @@ def main(argv=None, model_actor: tuple | None = None) -> int:
     sleeping stand-in of `python -m rayinpaint.bench.standin`); None for the command line itself."""
     p = build_parser()
     args = p.parse_args(argv)
-    _setup_logging(getattr(args, "log_level", "info"))
+    console_logging(getattr(args, "log_level", "info"), bool(getattr(args, "verbose", False)))
     try:
         if args.cmd == "run":
             from .inpaint import run_job
 
-            return run_job(build_config(vars(args), args.config), model_actor=model_actor)
+            cfg = build_config(vars(args), args.config)
+            REDACT.add(*storage_secrets(cfg.storage_option))
+            return run_job(cfg, model_actor=model_actor)
         if args.cmd == "demo":
             from rayinpaint.bench.demo import run_demo  # inside main: the job never imports bench/
 

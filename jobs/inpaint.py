@@ -32,6 +32,7 @@ from rayinpaint.ledger.plan import Plan, read_manifest, remember, start, totals
 from .cards import card_details
 from .config import LOG_FORMAT, JobConfig, validate
 from .dryrun import dry_run
+from .logsafe import REDACT
 from .placement import pool_timeout
 from .preflight import OutputUnwritable, check_output_writable, check_weights
 from .progress import Progress
@@ -98,6 +99,7 @@ def default_logging() -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(REDACT)
     pkg.addHandler(handler)
     if pkg.level == logging.NOTSET:
         pkg.setLevel(logging.INFO)

@@ -30,6 +30,8 @@ SECRETS = {
     "config file": "planted-Config-File-9e2b",
     "uri password": "planted-Uri-Password-51ac",
     "presigned signature": "planted-Signature-0d7e",
+    "AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEYID0001",
+    "storage option key": "AKIAPLANTEDKEYID0002",
 }
 
 
@@ -73,13 +75,13 @@ def test_planted_credentials_never_appear_in_any_output(s3_bucket, tmp_path, rel
     cfg = tmp_path / "job.yaml"
     cfg.write_text(f"storage_option: ['token={SECRETS['config file']}']\n")  # overridden by the command line
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths live here
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEYID0001",
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": SECRETS["AWS_ACCESS_KEY_ID"],
            "AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"],
            "AWS_SESSION_TOKEN": SECRETS["AWS_SESSION_TOKEN"], "RAY_TMPDIR": str(ray_tmp)}
     out = f"s3://{bucket}/run"
     r = run_cli(*job_args("--manifest", f"s3://{bucket}/in/manifest.parquet", "--output", out,
                           "--config", str(cfg), "--endpoint-url", opts.endpoint_url,
-                          "--storage-option", "key=AKIAPLANTEDKEYID0002",
+                          "--storage-option", f"key={SECRETS['storage option key']}",
                           "--storage-option", f"secret={SECRETS['storage option']}",
                           # http is allowed for this run so that the presigned URL is really fetched
                           # (and fails: nothing listens on port 9); https stays refused.
@@ -88,6 +90,10 @@ def test_planted_credentials_never_appear_in_any_output(s3_bucket, tmp_path, rel
                           "--max-error-rate", "1", log_level="debug"),
                 timeout=500, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # --log-level debug is the job's debug: the storage clients' wire logs (every request and its headers)
+    # stay off the console unless -v
+    assert not [line for line in r.stderr.splitlines() if " DEBUG botocore" in line or " DEBUG s3fs" in line
+                or " DEBUG urllib3" in line or " DEBUG aiobotocore" in line], r.stderr[-3000:]
     local = tmp_path / "fetched"
     fs.get(f"{bucket}/run", str(local), recursive=True)
     res = {x["id"]: x for x in read_results(str(local)).to_pylist()}
@@ -138,3 +144,33 @@ def test_malicious_pickle_weights_never_run(tmp_path, reliability):
     assert not list((tmp_path / "out").glob("results/*.parquet"))
     reliability.record("security", "malicious pickle checkpoint (.ckpt, zip and raw pickle)", 2,
                        "refused before any row; exit 2 with one line; the payload never ran")
+
+
+def test_credentials_in_log_lines_are_redacted_at_any_level(monkeypatch, caplog):
+    """What the console shows passes jobs/logsafe.py's Redact: credential variables, storage-option credentials,
+    access key ids and the signed parts of headers and URLs become ***."""
+    import logging
+
+    from rayinpaint.jobs.logsafe import Redact, storage_secrets
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRETS["AWS_SECRET_ACCESS_KEY"])
+    redact = Redact(storage_secrets([f"secret={SECRETS['storage option']}", "region=us-east-1", "key=short"]))
+    log = logging.getLogger("rayinpaint.test.redact")
+    handler = logging.StreamHandler()
+    handler.addFilter(redact)
+    caplog.handler.addFilter(redact)
+    lines = [
+        ("secret %s here", SECRETS["AWS_SECRET_ACCESS_KEY"]),
+        ("option %s", SECRETS["storage option"]),
+        ("{'Authorization': b'AWS4-HMAC-SHA256 Credential=%s/20261207/us-east-1/s3/aws4_request, "
+         "SignedHeaders=host, Signature=0123abcd'}", SECRETS["AWS_ACCESS_KEY_ID"]),
+        ("https://b.s3.amazonaws.com/k?X-Amz-Credential=%s%%2F2026&X-Amz-Signature=deadbeef", "ASIAABCDEFGHIJKLMNOP"),
+        ("{'X-Amz-Security-Token': '%s'}", SECRETS["AWS_SESSION_TOKEN"]),
+    ]
+    with caplog.at_level(logging.DEBUG, logger="rayinpaint.test.redact"):
+        for msg, arg in lines:
+            log.debug(msg, arg)
+    text = caplog.text
+    for secret in (*SECRETS.values(), "ASIAABCDEFGHIJKLMNOP", "0123abcd", "deadbeef"):
+        assert secret not in text, secret
+    assert text.count("***") >= len(lines) and storage_secrets(["region=us-east-1"]) == []
