@@ -34,7 +34,7 @@ from .config import LOG_FORMAT, JobConfig, validate
 from .dryrun import dry_run
 from .logsafe import REDACT
 from .placement import pool_timeout
-from .preflight import OutputUnwritable, check_output_writable, check_weights
+from .preflight import OutputUnwritable, check_manifest_reachable, check_output_writable, check_weights
 from .progress import Progress
 from .report import build_summary, report_html, summary_json
 from .tally import Outcome, RunTally, outcome_of
@@ -64,6 +64,7 @@ def _run_job(cfg: JobConfig, model_actor: tuple | None = None) -> int:
     cfg.prepare_settings(storage).validate()
     check_weights(cfg, storage)
     check_output_writable(cfg.output, storage)
+    check_manifest_reachable(cfg.manifest, storage)
     ledger = Ledger(cfg.output, storage)
     with local_index() as index:  # the ids' bookkeeping, in a database on local disk (ledger/index.py)
         reading = read_manifest(ledger, cfg.manifest, cfg.column_map(), storage, index, cfg.retry_errors)

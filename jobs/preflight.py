@@ -7,6 +7,7 @@ are sorted by io/manifest.py). A failure here is one clear line and nothing has 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 
@@ -14,7 +15,7 @@ import uuid
 from rayinpaint.io.errors import RowError, SettingsError, StorageUnavailable, redact_uri  # noqa: F401
 # The manifest's storage errors are sorted where the manifest is read; re-exported: every pre-flight error is here.
 from rayinpaint.io.manifest import manifest_storage_errors  # noqa: F401
-from rayinpaint.io.storage import filesystem, join_uri, write_bytes
+from rayinpaint.io.storage import filesystem, join_uri, protocol_of, write_bytes
 
 from .config import DEFAULT_WEIGHTS, JobConfig
 
@@ -73,9 +74,80 @@ def _check_header(fs, path: str, cfg: JobConfig) -> None:
         raise WeightsUnavailable(f"{e} (is --model-config {cfg.model_config} right?)") from None
 
 
+# The pre-flight probes' own client settings: a store that does not answer is named within seconds, not after
+# the client's whole retry budget (10 attempts with backoff, each waiting on a connection that never answers).
+PROBE_TIMEOUT_S = 5
+PROBE_ATTEMPTS = 3
+
+
+def probe_options(storage):
+    """`storage` with short timeouts and few attempts, for the pre-flight probes only."""
+    extra = dict(storage.extra)
+    extra["config_kwargs"] = {**extra.get("config_kwargs", {}), "connect_timeout": PROBE_TIMEOUT_S,
+                              "read_timeout": PROBE_TIMEOUT_S}
+    return dataclasses.replace(storage, max_attempts=1, client_max_attempts=PROBE_ATTEMPTS, extra=extra)
+
+
+# Failures that mean no answer at all (no connection, or none in time), as opposed to an answer saying no.
+# A connection reset mid-answer is not one of them: the store is there (the real reads retry it).
+_NO_ANSWER = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError",
+              "ServerTimeoutError", "ConnectionRefusedError", "TimeoutError", "timeout"}
+
+
+def _no_answer(error: BaseException) -> bool:
+    seen = 0
+    while error is not None and seen < 8:
+        if type(error).__name__ in _NO_ANSWER:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def unreachable_hint(uri: str, storage, error: BaseException) -> str | None:
+    """For an object-store URI that failed for want of an answer (not an error answer): which endpoint was
+    tried, and how to name another one. None otherwise."""
+    if protocol_of(uri) not in ("s3", "s3a") or not _no_answer(error):
+        return None
+    if storage.endpoint_url:
+        return (f"the object store at {redact_uri(storage.endpoint_url)} did not answer; check --endpoint-url (or "
+                f"AWS_ENDPOINT_URL) and that the store is up")
+    return (f"the object store at AWS S3's own endpoint (https://s3.{storage.region or 'us-east-1'}.amazonaws.com, "
+            f"no --endpoint-url given) did not answer; for an S3-compatible store (MinIO, Ceph, R2, ...) pass "
+            f"--endpoint-url URL or set AWS_ENDPOINT_URL")
+
+
+def check_reachable(uri: str, storage, what: str) -> None:
+    """One bounded request to the store of `uri` (an object store; other URIs pass): an unreachable store is one
+    line naming the endpoint tried, within about PROBE_ATTEMPTS x 2 x PROBE_TIMEOUT_S seconds."""
+    if protocol_of(uri) not in ("s3", "s3a"):
+        return
+    try:
+        fs, path = filesystem(uri.rstrip("/"), probe_options(storage))
+        fs.retries = 1  # s3fs's own retry loop around botocore's (5 by default; not a constructor argument)
+        fs.info(path)
+    except FileNotFoundError:
+        return  # the store answered
+    except Exception as e:  # noqa: BLE001 - sorted by unreachable_hint; other failures are left to the real read
+        hint = unreachable_hint(uri, storage, e)
+        if hint is not None:
+            raise StorageUnavailable(f"{what} {redact_uri(uri)}: {hint} ({type(e).__name__}: "
+                                     f"{redact_uri(str(e).splitlines()[0] if str(e) else '')[:160]})") from None
+
+
+def check_manifest_reachable(manifest, storage) -> None:
+    """check_reachable for the store of each --manifest URI (once per bucket)."""
+    seen = set()
+    for uri in manifest:
+        bucket = uri.split("://", 1)[-1].split("/", 1)[0]
+        if (protocol_of(uri), bucket) not in seen:
+            seen.add((protocol_of(uri), bucket))
+            check_reachable(uri, storage, "--manifest")
+
+
 def check_output_writable(output: str, storage) -> None:
     """Write and remove a probe object under --output (a folder or prefix: an existing file there is a bad
     option, named as such rather than as a failed write of the probe)."""
+    check_reachable(output, storage, "--output")
     try:
         fs, root = filesystem(output.rstrip("/"), storage)
         is_file = fs.isfile(root)
