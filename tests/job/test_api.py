@@ -15,6 +15,7 @@ from rayinpaint.bench.demo import make_dataset
 pytestmark = pytest.mark.timeout(600)
 
 
+@pytest.mark.slow  # a local Ray cluster
 def test_inpaint_dataset_matches_the_job(ray_local, tmp_path):
     import ray
 

@@ -195,6 +195,7 @@ def snapshot(root) -> dict:
     return out
 
 
+@pytest.mark.slow  # a local Ray cluster
 def test_every_kind_of_bad_input_through_the_job(ray_local, tmp_path, reliability):
     manifest, expected = build_inputs(tmp_path / "in")
     out = tmp_path / "out"
