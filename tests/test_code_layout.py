@@ -144,6 +144,18 @@ def test_no_citation_of_documents_the_repository_lacks():
     assert not bare, bare
 
 
+def test_every_test_file_a_document_names_exists():
+    """A path under tests/ named in a document, an example or a test (README, RELIABILITY.md, BENCHMARKS.md, docs/,
+    examples/, .ci/, tests/) is a file that is here: test files move with the folders they are in."""
+    docs = [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").rglob("*"),
+            *(ROOT / ".ci").rglob("*"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "tests").rglob("*.md")]
+    named = {(p.relative_to(ROOT).as_posix(), cited) for p in docs if p.is_file()
+             for cited in re.findall(r"\btests/[\w./-]*\w", p.read_text(errors="replace"))}
+    assert any(cited.startswith("tests/reliability/") for _, cited in named)  # the documents were read
+    missing = sorted((doc, cited) for doc, cited in named if not (ROOT / cited).exists())
+    assert not missing, missing
+
+
 if __name__ == "__main__":
     print("files over 200 lines:")
     for name, text in sorted(product_files().items(), key=lambda kv: -kv[1].count("\n")):
