@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +43,44 @@ def make_mask_png(w: int, h: int, boxes=(), mode: str = "L") -> bytes:
     for x0, y0, x1, y1 in boxes:
         m[y0:y1, x0:x1] = 255
     return encode(Image.fromarray(m, "L").convert(mode), "PNG")
+
+
+# Awkward images shared by the bad-input corpus row by row (tests/io/test_bad_inputs.py) and through the whole job
+# (tests/reliability/test_inputs.py); 64 x 48 unless told.
+
+def png_header(w, h, idat=b""):
+    """A PNG of IHDR (w x h, RGB 8-bit), the given IDAT and IEND: the header says what the bytes do not hold."""
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def corrupt_png(w: int = 64, h: int = 48) -> bytes:
+    good = bytearray(make_png(w, h, 1))
+    i = good.index(b"IDAT") + 8
+    for k in range(60):
+        good[i + k] ^= 0xFF
+    return bytes(good)
+
+
+def gif_animated(w: int = 64, h: int = 48) -> bytes:
+    frames = [Image.new("RGB", (w, h), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=40)
+    return buf.getvalue()
+
+
+def exif_jpeg(w: int = 64, h: int = 48) -> bytes:
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    return encode(Image.fromarray(rand_rgb(h, w, 3)), "JPEG", exif=ex.tobytes())  # stored h x w, shown w x h
+
+
+def p_transparent(w: int = 64, h: int = 48) -> bytes:
+    p = Image.new("P", (w, h), 0)
+    p.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+    return encode(p, "PNG", transparency=0)
 
 
 def decode_png(data: bytes) -> np.ndarray:

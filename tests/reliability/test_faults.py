@@ -22,7 +22,7 @@ from helpers_job import DEMO_BAD, cli_cmd, faulthooks_pythonpath, run_cli
 from rayinpaint.bench.demo import make_dataset
 from rayinpaint.ledger.files import read_results
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the job in a subprocess, on a local Ray
 
 ARGS = ["--weights", "random:tiny", "--steps", "1", "--resolution", "64", "--batch-size", "2",
         "--max-error-rate", "0.5", "--mask-dilate", "2", "--feather", "2", "--progress-interval", "2"]

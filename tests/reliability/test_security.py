@@ -21,7 +21,7 @@ from helpers_io import make_mask_png, make_png
 from helpers_job import run_cli
 from rayinpaint.ledger.files import read_results
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the job in a subprocess
 
 SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "planted-Secret-Key-7f3a9c1e",

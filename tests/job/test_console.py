@@ -7,6 +7,8 @@ import io
 import logging
 import re
 
+import pytest
+
 from helpers_job import run_cli
 from rayinpaint.bench.demo import make_dataset
 from rayinpaint.jobs.raylogs import _below_error_from_ray, quiet_ray_console
@@ -39,6 +41,7 @@ def test_ray_records_below_error_stay_off_the_console():
             h.removeFilter(_below_error_from_ray)
 
 
+@pytest.mark.slow  # the job in a subprocess
 def test_a_run_prints_the_jobs_lines_only(tmp_path):
     manifest = make_dataset(str(tmp_path / "in"), rows=2)
     r = run_cli("run", "--manifest", manifest, "--output", str(tmp_path / "o"), "--weights", "random:tiny",

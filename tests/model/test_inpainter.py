@@ -147,7 +147,7 @@ def test_matches_diffusers_pipeline(model, pipe_parts, monkeypatch, sampler, ste
 def test_euler_default_linspace_close_to_diffusers(model, pipe_parts, monkeypatch):
     """Euler's default "linspace" spacing feeds diffusers' UNet fractional timesteps (978.6...);
     we quantize to the nearest integer (k-diffusion's CompVisDenoiser), so this is close but not
-    exact: the sigma grid and the update are identical (tests/test_samplers.py)."""
+    exact: the sigma grid and the update are identical (tests/model/test_samplers.py)."""
     imgs, masks, prompts = make_batch(2)
     seeds = [3, 4]
     ours = Inpainter(model, sampler="euler", steps=10)(imgs, masks, prompts, seeds=seeds)

@@ -31,7 +31,7 @@ from rayinpaint.model import (
 from rayinpaint.model.checkpoint import DDPM_BUFFERS, PREFIXES, is_ignored
 from rayinpaint.model.sd2 import COMPONENTS, build_meta, single_file_state_dict
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -19,7 +19,7 @@ from rayinpaint.model.checkpoint import WeightsError
 from rayinpaint.model.sd2 import random_init_
 from rayinpaint.model.text import TextEncoder
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 PROMPTS = [
     "a photo of a cat sitting on a red sofa, highly detailed",
     "",

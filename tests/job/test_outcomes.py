@@ -41,6 +41,7 @@ def boolean_mask(on: bool = True) -> np.ndarray:
     return m.astype(np.uint8)  # 0/1 values, as Image.fromarray(mask.astype(uint8)) writes them
 
 
+@pytest.mark.slow  # a local Ray cluster
 def test_zero_one_masks_repaint_and_all_unchanged_is_not_a_success(ray_local, tmp_path, caplog):
     manifest = write_rows(tmp_path / "a", {f"r{i}": boolean_mask() for i in range(3)})
     out = tmp_path / "out-01"
@@ -84,6 +85,7 @@ def test_unchanged_rate_bound_and_warning():
     assert _outcome(0, 0, error=2).unchanged_rate == 0.0     # errors are the error rate's business
 
 
+@pytest.mark.slow  # a local Ray cluster, then the command line in a subprocess
 def test_rerun_with_other_settings_stops_or_reprocesses_every_row(ray_local, tmp_path):
     manifest = write_rows(tmp_path / "in", {f"s{i}": boolean_mask() * 255 for i in range(3)})
     out = tmp_path / "out"
@@ -122,6 +124,7 @@ def test_rerun_with_other_settings_stops_or_reprocesses_every_row(ray_local, tmp
     assert s["settings"]["steps"] == 3 and s["settings_fingerprint"] == new_fp and s["this_run"]["processed"] == 3
 
 
+@pytest.mark.slow  # a local Ray cluster
 def test_summary_and_report_of_a_resume_describe_the_whole_output(ray_local, tmp_path):
     from helpers_job import BAD
     from rayinpaint.bench.demo import make_dataset

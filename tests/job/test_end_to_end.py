@@ -23,7 +23,7 @@ from rayinpaint.ledger import index as index_mod
 from rayinpaint.jobs.inpaint import run_job
 from rayinpaint.ledger.files import read_results
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a local Ray cluster or the job in a subprocess
 
 
 def check_untouched(original: np.ndarray, mask: np.ndarray, output: np.ndarray, radius: int) -> None:

@@ -529,6 +529,7 @@ def test_ledger_sees_shards_written_by_other_processes(s3_bucket):
 JOB_FAULT_RATE = float(os.environ.get("FAULT_RATE", "0.2"))
 
 
+@pytest.mark.slow  # a local Ray cluster
 def test_job_completes_exactly_once_with_a_fifth_of_s3_requests_failing(ray_local, s3_bucket, proxy, tmp_path,
                                                                          reliability):
     """Manifest, images, masks, weights and output on S3 behind the proxy, which fails 20% of the job's
@@ -612,6 +613,7 @@ def test_job_completes_exactly_once_with_a_fifth_of_s3_requests_failing(ray_loca
                                  f"{elapsed:.0f} s")
 
 
+@pytest.mark.slow  # a local Ray cluster
 def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, proxy, tmp_path, reliability):
     """403 from the store, as a bucket policy gives it. An image that cannot be read is that row's
     `access_denied` error; an output prefix whose writes start being refused part way through stops the job
@@ -663,6 +665,7 @@ def test_access_denied_object_and_output_denied_mid_run(ray_local, s3_bucket, pr
                        "rerun once writable: every id once")
 
 
+@pytest.mark.slow  # the command line in a subprocess
 @pytest.mark.parametrize("case", ["file_503", "folder_listing_503", "file_403"])
 def test_manifest_unreadable_is_one_line_and_nothing_is_started(s3_bucket, proxy, tmp_path, case, reliability):
     """The store keeps failing the manifest's requests (every try, past the client's retries) or refuses them:

@@ -28,7 +28,7 @@ else:  # pragma: no cover
 
 jsonschema = pytest.importorskip("jsonschema")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 RAYJOB_YAML = ROOT / "examples" / "kuberay-rayjob.yaml"
 CRON_YAML = ROOT / "examples" / "kuberay-cron.yaml"

@@ -113,11 +113,13 @@ def test_vae_logvar_is_clamped():
     assert logvar[:, 0].max() == 20.0 and logvar[:, 1].min() == -30.0
 
 
+@pytest.mark.slow  # the full-size SD2 UNet on CPU
 def test_unet_matches_diffusers_sd2_full_config():
     """Full SD2-inpainting UNet (866M params) at an 8x8 latent."""
     _check_unet(PRESETS["sd2-inpainting"].unet, latent=8, batch=2)
 
 
+@pytest.mark.slow  # the full-size SD2 VAE on CPU
 def test_vae_matches_diffusers_sd2_full_config():
     """Full SD2 VAE at 64x64 px: encode and decode."""
     _check_vae(PRESETS["sd2-inpainting"].vae, size=64)

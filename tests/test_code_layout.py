@@ -2,7 +2,7 @@
 modules of one folder, and no citation of a document this repository does not have. The bars hold for the
 product's folders and for the benchmarks' (bench/) alike.
 
-`python tests/test_layout.py` prints the measurements (file sizes, the largest functions, the import graph).
+`python tests/test_code_layout.py` prints the measurements (file sizes, the largest functions, the import graph).
 """
 
 from __future__ import annotations
@@ -128,8 +128,10 @@ def test_no_product_module_imports_the_benchmarks_at_module_level():
 def test_no_citation_of_documents_the_repository_lacks():
     """Comments cite docs/ (e.g. docs/model.md §7.2), never a file that is not here; a section sign in product
     code belongs to a docs/model.md citation on its line or the few lines before."""
-    texts = {**product_files(), **{f"tests/{p.name}": p.read_text() for p in (ROOT / "tests").glob("test_*.py")}}
-    texts.pop("tests/test_layout.py")
+    tests = {p.relative_to(ROOT).as_posix(): p.read_text() for p in sorted((ROOT / "tests").rglob("test_*.py"))}
+    tests.pop(Path(__file__).resolve().relative_to(ROOT).as_posix())
+    assert {name.split("/")[1] for name in tests} >= {"io", "model", "ledger", "job", "reliability", "bench"}, "tests/*/"
+    texts = {**product_files(), **tests}
     missing = sorted({(name, doc) for name, text in texts.items() for doc in re.findall(r"[\w./-]+\.md\b", text)
                       if not (ROOT / doc).exists() and not (ROOT / "docs" / doc).exists()})
     assert not missing, missing
@@ -140,6 +142,18 @@ def test_no_citation_of_documents_the_repository_lacks():
             if "§" in line and not any("docs/model.md" in x for x in lines[max(0, i - 6):i + 1]):
                 bare.append(f"{name}:{i + 1}")
     assert not bare, bare
+
+
+def test_every_test_file_a_document_names_exists():
+    """A path under tests/ named in a document, an example or a test (README, RELIABILITY.md, BENCHMARKS.md, docs/,
+    examples/, .ci/, tests/) is a file that is here: test files move with the folders they are in."""
+    docs = [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").rglob("*"),
+            *(ROOT / ".ci").rglob("*"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "tests").rglob("*.md")]
+    named = {(p.relative_to(ROOT).as_posix(), cited) for p in docs if p.is_file()
+             for cited in re.findall(r"\btests/[\w./-]*\w", p.read_text(errors="replace"))}
+    assert any(cited.startswith("tests/reliability/") for _, cited in named)  # the documents were read
+    missing = sorted((doc, cited) for doc, cited in named if not (ROOT / cited).exists())
+    assert not missing, missing
 
 
 if __name__ == "__main__":

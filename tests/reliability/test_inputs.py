@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers_io import coco_rle_encode_string, encode, make_jpeg, make_mask_png, make_png, rand_rgb
-from test_io_bad_inputs import corrupt_png, exif_jpeg, gif_animated, p_transparent, png_header
+from helpers_io import (coco_rle_encode_string, corrupt_png, encode, exif_jpeg, gif_animated, make_jpeg, make_mask_png,
+                        make_png, p_transparent, png_header, rand_rgb)
 from rayinpaint.io.errors import ManifestError
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.jobs.inpaint import run_job
@@ -195,6 +195,7 @@ def snapshot(root) -> dict:
     return out
 
 
+@pytest.mark.slow  # a local Ray cluster
 def test_every_kind_of_bad_input_through_the_job(ray_local, tmp_path, reliability):
     manifest, expected = build_inputs(tmp_path / "in")
     out = tmp_path / "out"

@@ -6,57 +6,21 @@ the expected (status, error_kind); prepare_row must never raise.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers_io import coco_rle_encode_string, encode, make_jpeg, make_mask_png, make_png, rand_rgb
+from helpers_io import (coco_rle_encode_string, corrupt_png, encode, exif_jpeg, gif_animated, make_jpeg, make_mask_png,
+                        make_png, p_transparent, png_header, rand_rgb)
 from rayinpaint.io.finish import finish_row
 from rayinpaint.io.prepare import prepare_row
 from rayinpaint.io.settings import OutputSettings, PrepareSettings
 
 W, H = 64, 48
 MASK = make_mask_png(W, H, [(10, 10, 30, 30)])
-
-
-def png_header(w, h, idat=b""):
-    def chunk(t, d):
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
-def corrupt_png():
-    good = bytearray(make_png(W, H, 1))
-    i = good.index(b"IDAT") + 8
-    for k in range(60):
-        good[i + k] ^= 0xFF
-    return bytes(good)
-
-
-def gif_animated():
-    frames = [Image.new("RGB", (W, H), c) for c in ((255, 0, 0), (0, 255, 0))]
-    buf = io.BytesIO()
-    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=40)
-    return buf.getvalue()
-
-
-def exif_jpeg():
-    ex = Image.Exif()
-    ex[0x0112] = 6
-    return encode(Image.fromarray(rand_rgb(H, W, 3)), "JPEG", exif=ex.tobytes())  # stored H x W, shown W x H
-
-
-def p_transparent():
-    p = Image.new("P", (W, H), 0)
-    p.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
-    return encode(p, "PNG", transparency=0)
 
 
 def img(data):

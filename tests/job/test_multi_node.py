@@ -10,7 +10,7 @@ from rayinpaint.jobs.config import JobConfig
 from rayinpaint.bench.demo import make_dataset
 from rayinpaint.jobs.inpaint import run_job
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a simulated two-node Ray cluster
 
 
 def test_two_nodes_with_fake_gpus_both_get_work(tmp_path):
