@@ -179,7 +179,7 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     ds = ds.repartition(target_num_rows_per_block=block)
     # Caps only where the free CPUs hold a task of each stage at once. With fewer (a 2-CPU Ray and one actor), and
     # in crash-retry passes, one prepare task and the finish tasks share the free CPU at half a logical CPU each:
-    # there, prepare held the one free CPU and finish waited with a CPU budget of 0 (tests/test_reliability_load.py),
+    # there, prepare held the one free CPU and finish waited with a CPU budget of 0 (tests/reliability/test_load.py),
     # with the caps or without them.
     capped = not retry_pass and sizes.prepare + sizes.finish <= sizes.free
     caps = (ray.data.TaskPoolStrategy(size=sizes.prepare), ray.data.TaskPoolStrategy(size=sizes.finish)) \

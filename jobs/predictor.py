@@ -6,7 +6,7 @@ the regions of every ready row of a block run together, in batches of one side a
 rows share a batch. Every model call has the same batch shape (`pad_to` regions; short batches are padded with
 copies of their last region): kernels pick their reduction order by shape, so a fixed shape, with each region's
 noise drawn from its own seed, is what makes a row's output bitwise independent of which rows and regions share
-its batch (checked in tests/test_job.py and tests/test_regions_job.py). A CUDA out-of-memory error splits the
+its batch (checked in tests/job/test_end_to_end.py and tests/job/test_regions_through_stages.py). A CUDA out-of-memory error splits the
 batch in halves and retries; any other exception in a batch retries its regions one at a time, so one bad region
 makes one error row (naming the region), not a failed job.
 """

@@ -1,6 +1,6 @@
 """How many CPU tasks each CPU stage may run at once, and how many rows a CPU-stage block holds.
 
-Kept apart from pipeline.py so the arithmetic is testable without Ray (tests/test_sizing.py).
+Kept apart from pipeline.py so the arithmetic is testable without Ray (tests/job/test_sizing.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The counter adds up the matmul, convolution and attention FLOPs of the aten calls a forward actually makes
 (2 per multiply-add; norms and pointwise ops are not counted, as is usual for model FLOPs). Counting runs the
 real modules on the meta device: the same calls with the same shapes, no memory and no arithmetic, so the full
-SD2 model is counted in about a second on any machine (tests/test_bench.py checks meta against real tensors,
+SD2 model is counted in about a second on any machine (tests/bench/test_throughput.py checks meta against real tensors,
 and single layers against hand formulas).
 
 Per batch of B images with strength 1: n UNet calls on the 2B-row CFG batch + one VAE encode of B images (the

@@ -19,7 +19,7 @@ then moved to the device (through pinned memory on CUDA, without blocking), alwa
     3. initial latent noise                     [1, 4, h, w]
     4. per-step noise, one [1, 4, h, w] per step (only euler_a, and ddim with eta > 0)
 so a row's output does not depend on the batch it is in, its position, the worker or the device
-(up to the kernels' own batch-size-dependent rounding; see tests/test_inpainter.py).
+(up to the kernels' own batch-size-dependent rounding; see tests/model/test_inpainter.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Conventions shared by every sampler here:
   so a row's noise never depends on its batch.
 - callback(i, x) is called after step i with the new x (tests compare against diffusers with it).
 
-Each function reproduces one diffusers scheduler step for step (see tests/test_samplers.py). The
+Each function reproduces one diffusers scheduler step for step (see tests/model/test_samplers.py). The
 sigma values are used as float32 0-dim tensors, as diffusers does, so coefficients round the same.
 """
 
@@ -89,7 +89,7 @@ def sample_ddim(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise:
     The update is written as x + (sigma' - sigma) * eps, which never materialises x0's rounding
     error (x0 = x - sigma * eps cancels ~15x at sigma_max). Float32 rounding still differs from
     diffusers' alpha-space arithmetic at the ~1e-5 level over 50 steps, the size of diffusers'
-    own float32 error (tests/test_samplers.py shows both, and a 1e-12 match in float64).
+    own float32 error (tests/model/test_samplers.py shows both, and a 1e-12 match in float64).
     noise(x) is required when eta > 0 and drawn at every step (also the last, as diffusers does)."""
     if eta > 0 and noise is None:
         raise ValueError("sample_ddim with eta > 0 needs a noise function")

@@ -1,5 +1,5 @@
 """Speed switches for inference: each one on its own, measurable with `rayinpaint bench`, none changing results
-beyond dtype tolerance (tests/test_model_parity.py on CPU, tests/test_gpu_model.py on CUDA).
+beyond dtype tolerance (tests/model/test_parity.py on CPU, tests/test_gpu_model.py on CUDA).
 
 | switch            | what it does                                                          | auto (None)      |
 |-------------------|-----------------------------------------------------------------------|------------------|

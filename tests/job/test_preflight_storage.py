@@ -39,6 +39,7 @@ def silent_endpoint():
     server.close()
 
 
+@pytest.mark.slow  # the command line in a subprocess, waiting out the probe's timeouts (about 18 s)
 @pytest.mark.parametrize("which", ["output", "manifest"])
 def test_a_store_that_never_answers_is_one_line_naming_the_endpoint(tmp_path, silent_endpoint, which):
     out = "s3://bucket/out" if which == "output" else str(tmp_path / "out")
