@@ -87,7 +87,6 @@ class Index:
         self.con = connect(folder, memory_limit)
         self.run(_TABLES)
         self.files: list = []   # results file paths by number (name order: later is newer)
-        self.sizes: list = []   # their sizes when listed
         self.rows: list = []    # their rows
         self._seq = 0
 
@@ -114,7 +113,7 @@ class Index:
         """Read the index columns of every file of `listing` ((path, size), name order), a few files at a time.
         `only_manifest_ids`: keep only the rows of ids in the manifest table (a daily run's new ids)."""
         keep = "WHERE id IN (SELECT id FROM manifest)" if only_manifest_ids else ""
-        for (path, size), t in ledger.iter_index(listing):
+        for (path, _), t in ledger.iter_index(listing):
             if t is None:  # gone or quarantined since it was listed
                 continue
             place = pa.table({"file": pa.array(np.full(t.num_rows, len(self.files), np.int32)),
@@ -122,12 +121,11 @@ class Index:
             rows = pa.Table.from_arrays(t.columns + place.columns, names=t.column_names + place.column_names)
             _insert(self.con, "results", rows, keep)
             self.files.append(path)
-            self.sizes.append(size)
             self.rows.append(t.num_rows)
 
     def clear_results(self) -> None:
         self.run("DELETE FROM results")
-        self.files, self.sizes, self.rows = [], [], []
+        self.files, self.rows = [], []
 
     def clear_recorded(self) -> None:
         self.run("DELETE FROM recorded")
