@@ -359,7 +359,10 @@ def run_bench(args) -> int:
     del model
     release_memory()
     if args.e2e:
-        out["e2e"] = time_e2e(args, args.e2e, dtype, speed)
+        # stdout holds the JSON record alone; Ray's driver prints its own warnings there (seen under load: "8 PYTHON
+        # worker processes have been started..."), so the whole job's phase prints to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            out["e2e"] = time_e2e(args, args.e2e, dtype, speed)
         out["e2e_images_per_s"] = out["e2e"]["images_per_s"]
         # per model actor: the job runs one actor per GPU (one on CPU), the model-only rate is one GPU's
         out["e2e_vs_model"] = out["e2e_images_per_s"] / (out["images_per_s"] * max(1, out["e2e"]["gpus"]))
