@@ -78,7 +78,7 @@ def _run_job(cfg: JobConfig, model_actor: tuple | None = None) -> int:
         compact(ledger, file_rows=plan.file_rows)
         counts, accounted = totals(plan)
         outcome = outcome_of(plan, counts, accounted, cfg.max_error_rate, cfg.max_unchanged_rate)
-        remember(ledger, plan, counts, storage)
+        remember(ledger, plan, counts, accounted, storage)
         release_memory()
     model_sha = tally.model_sha256 or ledger.first_value("model_sha256")  # a run with nothing left loaded no model
     elapsed = time.perf_counter() - t0

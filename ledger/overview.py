@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from rayinpaint.io.storage import filesystem, join_uri, write_bytes
 
 from . import caches
-from .layout import DONE_STATUSES, ERROR, OK, RUNS, UNCHANGED
+from .layout import DONE_STATUSES, ERROR, OK, UNCHANGED, Layout
 
 STAGES = ("fetch", "decode", "prepare", "inpaint", "finish", "write")
 EXAMPLES_PER_KIND = 5
@@ -40,13 +40,13 @@ _COLUMNS = ("id", "status", "error_kind", "error", "timings", "mask_pixels", "wi
 def record_run(root: str, storage, record: dict) -> None:
     """Write this run's record (`record`: started, elapsed_s, processed, by_status, settings_fingerprint)."""
     name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(record['started']))}-{uuid.uuid4().hex[:8]}.json"
-    write_bytes(join_uri(root, RUNS, name), (json.dumps(record, default=str) + "\n").encode(), storage)
+    write_bytes(join_uri(Layout(root).runs, name), (json.dumps(record, default=str) + "\n").encode(), storage)
 
 
 def read_runs(root: str, storage) -> list[dict]:
     """Every run's record, oldest first. A daily job gathers hundreds: those read by an earlier run come from the
     cache (`_index/runs.json`), the rest are fetched together, not one round trip after another."""
-    fs, path = filesystem(join_uri(root, RUNS), storage)
+    fs, path = filesystem(Layout(root).runs, storage)
     try:
         paths = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(path, detail=False, refresh=True)
                  if p.endswith(".json")}

@@ -77,22 +77,23 @@ def start(ledger: Ledger, reading: Reading, storage, index: Index, retry_errors:
     is repaired, written or merged."""
     listing, scan = ledger.listing(), reading.scan
     if reading.old and listing == reading.listing:
-        plan = _daily(ledger, reading, index)
-        if plan is not None:
-            return _settle(ledger, plan, retry_errors, write)
+        daily = _daily(ledger, reading, index)
+        if daily is not None:
+            return _settle(ledger, *daily, retry_errors, write)
         log.info("new manifest files hold ids that already have rows; reading every manifest file")
     if reading.old:  # not a daily run after all: every file's ids are needed
         index.reset()
         scan = read_ids(scan.files, list(range(len(scan.files))), reading.colmap, storage, index)
     index.add_results(ledger, listing)
-    plan = Plan(index, scan, 0, 0, Counts(), index.unique_ids(), index.duplicates(), scan.missing)
-    return _settle(ledger, plan, retry_errors, write)
+    repeated = index.duplicates()
+    plan = Plan(index, scan, 0, 0, Counts(), index.unique_ids(), repeated, scan.missing)
+    return _settle(ledger, plan, repeated, retry_errors, write)
 
 
-def _daily(ledger: Ledger, reading: Reading, index: Index) -> Plan | None:
-    """The plan of a run whose files `reading.old` were accounted for: the new files' ids only, and the results
-    of those ids. None when some of them have rows already (a file given again, or ids repeated from the old
-    files): only reading every file can tell those apart."""
+def _daily(ledger: Ledger, reading: Reading, index: Index) -> tuple[Plan, dict] | None:
+    """(the plan of a run whose files `reading.old` were accounted for: the new files' ids only, and the results
+    of those ids; the ids repeated among the new files). None when some of them have rows already (a file given
+    again, or ids repeated from the old files): only reading every file can tell those apart."""
     acc, scan = reading.acc, reading.scan
     if len(reading.old) < len(scan.files):  # the rows of the new ids, if any (reads the id columns, keeps none)
         index.add_results(ledger, reading.listing, only_manifest_ids=True)
@@ -100,15 +101,16 @@ def _daily(ledger: Ledger, reading: Reading, index: Index) -> Plan | None:
             return None
     log.info("%d manifest file(s) accounted for by earlier runs (not read again), %d new",
              len(reading.old), len(scan.files) - len(reading.old))
-    return Plan(index, scan, 0, 0, acc.counts, acc.unique + index.unique_ids(),
-                {**acc.duplicates, **index.duplicates()}, acc.missing + scan.missing, old=reading.old)
+    repeated = index.duplicates()
+    return Plan(index, scan, 0, 0, acc.counts, acc.unique + index.unique_ids(), {**acc.duplicates, **repeated},
+                acc.missing + scan.missing, old=reading.old), repeated
 
 
-def _settle(ledger: Ledger, plan: Plan, retry_errors: bool, write: bool) -> Plan:
-    """Repair, settle, plan (see the module docstring)."""
+def _settle(ledger: Ledger, plan: Plan, repeated: dict, retry_errors: bool, write: bool) -> Plan:
+    """Repair, settle, plan (see the module docstring). `repeated`: the ids repeated among the files read."""
     index = plan.index
-    # The ids repeated among the files read, and their rows without an id (older files' were settled before).
-    fresh = index.settle(settled_rows(index.duplicates(), plan.scan.missing))
+    # Those ids and the rows without an id of the files read (older files' were settled by earlier runs).
+    fresh = index.settle(settled_rows(repeated, plan.scan.missing))
     if write and repair(ledger, index, retry_errors):
         index.clear_results()
         index.add_results(ledger, ledger.listing())
@@ -145,10 +147,10 @@ def totals(plan: Plan) -> tuple[Counts, int]:
     return plan.base.plus(plan.index.counts("recorded")), plan.unique - plan.index.count_lost()
 
 
-def remember(ledger: Ledger, plan: Plan, counts: Counts, storage) -> None:
-    """Record what this run accounted for (ledger/accounted.py) when every manifest id has a row; otherwise
-    forget any earlier record, so the next run reads every file."""
-    if plan.index.count_lost():
+def remember(ledger: Ledger, plan: Plan, counts: Counts, with_a_row: int, storage) -> None:
+    """Record what this run accounted for (ledger/accounted.py) when every manifest id has a row (`counts` and
+    `with_a_row` as `totals` gave them); otherwise forget any earlier record, so the next run reads every file."""
+    if with_a_row != plan.unique:
         accounted.forget(ledger.output, storage)
         return
     results = [[p.rstrip("/").rsplit("/", 1)[-1], int(s)] for p, s in ledger.listing()]

@@ -56,7 +56,7 @@ def run_books(cfg: JobConfig, do: int | None = None) -> dict:
             index.add_recorded(rows)
         compact(ledger, file_rows=plan.file_rows)
         counts, ids_with_a_row = totals(plan)
-        remember(ledger, plan, counts, storage)
+        remember(ledger, plan, counts, ids_with_a_row, storage)
         return {"old": len(plan.old), "todo": plan.todo, "read": [os.path.basename(p) for g in plan.groups_to_read()
                                                                     for p in g], "done": plan.done, "unique": plan.unique,
                 "accounted": ids_with_a_row, "by_status": counts.by_status, "duplicates": plan.duplicates}

@@ -90,7 +90,7 @@ def test_a_daily_run_with_nothing_new_reads_no_results_file_and_no_manifest_file
         with local_index() as index:
             plan = begin(ledger, (manifest,), ColumnMap(), storage, index, write=False)
             counts, ids_with_a_row = totals(plan)
-            remember(ledger, plan, counts, storage)
+            remember(ledger, plan, counts, ids_with_a_row, storage)
             return plan.todo, len(plan.old), ids_with_a_row
 
     assert books(opts) == (0, 0, 20_000)
