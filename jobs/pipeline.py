@@ -52,30 +52,38 @@ class PassPlan:
 
 
 def start_ray(cfg: JobConfig) -> bool:
-    """Connect to --address / $RAY_ADDRESS or start a local Ray; True when this call started it."""
+    """Connect to --address / $RAY_ADDRESS or start a local Ray, unless the caller already did; True when this
+    call started it. Either way Ray Data's context is set for the job (`configure_data`)."""
     import ray
 
-    if ray.is_initialized():
-        return False
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    # Workers' output stays in Ray's session logs (named below) unless -v: the console is the job's.
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": cfg.verbose}
-    if not cfg.verbose:
-        quiet_ray_console()  # before init too: Ray logs while connecting
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
+    started = not ray.is_initialized()
+    if started:
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        # Workers' output stays in Ray's session logs (named below) unless -v: the console is the job's.
+        kwargs = {"logging_level": logging.WARNING, "log_to_driver": cfg.verbose}
+        if not cfg.verbose:
+            quiet_ray_console()  # before init too: Ray logs while connecting
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(include_dashboard=False, **kwargs)
+        if not cfg.verbose:
+            quiet_ray_console()
+        name_ray_logs()
+    configure_data(cfg)
+    return started
+
+
+def configure_data(cfg: JobConfig) -> None:
+    """The driver's Ray Data context as the job needs it, also under a Ray the caller started (the Python API)."""
+    import ray
+
     ctx = ray.data.DataContext.get_current()
     ctx.max_errored_blocks = -1  # a dead worker's rows are retried by `process`, not fatal to the job
     ctx.enable_progress_bars = False
     # Start streaming once every model actor holds its model, so the whole pool shares the work from the first
     # batch; bounded by --wait-for-actors (a pool that can never be placed is refused earlier: jobs/placement.py).
     ctx.wait_for_min_actors_s = int(cfg.wait_for_actors)
-    if not cfg.verbose:
-        quiet_ray_console()
-    name_ray_logs()
-    return True
 
 
 def actor_plan(cfg: JobConfig, on_cluster: bool) -> tuple[int, float, float]:

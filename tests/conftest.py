@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 
 import pytest
@@ -54,14 +55,27 @@ def s3_bucket(s3_server):
     yield name, opts
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray cluster (2 CPUs) shared by the tests of one module."""
+@pytest.fixture
+def ray_local(s3_server):
+    """A local Ray (2 CPUs) shared by every test that asks for it: the first one starts it, the next ones find it
+    running (starting Ray costs 5-10 s on two cores), the session's end shuts it down. It starts after s3_server,
+    so its workers inherit the loopback endpoint's AWS_* variables. A test that needs Ray stopped (its own
+    cluster, a job that must start Ray itself) takes `no_ray`."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture
+def no_ray():
+    """No Ray in this process: the shared one (ray_local) is shut down; the next test that wants it restarts it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
 
 
 @pytest.fixture
@@ -134,6 +148,8 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # the shared Ray of ray_local
+        sys.modules["ray"].shutdown()
     path = os.environ.get("RAYINPAINT_RELIABILITY_JSON")
     if path and _RELIABILITY:
         import json

@@ -106,3 +106,19 @@ def test_a_plain_script_shows_the_jobs_lines(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "INFO rayinpaint.job: manifest: 1 file(s)" in r.stderr and "done: ok 6" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow  # a local Ray cluster
+def test_a_ray_the_caller_started_gets_the_jobs_data_settings(ray_local):
+    """Under the caller's own `ray.init()` the job still tolerates failed blocks (its crash retries depend on it),
+    hides Ray Data's progress bars and waits --wait-for-actors for its pool."""
+    from rayinpaint.jobs.pipeline import start_ray
+
+    ctx = ray_local.data.DataContext.get_current()
+    saved = (ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.wait_for_min_actors_s)
+    ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.wait_for_min_actors_s = 0, True, 0
+    try:
+        assert start_ray(api.JobConfig(manifest="m.parquet", output="o", wait_for_actors=77)) is False
+        assert (ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.wait_for_min_actors_s) == (-1, False, 77)
+    finally:
+        ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved

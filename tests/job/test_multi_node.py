@@ -13,7 +13,7 @@ from rayinpaint.jobs.inpaint import run_job
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a simulated two-node Ray cluster
 
 
-def test_two_nodes_with_fake_gpus_both_get_work(tmp_path):
+def test_two_nodes_with_fake_gpus_both_get_work(tmp_path, no_ray):
     from ray.cluster_utils import Cluster
 
     import ray

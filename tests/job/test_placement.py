@@ -100,7 +100,7 @@ class _Lines(logging.Handler):
 
 
 @pytest.mark.slow  # a simulated Ray cluster
-def test_pool_waited_for_an_autoscaler_stops_with_one_line_when_the_bound_runs_out(tmp_path, monkeypatch):
+def test_pool_waited_for_an_autoscaler_stops_with_one_line_when_the_bound_runs_out(tmp_path, monkeypatch, no_ray):
     """A real two-node CPU cluster that cannot place 2 GPU actors, told (through the autoscaler's status record,
     as Ray's autoscaler writes it) that an autoscaler with a GPU node type runs: the job asks it for the pool,
     says every REPORT_EVERY_S what it waits for, and stops with PoolNotReady when --wait-for-actors runs out."""
@@ -147,7 +147,7 @@ def test_pool_waited_for_an_autoscaler_stops_with_one_line_when_the_bound_runs_o
 
 
 @pytest.mark.slow  # a simulated two-node Ray cluster
-def test_pool_that_cannot_be_placed_on_a_two_node_cluster_stops_within_seconds(tmp_path):
+def test_pool_that_cannot_be_placed_on_a_two_node_cluster_stops_within_seconds(tmp_path, no_ray):
     import ray
     from ray.cluster_utils import Cluster
 

@@ -67,12 +67,6 @@ def proxy(s3_server):
         yield p
 
 
-@pytest.fixture(scope="module")
-def ray_local(s3_server, ray_local):
-    """conftest's local Ray, started after s3_server so the workers inherit its AWS_* variables."""
-    yield ray_local
-
-
 def via(opts: StorageOptions, proxy: FaultProxy, **changes) -> StorageOptions:
     """The same storage options, pointed at the proxy."""
     return dataclasses.replace(opts, endpoint_url=proxy.url, **changes)
