@@ -15,7 +15,7 @@ tag, so the transplant works in stored orientation: the output (in display orien
 is turned back with an exact pixel permutation, never resampled.
 
 Sources this does not handle raise ``Refused`` with a sentence saying why (CMYK/YCCK and other colour spaces,
-sampling other than 4:4:4/4:2:2/4:4:0/4:2:0, 12-bit, arithmetic coding); the caller falls back to the
+sampling other than 4:4:4/4:2:2/4:2:0, 12-bit, arithmetic coding); the caller falls back to the
 configured format and records the reason. Progressive and restart-marker sources are handled; the output is
 baseline without restart markers (the coefficients, hence the pixels, are the same; only the entropy coding
 differs). A greyscale source gives a greyscale output: the repaint's luminance is kept, its colour dropped.
@@ -35,7 +35,7 @@ from .geometry import window_inside
 
 CHROMA_MARGIN_PX = 1          # reach of libjpeg's fancy chroma upsampling past a replaced MCU (0 without subsampling)
 JPEGLIB_VERSION = "turbo210"  # jpeglib bundles several libjpegs; libjpeg-turbo is several times faster than 6b
-_LUMA_SAMPLING = {(1, 1), (2, 1), (1, 2), (2, 2)}  # (h, v) of the luma component; chroma is (1, 1)
+_LUMA_SAMPLING = {(1, 1), (2, 1), (2, 2)}  # (h, v) of the luma component (4:4:4, 4:2:2, 4:2:0); chroma is (1, 1)
 _ORIENTATION = 0x0112
 
 
@@ -87,7 +87,7 @@ def inspect(source: bytes) -> Layout:
         h, v = 1, 1  # a single component's factors do not matter: its MCU is one block
     if (h, v) not in _LUMA_SAMPLING or any((ch, cv) != (1, 1) for _, ch, cv, _ in chroma):
         factors = ", ".join(f"{a}x{b}" for _, a, b, _ in layers)
-        raise Refused(f"sampling factors {factors}: only 4:4:4, 4:2:2, 4:4:0 and 4:2:0 are transplanted")
+        raise Refused(f"sampling factors {factors}: only 4:4:4, 4:2:2 and 4:2:0 are transplanted")
     orientation = exif.get(_ORIENTATION, 1)
     return Layout(h=h, v=v, grey=len(layers) == 1, orientation=orientation if orientation in range(1, 9) else 1,
                   width=im.size[0], height=im.size[1])
@@ -241,6 +241,8 @@ def transplant(source: bytes, final: np.ndarray, original: np.ndarray, windows) 
     pasted-back output is `final` (both display orientation, uint8 [H, W, 3]); `windows`: the regions' windows
     (only they can differ). Raises Refused for sources it does not handle. With nothing changed the source's
     own bytes are returned."""
+    if not windows and source.startswith(b"\xff\xd8\xff"):
+        return source, 0  # an unchanged row: the source decodes to its own pixels, whatever its kind
     layout = inspect(source)
     mcus = changed_mcus(final, original, windows, layout)
     if not mcus:
