@@ -13,7 +13,9 @@ pasted over other pixels.
 
 The key promise (README "What it promises"): in the written image, every pixel farther than
 ``feather`` px from the dilated repaint mask carries the decoded input's exact bytes (for PNG
-and lossless WebP outputs; JPEG and lossy WebP re-encode the whole image).
+and lossless WebP outputs; JPEG and lossy WebP re-encode the whole image). Under ``--format auto`` a JPEG
+source keeps its own coefficients outside the repainted MCUs (io/outputs.py, io/jpeg_transplant.py), so decoded
+pixels are exact beyond the repaint area rounded out to the MCU grid plus one pixel.
 """
 
 from __future__ import annotations

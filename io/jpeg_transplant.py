@@ -137,7 +137,8 @@ def changed_mcus(final: np.ndarray, original: np.ndarray, windows, layout: Layou
     grid_w = -(-sw // mw)
     for window in windows:
         x0, y0, x1, y1 = window_inside(window, dw, dh)
-        ys, xs = np.nonzero(np.any(final[y0:y1, x0:x1] != original[y0:y1, x0:x1], axis=2))
+        ne = final[y0:y1, x0:x1] != original[y0:y1, x0:x1]
+        ys, xs = np.nonzero(ne[..., 0] | ne[..., 1] | ne[..., 2])  # several times faster than any(axis=2)
         if ys.size:
             r, c = stored_coords(ys + y0, xs + x0, layout.orientation, sh, sw)
             flags = np.zeros(-(-sh // mh) * grid_w, bool)  # one flag per MCU: linear time, no sort
