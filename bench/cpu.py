@@ -80,7 +80,37 @@ def bench_size(mp: int, outputs: list[tuple[str, dict]], images_per_s: float, re
            "composite_ms": _median_ms(lambda: composite(prepared, result, settings), repeat)[0]}
     final, original = composite(prepared, result, settings)
     rec["outputs"] = _time_outputs(prepared, result, settings, outputs, (final, original), rec, images_per_s, repeat)
+    if any(kw.get("format") == "auto" for _, kw in outputs):
+        rec["transplant_parts_ms"] = _transplant_parts(prepared, final, original, repeat)
     return rec
+
+
+def _transplant_parts(prepared: dict, final: np.ndarray, original: np.ndarray, repeat: int) -> dict:
+    """Where `--format auto`'s time goes on a JPEG source: finding the changed MCUs, reading the source's
+    coefficients (a whole entropy decode), encoding the changed MCUs, writing the output (a whole entropy
+    encode)."""
+    import os
+
+    from rayinpaint.io import jpeg_transplant as jt
+
+    source, layout, lib = prepared["source"], jt.inspect(prepared["source"]), jt._jpeglib()
+    changed_ms, mcus = _median_ms(lambda: jt.changed_mcus(final, original, prepared["windows"], layout), repeat)
+    with tempfile.TemporaryDirectory() as tmp:
+        def read():
+            jpeg = jt.read_coefficients(lib, os.path.join(tmp, "s.jpg"), source, layout)
+            jpeg.Y  # noqa: B018 - the first access reads every component
+            return jpeg
+
+        read_ms, jpeg = _median_ms(read, repeat)
+        comps = [jpeg.Y] + ([] if layout.grey else [jpeg.Cb, jpeg.Cr])
+        tables = [np.asarray(jpeg.qt[int(n)], np.float64) for n in jpeg.quant_tbl_no[:len(comps)]]
+        stored = jt.stored_view(final, layout.orientation)
+        replace_ms, _ = _median_ms(lambda: jt._replace(comps, tables, stored, mcus, layout), repeat)
+        jpeg.content = None
+        write_ms, _ = _median_ms(lambda: jpeg.write_dct(os.path.join(tmp, "o.jpg")), repeat)
+    return {"changed_mcus": changed_ms, "read_coefficients": read_ms, "encode_changed_mcus": replace_ms,
+            "write_coefficients": write_ms,
+            "mcus_replaced": len(np.unique(np.concatenate(mcus), axis=0)) if mcus else 0}
 
 
 def _time_outputs(prepared, result, settings, outputs, images, rec, images_per_s, repeat) -> dict:

@@ -75,8 +75,9 @@ def inspect(source: bytes) -> Layout:
         raise Refused(f"the JPEG header does not parse ({type(e).__name__})") from None
     if mode not in ("RGB", "L") or len(layers) not in (1, 3):
         raise Refused(f"{mode} JPEG ({len(layers)} components): only YCbCr and greyscale sources are transplanted")
-    if im.info.get("adobe_transform") == 0 and len(layers) == 3:
-        raise Refused("RGB-coded JPEG (Adobe transform 0): only YCbCr and greyscale sources are transplanted")
+    # libjpeg takes three components as RGB under an Adobe segment with transform 0, or with ids "R", "G", "B"
+    if len(layers) == 3 and (im.info.get("adobe_transform") == 0 or [x[0] for x in layers] == [82, 71, 66]):
+        raise Refused("RGB-coded JPEG (not YCbCr): only YCbCr and greyscale sources are transplanted")
     if getattr(im, "bits", 8) != 8:
         raise Refused(f"{im.bits}-bit JPEG: only 8-bit sources are transplanted")
     if _is_arithmetic(source):

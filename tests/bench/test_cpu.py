@@ -14,6 +14,7 @@ def test_cpu_stage_record_is_consistent():
     outs = size["outputs"]
     assert set(outs) == {"png-level0", "png-level6", "webp-lossless", "jpeg-q95", "auto"}
     assert outs["auto"]["format_written"] == "jpeg-transplant" and "psnr_in_repaint_db" in outs["auto"]
+    assert size["transplant_parts_ms"]["mcus_replaced"] > 0 and size["transplant_parts_ms"]["write_coefficients"] > 0
     assert outs["png-level0"]["format_written"] == "png" and "psnr_in_repaint_db" not in outs["png-level0"]
     for name, o in outs.items():
         assert o["bytes"] > 0 and o["finish_ms"] > 0 and o["encode_ms"] > 0, name

@@ -61,6 +61,18 @@ def test_refusals_name_what_is_not_handled():
         jt.inspect(encode(smooth_rgb(20, 20), "PNG"))
     with pytest.raises(jt.Refused, match="CMYK"):
         jt.inspect(encode(Image.new("CMYK", (20, 20), (10, 20, 30, 40)), "JPEG"))
+    with pytest.raises(jt.Refused, match="RGB-coded"):
+        jt.inspect(encode(smooth_rgb(20, 20), "JPEG", keep_rgb=True))
+    with pytest.raises(jt.Refused, match="4:1:1|sampling factors"):
+        jt.inspect(patched_sampling(encode(smooth_rgb(64, 32), "JPEG", subsampling=2), 0x41))
+
+
+def patched_sampling(jpeg: bytes, luma: int) -> bytes:
+    """`jpeg` with the luma sampling byte of its frame header replaced (a header-only refusal check)."""
+    i = jpeg.index(b"\xff\xc0")
+    data = bytearray(jpeg)
+    data[i + 11] = luma  # FFC0, length(2), precision, height(2), width(2), count, id, sampling
+    return bytes(data)
 
 
 def row_outputs(tmp_path, src: bytes, boxes, fmt="auto"):
