@@ -15,8 +15,8 @@ tag, so the transplant works in stored orientation: the output (in display orien
 is turned back with an exact pixel permutation, never resampled.
 
 Sources this does not handle raise ``Refused`` with a sentence saying why (CMYK/YCCK and other colour spaces,
-sampling other than 4:4:4/4:2:2/4:2:0, 12-bit, arithmetic coding); the caller falls back to the
-configured format and records the reason. Progressive and restart-marker sources are handled; the output is
+sampling other than 4:4:4/4:2:2/4:2:0, 12-bit, arithmetic coding); the caller (io/outputs.py) writes the row
+as PNG instead and records the reason. Progressive and restart-marker sources are handled; the output is
 baseline without restart markers (the coefficients, hence the pixels, are the same; only the entropy coding
 differs). A greyscale source gives a greyscale output: the repaint's luminance is kept, its colour dropped.
 """
@@ -251,6 +251,7 @@ def transplant(source: bytes, final: np.ndarray, original: np.ndarray, windows) 
         return source, 0
     jpeglib = _jpeglib()
     with tempfile.TemporaryDirectory(prefix="rayinpaint-jpeg-") as tmp:
+        # jpeglib works on files: it writes the source's bytes to a temporary file of its own when it reads
         src, dst = os.path.join(tmp, "source.jpg"), os.path.join(tmp, "output.jpg")
         jpeg = read_coefficients(jpeglib, src, source, layout)
         components = [jpeg.Y] + ([] if layout.grey else [jpeg.Cb, jpeg.Cr])
@@ -261,7 +262,8 @@ def transplant(source: bytes, final: np.ndarray, original: np.ndarray, windows) 
         tables = [np.asarray(jpeg.qt[int(n)], np.float64) for n in jpeg.quant_tbl_no[:len(components)]]
         _replace(components, tables, stored, mcus, layout)
         # Written from the arrays alone (not re-read from the source file, which costs a second entropy
-        # decode); the source's markers (EXIF, ICC, JFIF) are kept, so its orientation tag still applies.
+        # decode); the source's APPn and COM segments (EXIF, ICC, XMP) are kept, so its orientation tag still
+        # applies; libjpeg writes the JFIF segment itself.
         jpeg.content = None
         jpeg.write_dct(dst)
         with open(dst, "rb") as f:
