@@ -3,9 +3,13 @@
 For each input size (1, 4 and 12 MP by default) a photo-like JPEG is synthesised (smooth colour fields, edges
 and sensor-like noise; real photos compress somewhat differently) with a box mask covering about 5% of it. The
 row goes through the job's own `prepare_row` and `finish_row` (the model's output stands in as the crop it was
-given), writing to a temporary folder; every output format and PNG level asked for is timed on the same row.
+given, its colours inverted), writing to a temporary folder; every output format and PNG level asked for is timed
+on the same row.
 Reported per size: ms per row for prepare (fetch, decode, mask, crop) and for finish (decode of the source,
-paste-back, encode, write), the encoded bytes, and the CPU cores one GPU needs to keep up at `--images-per-s`.
+paste-back, encode, write) and that less the source's decode, the encoded bytes (and their ratio to the source's),
+the CPU cores one GPU needs to keep up at `--images-per-s`, and for the lossy outputs (`auto` writes the source's
+JPEG blocks with the repainted ones replaced, io/jpeg_transplant.py; jpeg-q95 re-encodes the whole image) the PSNR
+of the decoded output against the exact one over the pixels the paste-back changed.
 """
 
 from __future__ import annotations
@@ -56,54 +60,104 @@ def _median_ms(fn, repeat: int) -> tuple[float, object]:
 
 
 def bench_size(mp: int, outputs: list[tuple[str, dict]], images_per_s: float, repeat: int) -> dict:
-    from rayinpaint.io.finish import composite, finish_row
-    from rayinpaint.io.images import decode_image, encode_image
+    from rayinpaint.io.finish import composite
+    from rayinpaint.io.images import decode_image
     from rayinpaint.io.prepare import prepare_row
-    from rayinpaint.io.settings import OutputSettings, PrepareSettings
+    from rayinpaint.io.settings import PrepareSettings
 
     width, height = SIZES_MP[mp]
     row = _row(width, height)
     settings = PrepareSettings()
     prepare_ms, prepared = _median_ms(lambda: prepare_row(dict(row), settings), repeat)
     assert prepared["status"] == "ready", prepared.get("error")
-    result = [np.frombuffer(m, np.uint8).reshape(r, r, 3)  # the model's output stands in as its own input
+    # the model's output: its own input with the colours inverted, so every pixel under the mask changes (a crop
+    # that passed through unchanged would leave nothing to re-encode where the window is not resized)
+    result = [255 - np.frombuffer(m, np.uint8).reshape(r, r, 3)
               for m, r in zip(prepared["model_image"], prepared["region_res"])]
     rec = {"megapixels": round(width * height / 1e6, 1), "size": f"{width}x{height}",
            "source_bytes": len(row["image_bytes"]), "prepare_ms": prepare_ms,
            "decode_source_ms": _median_ms(lambda: decode_image(prepared["source"]), repeat)[0],
            "composite_ms": _median_ms(lambda: composite(prepared, result, settings), repeat)[0]}
-    final = composite(prepared, result, settings)[0]
-    rec["outputs"] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, kw in outputs:
-            out = OutputSettings(root=tmp, **kw)
-            encode_ms, data = _median_ms(lambda: encode_image(final, out.format, out.quality, out.lossless,
-                                                              **_png(kw)), repeat)
-            finish_ms, _ = _median_ms(lambda: finish_row(dict(prepared), result, settings, out), repeat)
-            per_row_s = (prepare_ms + finish_ms) / 1000
-            rec["outputs"][name] = {"finish_ms": finish_ms, "encode_ms": encode_ms, "bytes": len(data),
-                                    "cores_per_gpu": round(per_row_s * images_per_s, 2)}
+    final, original = composite(prepared, result, settings)
+    rec["outputs"] = _time_outputs(prepared, result, settings, outputs, (final, original), rec, images_per_s, repeat)
+    if any(kw.get("format") == "auto" for _, kw in outputs):
+        rec["transplant_parts_ms"] = _transplant_parts(prepared, final, original, repeat)
     return rec
 
 
-def _png(kw: dict) -> dict:
-    return {"png_level": kw["png_level"]} if "png_level" in kw else {}
+def _transplant_parts(prepared: dict, final: np.ndarray, original: np.ndarray, repeat: int) -> dict:
+    """Where `--format auto`'s time goes on a JPEG source: finding the changed MCUs, reading the source's
+    coefficients (a whole entropy decode), encoding the changed MCUs, writing the output (a whole entropy
+    encode)."""
+    import os
+
+    from rayinpaint.io import jpeg_transplant as jt
+
+    source, layout, lib = prepared["source"], jt.inspect(prepared["source"]), jt._jpeglib()
+    changed_ms, mcus = _median_ms(lambda: jt.changed_mcus(final, original, prepared["windows"], layout), repeat)
+    with tempfile.TemporaryDirectory() as tmp:
+        def read():
+            jpeg = jt.read_coefficients(lib, os.path.join(tmp, "s.jpg"), source, layout)
+            jpeg.Y  # noqa: B018 - the first access reads every component
+            return jpeg
+
+        read_ms, jpeg = _median_ms(read, repeat)
+        comps = [jpeg.Y] + ([] if layout.grey else [jpeg.Cb, jpeg.Cr])
+        tables = [np.asarray(jpeg.qt[int(n)], np.float64) for n in jpeg.quant_tbl_no[:len(comps)]]
+        stored = jt.stored_view(final, layout.orientation)
+        replace_ms, _ = _median_ms(lambda: jt._replace(comps, tables, stored, mcus, layout), repeat)
+        jpeg.content = None
+        write_ms, _ = _median_ms(lambda: jpeg.write_dct(os.path.join(tmp, "o.jpg")), repeat)
+    return {"changed_mcus": changed_ms, "read_coefficients": read_ms, "encode_changed_mcus": replace_ms,
+            "write_coefficients": write_ms,
+            "mcus_replaced": len(np.unique(np.concatenate(mcus), axis=0)) if mcus else 0}
+
+
+def _time_outputs(prepared, result, settings, outputs, images, rec, images_per_s, repeat) -> dict:
+    """Per output variant: encode and finish times, bytes, the format written and, where it is not exact, the
+    PSNR of the decoded output against the exact output over the pixels the paste-back changed."""
+    from rayinpaint.io.finish import finish_row
+    from rayinpaint.io.images import decode_image
+    from rayinpaint.io.outputs import encode_output
+    from rayinpaint.io.settings import OutputSettings
+
+    (final, original), got = images, {}
+    changed = np.any(final != original, axis=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kw in outputs:
+            out = OutputSettings(root=tmp, **kw)
+            encode_ms, enc = _median_ms(lambda: encode_output(final, original, prepared["source"],
+                                                              prepared["windows"], out), repeat)
+            finish_ms, _ = _median_ms(lambda: finish_row(dict(prepared), result, settings, out), repeat)
+            per_row_s = (rec["prepare_ms"] + finish_ms) / 1000
+            got[name] = {"format_written": enc.format, "finish_ms": finish_ms,
+                         "finish_beyond_decode_ms": round(finish_ms - rec["decode_source_ms"], 1),
+                         "encode_ms": encode_ms, "bytes": len(enc.data),
+                         "bytes_vs_source": round(len(enc.data) / rec["source_bytes"], 3),
+                         "cores_per_gpu": round(per_row_s * images_per_s, 2)}
+            decoded = decode_image(enc.data)
+            if not np.array_equal(decoded, final):
+                err = np.mean((decoded[changed].astype(np.float64) - final[changed]) ** 2)
+                got[name]["psnr_in_repaint_db"] = round(float(10 * np.log10(255 ** 2 / max(err, 1e-12))), 2)
+    return got
 
 
 def output_variants(levels: list[int]) -> list[tuple[str, dict]]:
     out = [(f"png-level{n}", {"format": "png", "png_level": n}) for n in levels]
-    return out + [("webp-lossless", {"format": "webp", "lossless": True}), ("jpeg-q95", {"format": "jpeg"})]
+    return out + [("webp-lossless", {"format": "webp", "lossless": True}), ("jpeg-q95", {"format": "jpeg"}),
+                  ("auto", {"format": "auto"})]
 
 
 def run_cpu_bench(sizes: list[int], images_per_s: float, levels: list[int], repeat: int) -> dict:
     import os
     import platform
 
+    import jpeglib
     import PIL
 
     return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores (one used), Python {platform.python_version()}",
-            "pillow": PIL.__version__, "numpy": np.__version__, "images_per_s_per_gpu": images_per_s,
+            "pillow": PIL.__version__, "numpy": np.__version__, "jpeglib": jpeglib.__version__, "images_per_s_per_gpu": images_per_s,
             "note": "one row at a time on one core; cores_per_gpu = (prepare + finish) s/row x images/s",
             "sizes": [bench_size(mp, output_variants(levels), images_per_s, repeat) for mp in sizes]}
 

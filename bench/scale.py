@@ -69,6 +69,9 @@ def results_chunk(start: int, n: int) -> pa.Table:
         "mask_pixels": pa.array(i % 50_000), "model_sha256": pa.array(np.full(n, "ab" * 32)), "timings": timings,
         # null: an output from before settings were fingerprinted, which a rerun adopts (ledger/fingerprint.py)
         "settings_fingerprint": pa.nulls(n, pa.string()),
+        "output_format": pa.array(np.where(err, None, "png").tolist(), pa.string()),
+        "output_bytes": pa.array(2_000_000 + i % 1000, pa.int64(), mask=err),
+        "output_fallback": pa.nulls(n, pa.string()),
     }
     return pa.table([cols[f.name].cast(f.type) for f in RESULTS_SCHEMA], schema=RESULTS_SCHEMA)
 

@@ -13,7 +13,9 @@ pasted over other pixels.
 
 The key promise (README "What it promises"): in the written image, every pixel farther than
 ``feather`` px from the dilated repaint mask carries the decoded input's exact bytes (for PNG
-and lossless WebP outputs; JPEG and lossy WebP re-encode the whole image).
+and lossless WebP outputs; JPEG and lossy WebP re-encode the whole image). Under ``--format auto`` a JPEG
+source keeps its own coefficients outside the repainted MCUs (io/outputs.py, io/jpeg_transplant.py), so decoded
+pixels are exact beyond the repaint area rounded out to the MCU grid plus one pixel.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import OutputWriteError, RowError, redact_uri
 from .geometry import paste_into, window_inside
-from .images import decode_image, encode_image
+from .images import EXTENSIONS, decode_image
 from .masks import feather_alpha
 from .naming import image_path, output_name
+from .outputs import Encoded, encode_output
 from .settings import OutputSettings, PrepareSettings
 from .prepare import source_digest
 from .results import ERROR, OK, UNCHANGED
@@ -36,6 +39,7 @@ from .storage import join_uri, read_bytes, write_bytes
 
 PREVIEW_HEIGHT = 192
 PREVIEW_MAX_WIDTH = 1024  # px per panel
+NO_OUTPUT = {"output_format": None, "output_bytes": None, "output_fallback": None}
 
 
 def _decode_repaint(png: bytes, width: int, height: int) -> np.ndarray:
@@ -90,10 +94,13 @@ def source_bytes(prepared: dict, settings: PrepareSettings) -> bytes:
     return data
 
 
-def composite(prepared: dict, results, settings: PrepareSettings) -> tuple[np.ndarray, np.ndarray]:
+def composite(prepared: dict, results, settings: PrepareSettings,
+              source: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(final uint8 [H, W, 3], original uint8 [H, W, 3]) for a prepared row and its regions' model outputs
-    (a list, one per region, in region order: bytes or uint8 [r, r, 3])."""
-    rgb = decode_image(source_bytes(prepared, settings), "image", settings.max_pixels)
+    (a list, one per region, in region order: bytes or uint8 [r, r, 3]); `source`: the encoded original when
+    the caller has it already (`source_bytes`)."""
+    source = source_bytes(prepared, settings) if source is None else source
+    rgb = decode_image(source, "image", settings.max_pixels)
     h, w = rgb.shape[:2]
     if (w, h) != (prepared["width"], prepared["height"]):
         raise RowError("finish_failed", f"source decodes to {w}x{h}, prepare saw "
@@ -157,22 +164,26 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
     try:
         status = prepared.get("status")
         if status in ("ready", UNCHANGED):
-            final, original = composite(prepared, result, settings)
+            source = source_bytes(prepared, settings)
+            final, original = composite(prepared, result, settings, source)
             if status == "ready" and preview:
                 repaint = _decode_repaint(prepared["repaint_mask"], original.shape[1], original.shape[0])
                 windows = prepared.get("windows") or []
-            uri, hashed, t_write = _write_image(final, row["id"], out)
+            encoded = encode_output(final, original, source, prepared.get("windows") or [], out)
+            uri, hashed, t_write = _write_image(encoded, row["id"], out)
             row.update(status=OK if status == "ready" else UNCHANGED, output_uri=redact_uri(uri),
-                       output_name_hashed=hashed)
+                       output_name_hashed=hashed, output_format=encoded.format, output_bytes=len(encoded.data),
+                       output_fallback=encoded.fallback)
         elif status != ERROR:
             raise RowError("finish_failed", f"unknown prepared status {status!r}")
     except OutputWriteError:
         raise
     except RowError as e:
-        row.update(status=ERROR, error_kind=e.kind, error=e.message, output_uri=None, window=None, regions=None)
+        row.update(status=ERROR, error_kind=e.kind, error=e.message, output_uri=None, window=None, regions=None,
+                   **NO_OUTPUT)
         final = None
     except Exception as e:  # noqa: BLE001 - one row must never stop the job
-        row.update(status=ERROR, error_kind="finish_failed", output_uri=None, window=None, regions=None,
+        row.update(status=ERROR, error_kind="finish_failed", output_uri=None, window=None, regions=None, **NO_OUTPUT,
                    error=f"unexpected {type(e).__name__} while finishing: {redact_uri(str(e))[:300]}")
         final = None
     row["timings"] = {
@@ -215,18 +226,14 @@ def _regions_column(prepared: dict) -> list[dict] | None:
             for w, r in zip(prepared.get("windows") or [], prepared.get("region_res") or [])]
 
 
-def _write_image(final: np.ndarray, row_id: str, out: OutputSettings) -> tuple[str, bool, float]:
-    """Encode and write the output image: (its URI, whether its name is hashed, seconds writing). An encoding
-    failure is the row's (RowError); a write failure is the output's (OutputWriteError)."""
-    try:
-        data = encode_image(final, out.format, out.quality, out.lossless, out.png_level)
-    except Exception as e:  # noqa: BLE001
-        raise RowError("write_failed", f"encoding {out.format} failed: {type(e).__name__}: {e}") from None
+def _write_image(encoded: Encoded, row_id: str, out: OutputSettings) -> tuple[str, bool, float]:
+    """Write the encoded output image: (its URI, whether its name is hashed, seconds writing). A write failure
+    is the output's (OutputWriteError)."""
     stem, hashed = output_name(row_id)
-    uri = join_uri(out.root, "images", f"{image_path(stem, out.layout)}.{out.extension}")
+    uri = join_uri(out.root, "images", f"{image_path(stem, out.layout)}.{EXTENSIONS[encoded.format]}")
     t1 = time.perf_counter()
     try:
-        write_bytes(uri, data, out.storage)
+        write_bytes(uri, encoded.data, out.storage)
     except RowError as e:
         raise OutputWriteError(f"cannot write the output image {e.message}") from None
     return uri, hashed, time.perf_counter() - t1

@@ -213,4 +213,4 @@ def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = 95, lossless:
     return buf.getvalue()
 
 
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp", "jpeg-transplant": "jpg"}

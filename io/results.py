@@ -6,6 +6,10 @@ and written), ``"unchanged"`` (empty mask: the decoded original was written) or 
 its crop window in original pixels [x0, y0, x1, y1] (may extend past the image where it was padded) and the model
 side it ran at; ``window`` is the box around every region's window, which for a row of one region is that
 region's window (both null unless inpainted).
+``output_format`` is the format of the image written (png, jpeg, webp, or jpeg-transplant: the JPEG source's blocks
+kept and the repainted ones replaced, io/jpeg_transplant.py), ``output_bytes`` its size, and ``output_fallback``
+why `--format auto` wrote a JPEG source as PNG (null otherwise); all three are null where no image was written, and
+absent from results written before they existed (readers take them as null).
 ``timings`` are seconds per stage for this row.
 """
 
@@ -48,6 +52,9 @@ RESULTS_SCHEMA = pa.schema([
     ("mask_pixels", pa.int64()),          # repaint pixels after dilation
     ("model_sha256", pa.string()),
     ("settings_fingerprint", pa.string()),  # the run's pixel settings (ledger/fingerprint.py); null: not a model row
+    ("output_format", pa.string()),       # format written: png | jpeg | webp | jpeg-transplant (io/outputs.py)
+    ("output_bytes", pa.int64()),         # size of the image written
+    ("output_fallback", pa.string()),     # why --format auto wrote a JPEG source as PNG; null otherwise
     ("timings", TIMINGS_TYPE),
 ])
 

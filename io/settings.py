@@ -17,7 +17,9 @@ from .regions import DEFAULT_MAX_REGIONS, MAX_PARTS as MAX_REGIONS
 from .schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
 from .storage import StorageOptions
 
-FORMATS = ("png", "jpeg", "webp")
+AUTO = "auto"                     # JPEG sources: their blocks kept, the repainted ones replaced; others: PNG
+TRANSPLANT = "jpeg-transplant"    # the format a row records when auto kept its JPEG source's blocks (io/outputs.py)
+FORMATS = ("png", "jpeg", "webp", AUTO)
 RESOLUTION_STEP = 64              # the VAE downsamples by 8 and the UNet by 8 more (docs/model.md §6.3)
 MAX_RESOLUTION = 2048
 MAX_GROW_PX = 512                 # largest --mask-dilate and --feather
@@ -85,7 +87,7 @@ class PrepareSettings:
 @dataclass(frozen=True)
 class OutputSettings:
     root: str                     # output URI; images go to {root}/images/{stem}.{ext}
-    format: str = "png"           # one of FORMATS ("jpg" is taken as "jpeg")
+    format: str = "png"           # one of FORMATS ("jpg" is taken as "jpeg"; see `kind`)
     quality: int = 95             # JPEG / lossy WebP quality, 1..100
     lossless: bool = False        # WebP only
     storage: StorageOptions = field(default_factory=StorageOptions)
@@ -114,5 +116,12 @@ class OutputSettings:
         self.validate()
 
     @property
+    def kind(self) -> str:
+        """The format asked for, in lower case, "jpg" as "jpeg"."""
+        fmt = self.format.lower()
+        return "jpeg" if fmt == "jpg" else fmt
+
+    @property
     def extension(self) -> str:
-        return EXTENSIONS[self.format.lower()]
+        """The images' extension; under auto it is each row's (io/outputs.py): jpg for a transplant, else png."""
+        return EXTENSIONS["png" if self.kind == AUTO else self.kind]

@@ -196,7 +196,9 @@ def _mask_options(opt) -> None:
 
 
 def _image_options(opt) -> None:
-    opt("--format", choices=FORMATS, help="output image format")
+    opt("--format", choices=FORMATS,
+        help="output image format (default png). auto: a JPEG source stays a JPEG whose blocks outside the repaint "
+             "are the source's own (no generation loss, about the source's size); other sources are PNG")
     opt("--quality", type=int, help="JPEG/WebP quality 1-100")
     opt("--lossless", action=argparse.BooleanOptionalAction, help="lossless WebP")
     opt("--png-level", type=int, help="zlib level 0-9 of PNG output: pixels are the same at every level; 1 is "

@@ -91,6 +91,8 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
         "runs": {k: whole[k] for k in ("runs", "runs_that_processed_rows", "rows_processed") if k in whole},
         "stage_timings_s": whole.get("stage_timings_s", {}),
         "mask_area": whole.get("mask_area", {}),
+        # images written by format (png, jpeg, webp, jpeg-transplant): rows, total bytes and bytes per row
+        "output_bytes": whole.get("output_bytes", {}),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_sha256": model_sha256,

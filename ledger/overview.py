@@ -3,8 +3,9 @@ every row recorded so far, not only this run's part.
 
 - `{output}/_runs/<start>-<random>.json`: one record per run (when, how long, how many rows, the settings
   fingerprint), written at the end of each run; rates over the output come from these.
-- the results rows: per-stage timings of `ok` rows (mean, p50, p95), error examples per kind with their message, and the
-  distribution of mask sizes (repainted share of each image), read column by column, file by file.
+- the results rows: per-stage timings of `ok` rows (mean, p50, p95), error examples per kind with their message, the
+  distribution of mask sizes (repainted share of each image) and the images written by format (rows, bytes; rows
+  from before the format was recorded are left out), read column by column, file by file.
 - `{output}/_index/overview.json` and `runs.json` (ledger/caches.py): what each results file adds to the mask
   sizes and error examples, and the run records already read, so that a run reads only the results files and run
   records new since the last one (and the newest results' timings).
@@ -34,7 +35,8 @@ MASK_BINS = ((0.0, "0 (empty)"), (0.01, "up to 1%"), (0.05, "1-5%"), (0.2, "5-20
              (1.0, "over 50%"))
 OVERVIEW_CACHE = "overview.json"  # {results file name: its size, mask-size bins and error examples}
 RUNS_CACHE = "runs.json"  # {run record name: the record}
-_COLUMNS = ("id", "status", "error_kind", "error", "timings", "mask_pixels", "width", "height")
+_COLUMNS = ("id", "status", "error_kind", "error", "timings", "mask_pixels", "width", "height", "output_format",
+            "output_bytes")
 
 
 def record_run(root: str, storage, record: dict) -> None:
@@ -95,7 +97,7 @@ def results_overview(ledger) -> dict:
     for path, size in reversed(ledger.listing()):
         name = path.rsplit("/", 1)[-1]
         entry = known.get(name)
-        if isinstance(entry, dict) and entry.get("size") == size and {"bins", "examples"} <= entry.keys():
+        if isinstance(entry, dict) and entry.get("size") == size and {"bins", "examples", "formats"} <= entry.keys():
             per_file[name] = entry
             if _sampling(timings):
                 _scan_file(ledger, path, timings, whole=False)
@@ -105,14 +107,19 @@ def results_overview(ledger) -> dict:
         caches.save(ledger.output, OVERVIEW_CACHE, ledger.storage, per_file)
     examples: dict = {}
     bins = np.zeros(len(MASK_BINS), np.int64)
+    formats: dict = {}
     for entry in per_file.values():
         bins += np.asarray(entry["bins"], np.int64)
+        for fmt, (n, size) in entry["formats"].items():
+            formats[fmt] = [formats.get(fmt, [0, 0])[0] + n, formats.get(fmt, [0, 0])[1] + size]
         for kind, ex in entry["examples"].items():
             into = examples.setdefault(kind, {"ids": [], "message": ex["message"]})
             into["ids"].extend(ex["ids"][: EXAMPLES_PER_KIND - len(into["ids"])])
     return {"stage_timings_s": {s: _stats(v) for s, v in timings.items() if v},
             "error_examples": examples,
-            "mask_area": {label: int(n) for (_, label), n in zip(MASK_BINS, bins)}}
+            "mask_area": {label: int(n) for (_, label), n in zip(MASK_BINS, bins)},
+            "output_bytes": {fmt: {"rows": n, "bytes": size, "bytes_per_row": round(size / n) if n else None}
+                             for fmt, (n, size) in sorted(formats.items())}}
 
 
 def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
@@ -120,6 +127,7 @@ def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
     adds to the mask sizes and error examples (else only the timings are read)."""
     bins = np.zeros(len(MASK_BINS), np.int64)
     examples: dict = {}
+    formats: dict = {}
     with ledger.fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         for g in range(pf.num_row_groups):  # one row group at a time: memory bounded by a group, not a file
@@ -137,7 +145,20 @@ def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
                 _add_examples(t, examples)
             if whole and {"mask_pixels", "width", "height"} <= set(columns):
                 bins += _mask_bins(t)
-    return {"bins": bins.tolist(), "examples": examples}
+            if whole and {"output_format", "output_bytes"} <= set(columns):
+                _add_formats(t, formats)
+    return {"bins": bins.tolist(), "examples": examples, "formats": formats}
+
+
+def _add_formats(t: pa.Table, formats: dict) -> None:
+    """Add the table's images written, [rows, bytes] by format, into `formats`."""
+    g = t.select(["output_format", "output_bytes"]).group_by("output_format").aggregate(
+        [("output_bytes", "count"), ("output_bytes", "sum")])
+    for fmt, n, size in zip(*(g.column(c).to_pylist() for c in ("output_format", "output_bytes_count",
+                                                                  "output_bytes_sum"))):
+        if fmt is not None:
+            rows, total = formats.get(fmt, [0, 0])
+            formats[fmt] = [rows + int(n), total + int(size or 0)]
 
 
 def _add_examples(t: pa.Table, examples: dict) -> None:

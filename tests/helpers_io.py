@@ -162,3 +162,36 @@ def write_tiny_checkpoint(path) -> str:
 
     save_file(single_file_state_dict(load_model("random:tiny:3")), str(path))
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# JPEG sources of every layout the block transplant handles (io/jpeg_transplant.py): PIL's `subsampling` 0/1/2 is
+# 4:4:4/4:2:2/4:2:0; "grey" is a one-component JPEG.
+JPEG_LAYOUTS = ("4:4:4", "4:2:2", "4:2:0", "grey")
+
+
+def smooth_rgb(w: int, h: int, seed: int = 0) -> np.ndarray:
+    """A photo-like image: smooth colour fields, a few hard-edged boxes, mild noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    phase = rng.uniform(0, 6, 3)
+    base = np.stack([127 + 90 * np.sin(x / max(w, 1) * 4 + p) * np.cos(y / max(h, 1) * 3 - p) for p in phase], -1)
+    for _ in range(3):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        base[y0:y0 + int(rng.integers(4, 40)), x0:x0 + int(rng.integers(4, 40))] = rng.integers(0, 255, 3)
+    return np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
+
+
+def jpeg_source(rgb: np.ndarray, layout: str = "4:2:0", orientation: int = 1, quality: int = 90,
+                progressive: bool = False, restart: int = 0) -> bytes:
+    """`rgb` (stored orientation) as a JPEG of `layout` with an EXIF orientation tag (1: none)."""
+    im = Image.fromarray(rgb).convert("L") if layout == "grey" else Image.fromarray(rgb)
+    kw = {"quality": quality, "progressive": progressive}
+    if layout != "grey":
+        kw["subsampling"] = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}[layout]
+    if restart:
+        kw["restart_marker_blocks"] = restart
+    if orientation != 1:
+        ex = Image.Exif()
+        ex[0x0112] = orientation
+        kw["exif"] = ex.tobytes()
+    return encode(im, "JPEG", **kw)
