@@ -1,4 +1,5 @@
-"""The dry run's GPU-hours estimate, from a `rayinpaint bench --json FILE` record.
+"""The dry run's GPU-hours estimate, from a `rayinpaint bench --json FILE` record, and the expected time per batch
+of a run without a GPU, from the CPU record in BENCHMARKS.md.
 
 A record measures seconds per image at one setting (its sampler, steps and side). A row of this run costs, per
 region, that time scaled by the model's FLOPs at the region's side and this run's UNet calls over the FLOPs at
@@ -92,3 +93,32 @@ def estimate_line(cfg, rows: int, rows_sides: list[list[int]]) -> str:
     return (f"GPU-hours: about {rows * per_row / 3600:.2f} for {rows} row(s) at {per_row:.2f} s per row per GPU "
             f"({regions:.2f} region(s) per row at {sides}, {cfg.sampler} {cfg.steps} steps); from "
             f"{record.describe()}, scaled by counted FLOPs to these steps and sides")
+
+
+# The full model on CPU, measured: BENCHMARKS.md, "The full model on CPU" (rayinpaint bench --weights random:sd2
+# --batch-size 1 --steps 2 --resolution 512 --iters 1 --warmup 0, 2 shared x86_64 cores). Rerun it to update.
+CPU_S_PER_IMAGE = 135.0
+CPU_RECORD = BenchRecord(path="BENCHMARKS.md, \"The full model on CPU\"", device="cpu: x86_64, 2 cores",
+                         date="2026-12-07", sampler="dpmpp_2m", steps=2, side=512, seconds_per_image=CPU_S_PER_IMAGE,
+                         what="the model alone")
+
+
+def cpu_batch_line(cfg) -> str | None:
+    """What a run whose model actors found no GPU should expect: the time per batch of --batch-size regions at
+    --resolution with this sampler and steps, scaled from the CPU record, and what to pass for a quick try.
+    None for the tiny model (seconds per batch: nothing to warn about)."""
+    if cfg.weights.startswith("random:tiny") or cfg.model_config == "tiny":
+        return None
+    per_image = seconds_per_row(CPU_RECORD, cfg, [[cfg.resolution]])
+    return (f"no GPU found: the model actors run on CPU, about {_duration(per_image * cfg.batch_size)} per batch of "
+            f"{cfg.batch_size} at {cfg.resolution} px with {cfg.sampler} {cfg.steps} steps (scaled from "
+            f"{CPU_RECORD.seconds_per_image:.0f} s per image at {CPU_RECORD.steps} steps measured on 2 x86_64 cores: "
+            f"{CPU_RECORD.path}); the first progress counts come after the first batch; for a quick try pass "
+            f"--limit 4 --batch-size 1 --resolution 256 --steps 10, or --weights random:tiny (a tiny random model: "
+            f"noise inside the masks, seconds per batch)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -29,6 +29,7 @@ from rayinpaint.io.results import ERROR, results_table
 from rayinpaint.io.storage import filesystem, protocol_of
 
 from .config import JobConfig
+from .estimate import cpu_batch_line
 from .idset import IdSet, PartedIdSet
 from .placement import check_pool
 from .raylogs import name_ray_logs, quiet_ray_console
@@ -126,8 +127,12 @@ def model_pool(cfg: JobConfig) -> tuple[int, float, float]:
     pool = actor_plan(cfg, on_cluster=on_cluster)
     if pool[1] > 0 and on_cluster and not ray_gpus():
         log.info("no GPU in the cluster yet; requesting %d GPU actor(s) from the autoscaler", pool[0])
-    elif cfg.num_gpus_per_actor > 0 and pool[1] == 0:
-        log.info("no GPU found: running %d model actor(s) on CPU", pool[0])
+    elif cfg.num_gpus_per_actor > 0 and pool[1] == 0:  # GPU-sized defaults on a CPU: say what to expect
+        slow = cpu_batch_line(cfg)
+        if slow is None:
+            log.info("no GPU found: running %d model actor(s) on CPU (the tiny model: seconds per batch)", pool[0])
+        else:
+            log.warning("%s (%d model actor(s))", slow, pool[0])
     check_pool(*pool, cfg.wait_for_actors)
     return pool
 
