@@ -8,11 +8,11 @@ The caller hands it to the job; nothing in the job's options or pre-flight chang
 
     run_job(cfg, model_actor=sleeping_actor(0.05, log_dir))     # in this process
 
-    python -m rayinpaint.bench.standin --sleep 0.05 [--log DIR] -- run --manifest ... --output ...
+    python -m rayinpaint.bench.standin --sleep 0.05 [--load 5] [--log DIR] -- run --manifest ... --output ...
                                                                   # the `rayinpaint` command line, with the stand-in
 
---sleep: seconds per model call (of the fixed shape --batch-size); --log: one file per actor in DIR, a line
-"start end regions" per call.
+--sleep: seconds per model call (of the fixed shape --batch-size); --load: seconds once per actor, where the model
+would load; --log: one file per actor in DIR, a line "start end regions" per call.
 """
 
 from __future__ import annotations
@@ -23,17 +23,22 @@ import time
 
 import numpy as np
 
-from rayinpaint.jobs.predictor import InpaintPredictor, ModelSettings
+from rayinpaint.jobs.events import LOADED, LOADING
+from rayinpaint.jobs.predictor import InpaintPredictor, ModelSettings, report_state
 
 
-def sleeping_actor(seconds: float, log_dir: str | None = None) -> tuple:
-    """The `model_actor` of run_job (jobs/pipeline.py PassPlan.actor) that sleeps `seconds` per model call."""
-    return SleepPredictor, (float(seconds), log_dir)
+def sleeping_actor(seconds: float, log_dir: str | None = None, load_seconds: float = 0.0) -> tuple:
+    """The `model_actor` of run_job (jobs/pipeline.py PassPlan.actor) that sleeps `seconds` per model call, and
+    `load_seconds` once where a model would load."""
+    return SleepPredictor, (float(seconds), log_dir, float(load_seconds))
 
 
 class SleepPredictor(InpaintPredictor):
-    def __init__(self, settings: ModelSettings, seconds: float, log_dir: str | None = None):
+    def __init__(self, settings: ModelSettings, seconds: float, log_dir: str | None = None,
+                 load_seconds: float = 0.0):
         # No model and no torch (seconds of start-up a stand-in need not pay): only what __call__ and _run use.
+        report_state(settings, LOADING)
+        time.sleep(load_seconds)
         self.device, self.dtype, self.inpainter = "cpu", "none", None
         self.set_batching(settings, sha="standin-sleep", tokens=lambda prompt: 0, context=77, oom=MemoryError)
         self.seconds = float(seconds)
@@ -41,6 +46,7 @@ class SleepPredictor(InpaintPredictor):
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
             self._log = open(os.path.join(log_dir, f"actor-{os.getpid()}.txt"), "a", buffering=1)
+        report_state(settings, LOADED)
 
     def speed_text(self) -> str:
         return ""  # InpaintPredictor's imports torch (via model/speed.py)
@@ -61,6 +67,7 @@ def main(argv=None) -> int:
                                             "sleep per model batch.",
                                 usage="%(prog)s --sleep SECONDS [--log DIR] -- COMMAND [OPTIONS]")
     p.add_argument("--sleep", type=float, required=True, help="seconds per model call")
+    p.add_argument("--load", type=float, default=0.0, help="seconds once per actor, where the model would load")
     p.add_argument("--log", default=None, metavar="DIR", help="one file per actor: a line 'start end regions' "
                                                               "per model call")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the rayinpaint command line, after --")
@@ -68,7 +75,7 @@ def main(argv=None) -> int:
     rest = args.command[1:] if args.command[:1] == ["--"] else args.command
     from rayinpaint.jobs.cli import main as cli_main
 
-    return cli_main(rest, model_actor=sleeping_actor(args.sleep, args.log))
+    return cli_main(rest, model_actor=sleeping_actor(args.sleep, args.log, args.load))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 
+from rayinpaint.jobs.config import JobConfig
 from rayinpaint.model.choices import COMPILE_MODES, DTYPES, SAMPLERS, SDPA_CHOICES, SWITCHES
 
 from .timing import matmul_ceiling, release_memory, steady_rate, time_calls
@@ -37,11 +38,13 @@ ABLATABLE = SWITCHES + ("sdpa", "prompt_cache")
 def add_bench_arguments(p) -> None:
     g = p.add_argument_group("workload")
     g.add_argument("--weights", default="random:sd2", help="weights (default: random:sd2, full size, random)")
-    g.add_argument("--batch-size", type=int, default=16, help="images per call (default: 16)")
-    g.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
-    g.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="sampler (default: ddim)")
-    g.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default: 7.5)")
-    g.add_argument("--resolution", type=int, default=512, help="pixels (default: 512)")
+    # The workload's defaults are `rayinpaint run`'s, so a record made with no options describes a default run.
+    run = JobConfig  # a dataclass: its class attributes are the fields' defaults
+    g.add_argument("--batch-size", type=int, default=run.batch_size, help=f"images per call (default: {run.batch_size})")
+    g.add_argument("--steps", type=int, default=run.steps, help=f"sampling steps (default: {run.steps})")
+    g.add_argument("--sampler", default=run.sampler, choices=SAMPLERS, help=f"sampler (default: {run.sampler})")
+    g.add_argument("--guidance", type=float, default=run.guidance, help=f"guidance scale (default: {run.guidance})")
+    g.add_argument("--resolution", type=int, default=run.resolution, help=f"pixels (default: {run.resolution})")
     g.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="model dtype; auto = bfloat16 on a GPU that has it, else float16; float32 on CPU")
     g.add_argument("--warmup", type=int, default=1, help="untimed batches after the warm-up call (default: 1)")
@@ -313,12 +316,6 @@ def device_name(device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def unet_calls(args) -> int:
-    from rayinpaint.model.schedule import DEFAULT_SPACING, Schedule
-
-    return len(Schedule().sigmas_for(args.sampler, args.steps, DEFAULT_SPACING[args.sampler])) - 1
-
-
 def run_bench(args) -> int:
     if args.cpu_stages:  # the CPU stages alone: no model, no torch
         from .cpu import run_cpu_bench_cli
@@ -332,7 +329,7 @@ def run_bench(args) -> int:
 
     from rayinpaint.jobs.predictor import pick_device_and_dtype
     from rayinpaint.model import load_model
-    from rayinpaint.model.flops import inpaint_flops
+    from rayinpaint.model.flops import inpaint_flops, unet_calls
 
     device, dtype = pick_device_and_dtype(args.dtype)
     device = torch.device(device)
@@ -346,7 +343,8 @@ def run_bench(args) -> int:
     load_s = time.perf_counter() - t0
     out["model"] = {"load_s": load_s, **bench_model(args, model, speed)}
     release_memory()  # the Inpainter above is gone: its graphs and compiled code go too
-    out["flops"] = inpaint_flops(model.config, args.batch_size, args.resolution, unet_calls(args))
+    out["flops"] = inpaint_flops(model.config, args.batch_size, args.resolution,
+                                 unet_calls(args.sampler, args.steps))
     summarize_model(out)
     if args.ablate:
         base = speed.with_env().resolve(device)

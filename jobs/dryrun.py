@@ -22,37 +22,74 @@ from rayinpaint.io.storage import dirname_uri, filesystem
 from rayinpaint.ledger.fingerprint import differences, fingerprint_of, model_identity, pixel_settings
 from rayinpaint.ledger.layout import ERROR, Layout
 
+from .estimate import estimate_line
+
 
 def dry_run(cfg, storage, plan) -> int:
-    """Print the dry run's findings (stdout, one fact a line); 0 when the sample holds a row that would be
-    repainted, 1 otherwise (every sampled row an error or unchanged: a real run would not be a success).
+    """Print the dry run's findings (stdout, one fact a line). Exit code: 2 when a run would stop before any work
+    (the output's settings differ, the model pool cannot be placed: what a real run exits with); 1 when every
+    sampled row is an error or unchanged (a real run would not be a success); 0 otherwise.
     `plan`: the bookkeeping's start, made without writing (ledger/plan.py)."""
     todo_n = plan.todo if cfg.limit is None else min(plan.todo, cfg.limit)
     print(f"dry run: {plan.unique} unique id(s) in the manifest, {plan.done} already done, {todo_n} to do")
-    print(f"settings: {_settings_line(cfg, storage)}")
+    settings_ok, line = _settings_line(cfg, storage)
+    print(f"settings: {line}")
+    placement_ok, line = placement_line(cfg)
+    print(f"placement: {line}")
     sample = sample_rows(cfg, storage, plan)
     statuses = Counter(r["status"] if r["status"] != ERROR else f"error:{r['error_kind']}" for r in sample)
     print(f"sample of {len(sample)} row(s) fetched and decoded: "
           + (", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none"))
     for r in [r for r in sample if r["status"] == ERROR][:5]:
         print(f"  {r['id']}: {r['error_kind']}: {r['error']}")
-    ready = [len(r["windows"]) for r in sample if r["status"] == "ready"]
-    per_row = sum(ready) / len(ready) if ready else 1.0
-    if ready:
-        print(f"regions: {per_row:.2f} per repainted row in the sample (the model's unit of work; README, Regions)")
-    print(estimate_line(cfg, todo_n, per_row))
+    sides = [list(r["region_res"]) for r in sample if r["status"] == "ready"]
+    if sides:
+        print(f"regions: {sum(map(len, sides)) / len(sides):.2f} per repainted row in the sample (the model's unit "
+              f"of work; README, Regions)")
+    print(estimate_line(cfg, todo_n, sides))
+    if not (settings_ok and placement_ok):
+        print("a run with these settings would stop before any work (exit code 2)")
+        return 2
     return 0 if statuses.get("ready") or not sample else 1
 
 
-def _settings_line(cfg, storage) -> str:
+def _settings_line(cfg, storage) -> tuple[bool, str]:
+    """(whether a run would accept the output's recorded settings, the line saying so)."""
     settings = pixel_settings(cfg, model_identity(cfg, storage))
     fs, path = filesystem(Layout(cfg.output).settings, storage)
     if not fs.exists(path):
-        return f"new output (fingerprint {fingerprint_of(settings)})"
+        return True, f"new output (fingerprint {fingerprint_of(settings)})"
     recorded = json.loads(fs.cat_file(path))
     diff = differences(recorded.get("settings", {}), settings)
-    return "same as the output's" if not diff else (
-        f"differ from the output's ({'; '.join(diff)}): a run would stop; use a new --output or --reprocess")
+    if not diff:
+        return True, "same as the output's"
+    if cfg.reprocess:
+        return True, f"differ from the output's ({'; '.join(diff)}): --reprocess redoes every row under these"
+    return False, (f"differ from the output's ({'; '.join(diff)}): a run would stop; use a new --output or "
+                   f"--reprocess")
+
+
+def placement_line(cfg) -> tuple[bool, str]:
+    """(whether the model pool fits, the line saying so) on this machine, as a run without --address places it
+    (jobs/placement.py), from its CPU and GPU counts; a cluster's placement is checked when the run connects."""
+    import os
+
+    from .pipeline import actor_plan
+    from .placement import shortfall
+
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        return True, "not checked: a dry run does not connect to the cluster; the run checks it before any work"
+    node = {"CPU": float(os.cpu_count() or 1), "GPU": float(_local_gpus())}
+    pool = actor_plan(cfg, on_cluster=False, gpus=node["GPU"])
+    why = shortfall(*pool, [node])
+    what = f"{pool[0]} model actor(s) of {pool[1]:g} GPU and {pool[2]:g} CPU on this machine"
+    return (False, f"{what} cannot be placed: {why}") if why else (True, f"{what} fit")
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def sample_rows(cfg, storage, plan) -> list[dict]:
@@ -72,28 +109,3 @@ def sample_rows(cfg, storage, plan) -> list[dict]:
         t = t.filter(pa.array(plan.index.among(t.column("id").combine_chunks(), "todo")))
         out += [prepare_row(row, settings) for row in t.to_pylist()[: want - len(out)]]
     return out
-
-
-def estimate_line(cfg, rows: int, regions_per_row: float = 1.0) -> str:
-    """GPU-hours for `rows` rows from a bench record: the whole job's rate as measured, or the model's rate
-    (one region per image) times the regions per row."""
-    if not cfg.bench_record:
-        return "GPU-hours: pass --bench-record FILE (the JSON line `rayinpaint bench` prints) for an estimate"
-    with open(cfg.bench_record) as f:
-        record = json.load(f)  # what `rayinpaint bench --json FILE` writes
-    e2e = record.get("e2e") or {}
-    if record.get("e2e_images_per_s"):  # the whole job, per model actor (one per GPU)
-        per_s, what = record["e2e_images_per_s"] / max(1, e2e.get("gpus") or 1), "the whole job"
-    elif record.get("images_per_s"):
-        per_s = record["images_per_s"] / max(regions_per_row, 1e-9)
-        what = f"the model alone at {regions_per_row:.2f} regions per row; loading and data stages add to it"
-    else:
-        per_s = None
-    if not per_s:
-        return f"GPU-hours: {cfg.bench_record} has no images_per_s"
-    bench_steps = (record.get("settings") or {}).get("steps")
-    steps_note = ("" if bench_steps in (None, cfg.steps)
-                  else f"; measured at {bench_steps} steps, this run has {cfg.steps}")
-    return (f"GPU-hours: about {rows / per_s / 3600:.2f} for {rows} row(s) at {per_s:.2f} rows/s per GPU on "
-            f"{record.get('device', 'an unrecorded device')} ({what}{steps_note})")
-

@@ -11,6 +11,7 @@ become one error row each (`duplicate_id`): which of the rows was meant cannot b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -126,6 +127,7 @@ def process_rows(cfg: JobConfig, storage, ledger: Ledger, plan: Plan, tally: Run
     """Start Ray (unless already connected), stream the rows to do through the pipeline, stop Ray."""
     import ray
 
+    from .events import poller, remote_events
     from .pipeline import PassPlan, process, start_ray
     from .stages import FinishContext
 
@@ -133,14 +135,15 @@ def process_rows(cfg: JobConfig, storage, ledger: Ledger, plan: Plan, tally: Run
     rows = cfg.prepare_settings(storage)
     run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength,
            "settings_fingerprint": fingerprint}
-    finish = FinishContext(rows=rows, out=cfg.output_settings(storage), run=run,
-                           results_uri=ledger.uri)
-    passes = PassPlan(storage=storage, groups=plan.groups_to_read(), rows=rows, finish=finish,
-                      model=cfg.model_settings(storage), actor=model_actor)
     tally.progress = Progress(n, cfg.progress_interval, before=plan.done)
     tally.after_add = RunCompactor(ledger).after_batch
-    tally.progress.start_ticker()
     started_ray = start_ray(cfg)
+    events = remote_events()  # what the workers report: each actor's state, the rows written (jobs/events.py)
+    finish = FinishContext(rows=rows, out=cfg.output_settings(storage), run=run, results_uri=ledger.uri,
+                           events=events)
+    passes = PassPlan(storage=storage, groups=plan.groups_to_read(), rows=rows, finish=finish,
+                      model=dataclasses.replace(cfg.model_settings(storage), events=events), actor=model_actor)
+    tally.progress.start_ticker(poller(events, timeout=max(1.0, cfg.progress_interval / 4)))
     try:
         process(cfg, passes, ledger, plan, tally, preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))
     except Exception as e:
@@ -153,6 +156,8 @@ def process_rows(cfg: JobConfig, storage, ledger: Ledger, plan: Plan, tally: Run
         log.info(tally.progress.line())
         if started_ray:
             ray.shutdown()
+        else:  # a cluster this run joined: the events actor goes with the run
+            ray.kill(events)
 
 
 def write_outputs(cfg: JobConfig, storage, summary: dict, previews: list, success: bool) -> None:

@@ -29,6 +29,7 @@ from rayinpaint.io.results import ERROR, results_table
 from rayinpaint.io.storage import filesystem, protocol_of
 
 from .config import JobConfig
+from .estimate import cpu_batch_line
 from .idset import IdSet, PartedIdSet
 from .placement import check_pool
 from .raylogs import name_ray_logs, quiet_ray_console
@@ -86,24 +87,20 @@ def configure_data(cfg: JobConfig) -> None:
     ctx.wait_for_min_actors_s = int(cfg.wait_for_actors)
 
 
-def actor_plan(cfg: JobConfig, on_cluster: bool) -> tuple[int, float, float]:
+def actor_plan(cfg: JobConfig, on_cluster: bool, gpus: float | None = None) -> tuple[int, float, float]:
     """(number of actors, GPUs per actor, CPUs per actor).
 
     GPUs present: one actor per `--num-gpus-per-actor` GPUs (or `--num-actors`). No GPU present yet but an
     explicit `--num-actors` on a cluster: GPU actors anyway, so an autoscaling cluster that starts from zero
     GPU workers scales up for them. Otherwise (a laptop, CI, `--num-gpus-per-actor 0`): CPU actors.
+    `gpus`: the cluster's GPUs (None: asked of the running Ray; the dry run passes this machine's).
     """
-    import ray
-
-    gpus = float(ray.cluster_resources().get("GPU", 0))
+    gpus = ray_gpus() if gpus is None else gpus
     per = cfg.num_gpus_per_actor
     if per > 0 and gpus > 0:
         return cfg.num_actors or max(1, int(gpus // per)), per, 1.0
     if per > 0 and on_cluster and cfg.num_actors:
-        log.info("no GPU in the cluster yet; requesting %d GPU actor(s) from the autoscaler", cfg.num_actors)
         return cfg.num_actors, per, 1.0
-    if per > 0:
-        log.info("no GPU found: running %d model actor(s) on CPU", cfg.num_actors or 1)
     return cfg.num_actors or 1, 0.0, 1.0
 
 
@@ -134,9 +131,24 @@ def _arrow_fs(fs):
 
 def model_pool(cfg: JobConfig) -> tuple[int, float, float]:
     """actor_plan, refused in one line (placement.check_pool) when the cluster can never place it."""
-    pool = actor_plan(cfg, on_cluster=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
+    on_cluster = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
+    pool = actor_plan(cfg, on_cluster=on_cluster)
+    if pool[1] > 0 and on_cluster and not ray_gpus():
+        log.info("no GPU in the cluster yet; requesting %d GPU actor(s) from the autoscaler", pool[0])
+    elif cfg.num_gpus_per_actor > 0 and pool[1] == 0:  # GPU-sized defaults on a CPU: say what to expect
+        slow = cpu_batch_line(cfg)
+        if slow is None:
+            log.info("no GPU found: running %d model actor(s) on CPU (the tiny model: seconds per batch)", pool[0])
+        else:
+            log.warning("%s (%d model actor(s))", slow, pool[0])
     check_pool(*pool, cfg.wait_for_actors)
     return pool
+
+
+def ray_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
 
 
 def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: bool, pool: tuple):

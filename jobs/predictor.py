@@ -24,6 +24,8 @@ import pyarrow as pa
 from rayinpaint.io.errors import redact_uri
 from rayinpaint.io.results import ERROR
 
+from .events import LOADED, LOADING, RUNNING, report
+
 log = logging.getLogger("rayinpaint.predictor")
 
 
@@ -47,6 +49,7 @@ class ModelSettings:
     speed: str = ""
     strict_speed: bool = False            # a fast path that fails or fails its self-check fails the actor
     deterministic: bool = False           # fixed kernels (speed switch `deterministic`)
+    events: object = None                 # jobs/events.py RunEvents actor told this actor's state (None: no one)
 
 
 def pick_device_and_dtype(dtype: str):
@@ -70,6 +73,7 @@ class InpaintPredictor:
         from rayinpaint.model.choices import parse_switches
 
         t0 = time.perf_counter()
+        report_state(settings, LOADING)
         switches = parse_switches(settings.speed, "--speed") if settings.speed else {}
         if settings.deterministic:
             switches["deterministic"] = True
@@ -91,6 +95,7 @@ class InpaintPredictor:
         log.info("speed switches in effect: %s", self.speed_text())
         log.info("model %s loaded on %s/%s in %.1fs", settings.weights, self.device, self.dtype,
                  time.perf_counter() - t0)
+        report_state(settings, LOADED)
 
     def set_batching(self, settings: ModelSettings, *, sha: str, tokens, context: int, oom: type) -> None:
         """Everything besides the model that __call__ and _run use: the fixed batch shape, the identity written
@@ -104,6 +109,8 @@ class InpaintPredictor:
         self._tokens = tokens                   # prompt -> token count
         self._context = context                 # longer prompts are cut (and counted)
         self._oom = oom
+        self._events = settings.events          # told when the first batch starts
+        self._first = True
 
     def _warmup(self, switches: dict) -> None:
         """Compile, autotune and capture the CUDA graph for the fixed batch shape now, before streaming starts.
@@ -174,6 +181,9 @@ class InpaintPredictor:
         return self._run(images, masks, prompts, negs, seeds, half)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._first:
+            self._first = False
+            report(self._events, "actor", self.actor, RUNNING)
         n = batch.num_rows
         status = batch.column("status").to_pylist()
         ready = [i for i in range(n) if status[i] == "ready"]
@@ -302,6 +312,11 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def report_state(settings: ModelSettings, state: str) -> None:
+    """Tell the run's events actor (jobs/events.py) this actor's state: LOADING, LOADED."""
+    report(settings.events, "actor", _actor_name(), state)
 
 
 def _actor_name() -> str:

@@ -40,8 +40,9 @@ _WEIGHTS_HINT = ("pass --weights with a local path or an object-store URI of 512
 
 
 def check_weights(cfg: JobConfig, storage) -> None:
-    """The weights exist, and a .safetensors file's header (read alone, a few hundred KB even for the 5 GB
-    file) matches the model exactly. A bad file is one clear line here, not an actor crash."""
+    """The weights exist, are of a format the workers load, and their tensors' names and shapes (from a
+    .safetensors header or a checkpoint's pickle part, a few hundred kB even for a 5 GB file) match the model
+    exactly. A bad file is one clear line here, not an actor crash."""
     w = cfg.weights
     if w.startswith("random:"):
         return
@@ -55,19 +56,30 @@ def check_weights(cfg: JobConfig, storage) -> None:
     if not found:
         what = "the default weights" if w == DEFAULT_WEIGHTS else "the weights"
         raise WeightsUnavailable(f"{what} {w} were not found; {_WEIGHTS_HINT}")
-    if w.endswith(".safetensors") and not fs.isdir(p):
-        _check_header(fs, p, cfg)
+    if not fs.isdir(p):  # a diffusers folder's files are checked when the workers load them
+        _check_file(fs, p, cfg)
 
 
-def _check_header(fs, path: str, cfg: JobConfig) -> None:
-    from rayinpaint.model.checkpoint import WeightsError, check_safetensors_header, read_safetensors_header
+def _check_file(fs, path: str, cfg: JobConfig) -> None:
+    """The file's format from its first bytes, then its tensors' names and shapes against the model: a
+    `.safetensors` header, or a torch checkpoint's pickle part (model/fileformat.py), never the tensor data. The
+    block size keeps each ranged read of an object store small."""
+    from rayinpaint.model.checkpoint import WeightsError, check_safetensors_header
     from rayinpaint.model.config import get_config
+    from rayinpaint.model.fileformat import CKPT_SUFFIXES, checkpoint_shapes, safetensors_header
 
+    name = redact_uri(cfg.weights)
     try:
-        with fs.open(path, "rb") as f:
-            header = read_safetensors_header(f)
+        with fs.open(path, "rb", block_size=1 << 20) as f:
+            if cfg.weights.endswith(CKPT_SUFFIXES):
+                shapes = checkpoint_shapes(f, name)
+                header = None if shapes is None else {k: {"shape": s} for k, s in shapes.items()}
+            else:
+                header = safetensors_header(f, name)
     except WeightsError as e:
-        raise WeightsUnavailable(f"{cfg.weights} is not a readable .safetensors file: {e}") from None
+        raise WeightsUnavailable(f"--weights: {e}; {_WEIGHTS_HINT}") from None
+    if header is None:
+        return
     try:
         check_safetensors_header(header, get_config(cfg.model_config), cfg.weights)
     except WeightsError as e:

@@ -161,19 +161,37 @@ def _mask_area(s: dict) -> str:
 
 
 def _errors(s: dict) -> str:
-    """The table of error kinds and a card per kind with example ids and the reason."""
+    """One table of error kinds: rows, example ids and the reason (one message of that kind)."""
     e = html.escape
     if not s["errors_by_kind"]:
         return "<h2>Errors by kind</h2><p>No errors.</p>"
-    table, cards = "", ""
+    table = ""
     for k, n in s["errors_by_kind"].items():
         ex = s["error_examples"].get(k, {})
         ids = ", ".join(e(str(i)) for i in ex.get("ids", []))
-        table += f"<tr><td><code>{e(k)}</code></td><td>{n}</td><td>{ids}</td><td>{e(ex.get('message') or '')}</td></tr>"
-        cards += (f'<div class="card error"><b><code>{e(k)}</code></b> &middot; {n} row(s)<div>{ids}</div>'
-                  f"<div>{e(ex.get('message') or 'no message recorded')}</div></div>")
+        table += (f'<tr class="error-kind"><td><code>{e(k)}</code></td><td>{n}</td><td>{ids}</td>'
+                  f"<td>{e(ex.get('message') or 'no message recorded')}</td></tr>")
     return ("<h2>Errors by kind</h2><table><tr><th>kind</th><th>rows</th><th>example ids</th><th>example message"
-            "</th></tr>" + table + '</table><div class="sheet">' + cards + "</div>")
+            "</th></tr>" + table + "</table>")
+
+
+def _setting_value(v) -> str:
+    """A setting as the command line spells it: lists comma-separated, unset as a dash."""
+    if v is None or v == [] or v == ():
+        return "-"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x}" for k, x in v.items()) or "-"
+    return str(v)
+
+
+def _settings(settings: dict) -> str:
+    """The run's settings as a table of option and value (the option named as on the command line)."""
+    e = html.escape
+    rows = "".join(f'<tr><td><code>--{e(k.replace("_", "-"))}</code></td><td>{e(_setting_value(v))}</td></tr>'
+                   for k, v in settings.items())
+    return f'<h2>Settings</h2><table class="settings"><tr><th>option</th><th>value</th></tr>{rows}</table>'
 
 
 def _samples(previews: list, cards: dict) -> str:
@@ -207,7 +225,6 @@ def report_html(summary: dict, previews: list[tuple[str, str, bytes]], cards: di
     s = summary
     ok = s["success"]
     warnings = "".join(f'<p class="bad warn"><b>Warning:</b> {e(w)}</p>' for w in s.get("warnings", []))
-    settings = e(json.dumps(s["settings"], indent=1, default=str))
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ray-inpaint report</title>
 <style>{_CSS}</style></head><body>
 <h1>ray-inpaint run report</h1>
@@ -221,7 +238,7 @@ error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), unchanged rate {
 to them a zoom on the repainted
 area from the full-size images; below them a link to the full-size output and the prompt.</p>
 <div class="sheet">{_samples(previews, cards or {})}</div>
-<h2>Settings</h2><pre>{settings}</pre>
+{_settings(s["settings"])}
 </body></html>
 """
     return doc.encode("utf-8")

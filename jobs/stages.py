@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from rayinpaint.io.prepare import PREPARED_SCHEMA, prepare_row
 from rayinpaint.io.results import OK, results_table
 from rayinpaint.io.settings import OutputSettings, PrepareSettings
 
+from .events import report
 from .idset import IdSet
 from rayinpaint.ledger.files import write_file
 
@@ -89,6 +91,7 @@ class FinishContext:
     run: dict                     # sampler settings recorded in every results row
     results_uri: str              # the ledger's folder, {output}/results
     preview_probability: float = 0.0
+    events: object = None         # jobs/events.py RunEvents actor told the rows each task wrote (None: no one)
 
 
 def finish_and_write(batch: pa.Table, ctx: FinishContext) -> pa.Table:
@@ -107,6 +110,9 @@ def finish_and_write(batch: pa.Table, ctx: FinishContext) -> pa.Table:
         except RowError as e:  # the ledger cannot be written: none of these rows is recorded
             msg = f"cannot write the results ledger {e.message}"
             done = [{"id": r["id"], "status": UNWRITTEN, "error": msg, "actor": r.get("actor")} for r in done]
+        else:  # on storage now: counted by the progress line from here, before the driver receives the rows
+            report(ctx.events, "written", dict(Counter(r["status"] for r in recorded)),
+                   sum(r["region_count"] for r in recorded))
     return pa.Table.from_pydict({name: [r.get(name) for r in done] for name in DRIVER_SCHEMA.names},
                                 schema=DRIVER_SCHEMA)
 

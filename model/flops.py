@@ -78,6 +78,13 @@ def vae_flops(config: SD2Config | str, images: int, size: tuple[int, int]) -> tu
     return count_flops(vae.encode, img)[0], count_flops(vae.decode, z)[0]
 
 
+def unet_calls(sampler: str, steps: int) -> int:
+    """UNet calls (each on the CFG batch) of one batch: one per step of the sampler's sigma grid."""
+    from .schedule import DEFAULT_SPACING, Schedule
+
+    return len(Schedule().sigmas_for(sampler, steps, DEFAULT_SPACING[sampler])) - 1
+
+
 def inpaint_flops(config: SD2Config | str, batch: int, resolution: int, unet_calls: int,
                   strength: float = 1.0) -> dict:
     """FLOPs of one Inpainter call on `batch` images of resolution x resolution with `unet_calls` steps."""
@@ -91,4 +98,4 @@ def inpaint_flops(config: SD2Config | str, batch: int, resolution: int, unet_cal
             "batch": batch, "counter": COUNTER}
 
 
-__all__ = ["count_flops", "unet_flops", "vae_flops", "inpaint_flops", "COUNTER"]
+__all__ = ["count_flops", "unet_flops", "vae_flops", "unet_calls", "inpaint_flops", "COUNTER"]

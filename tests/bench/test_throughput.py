@@ -25,12 +25,13 @@ import torch
 from rayinpaint.bench.throughput import SWITCHES, ablation_variants, speed_from_args
 from rayinpaint.bench.timing import steady_rate
 from rayinpaint.jobs.cli import build_parser
+from rayinpaint.jobs.config import JobConfig
 from rayinpaint.model import PRESETS, load_model
 from rayinpaint.model.flops import count_flops, inpaint_flops, unet_flops, vae_flops
 from rayinpaint.model.speed import Speed, env_text, parse_switches
 
-SMOKE = ["bench", "--weights", "random:tiny", "--batch-size", "2", "--steps", "2", "--resolution", "64",
-         "--iters", "2", "--against", "diffusers", "--e2e", "4"]
+SMOKE = ["bench", "--weights", "random:tiny", "--sampler", "ddim", "--batch-size", "2", "--steps", "2",
+         "--resolution", "64", "--iters", "2", "--against", "diffusers", "--e2e", "4"]
 
 
 def close(a: float, b: float, rel: float = 1e-9) -> bool:
@@ -274,3 +275,18 @@ def test_the_command_line_exits_2_with_one_line(argv, capsys, tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "compile_mode" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_defaults_are_the_runs():
+    """A record made with no workload options describes a default `rayinpaint run` (dry-run estimates use it)."""
+    import argparse
+
+    from rayinpaint.bench.throughput import add_bench_arguments
+
+    p = argparse.ArgumentParser()
+    add_bench_arguments(p)
+    a = p.parse_args([])
+    assert (a.sampler, a.steps, a.resolution, a.batch_size, a.guidance) == ("dpmpp_2m", 25, 512, 16, 7.5)
+    run = JobConfig(manifest=("m",), output="o")
+    assert (a.sampler, a.steps, a.resolution, a.batch_size, a.guidance) == \
+        (run.sampler, run.steps, run.resolution, run.batch_size, run.guidance)

@@ -157,7 +157,7 @@ def test_summary_and_report_of_a_resume_describe_the_whole_output(ray_local, tmp
 
 
 def check_report(report: str, out, rows: list) -> None:
-    """What QA needs in _REPORT.html: throughput and stage timings, mask sizes, error cards with their reason,
+    """What QA needs in _REPORT.html: throughput and stage timings, mask sizes, one error table with each kind's reason,
     and sample cards with the prompt, a working link to the full-size output and a zoom on the mask area next to
     the full view; every link in the report is relative and names a file that exists."""
     import html
@@ -166,7 +166,7 @@ def check_report(report: str, out, rows: list) -> None:
 
     assert "Throughput over the output" in report and "<td>inpaint</td>" in report
     assert "Mask sizes" in report and '<td>0 (empty)</td><td>1</td>' in report
-    errors = re.findall(r'<div class="card error"><b><code>(\w+)</code></b>', report)
+    errors = re.findall(r'<tr class="error-kind"><td><code>(\w+)</code></td>', report)
     assert sorted(errors) == sorted({r["error_kind"] for r in rows if r["status"] == "error"})
     for kind in errors:
         message = next(r["error"] for r in rows if r["error_kind"] == kind)

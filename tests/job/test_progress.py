@@ -1,11 +1,13 @@
 """Progress lines: counted from rows done before this run, rates and ETA over a recent window, a first line as
-soon as rows arrive, and lines from the ticker while none do."""
+soon as rows arrive, and lines from the ticker while none do; what the run is doing and the rows on storage, from
+the workers' events (jobs/events.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
 
+from rayinpaint.jobs.events import LOADED, LOADING, RUNNING, RunEvents
 from rayinpaint.jobs.progress import Progress
 
 
@@ -20,7 +22,7 @@ class Clock:
 def test_counts_rows_done_before_and_rates_over_a_recent_window(caplog):
     clock = Clock()
     p = Progress(total=22, interval=10.0, clock=clock, before=8, window=60.0)
-    assert "rows 8/30 (26.7%); 8 done before this run" in p.line() and "waiting for the first rows" in p.line()
+    assert "rows 8/30 (26.7%); 8 done before this run" in p.line() and "(starting the model actors)" in p.line()
     clock.t += 120.0  # two minutes of model loading: must not drag the rate down for the rest of the run
     with caplog.at_level(logging.INFO, logger="rayinpaint.progress"):
         p.update(["ok"] * 4)                      # the first rows: a line at once
@@ -60,3 +62,59 @@ def test_ticker_logs_while_no_rows_arrive(caplog):
         time.sleep(0.3)
     assert n >= 2 and len(caplog.records) == n  # lines while waiting; none after close
     assert "rows 0/5" in caplog.records[0].getMessage()
+
+
+def test_the_state_follows_the_workers_events():
+    """Starting, each actor's model loading with its time, loaded, the first batch running, then counts: the
+    rows the finish tasks wrote, ahead of the rows the driver has received."""
+    clock = Clock()
+    events = RunEvents(clock=clock)
+    p = Progress(total=40, interval=10.0, clock=clock)
+
+    def line() -> str:
+        p.observe(events.snapshot())
+        return p.line()
+
+    assert line().endswith("ETA ? (starting the model actors)")
+    events.actor("a", LOADING)
+    clock.t += 20.0
+    events.actor("b", LOADING)
+    clock.t += 60.0
+    assert line().endswith("(model loading on 2 actor(s): a 1m20s, b 1m00s)")
+    events.actor("a", LOADED)
+    events.actor("b", LOADED)
+    assert line().endswith("(model loaded on 2 actor(s); waiting for the first prepared rows)")
+    events.actor("a", RUNNING)
+    clock.t += 125.0
+    text = line()
+    assert text.startswith("rows 0/40") and text.endswith("(running the first batch on 1 actor(s), for 2m05s)")
+    assert "model loading" not in text and "waiting for the first rows" not in text
+
+    events.written({"ok": 14, "error": 2}, 20)  # on storage; the driver has received none of it yet
+    text = line()
+    assert text.startswith("rows 16/40 (40.0%)") and "[error 2, ok 14]" in text and not text.endswith(")")
+    p.update(["ok"] * 8)                        # the driver receives the first 8 later: the count does not fall
+    assert p.line().startswith("rows 16/40")
+    clock.t += 10.0
+    events.written({"ok": 8}, 8)
+    assert line().startswith("rows 24/40") and abs(p.rates()[0] - 0.8) < 1e-9  # 8 rows in 10 s
+    events.actor("c", LOADING)                  # a restarted worker loads its model again
+    clock.t += 5.0
+    assert line().endswith("[error 2, ok 22] (model loading on 1 actor(s): c 5s)")
+    p.update(["ok"] * 20)                       # the driver may also be ahead (rows it recorded itself)
+    assert p.line().startswith("rows 28/40")
+
+
+def test_the_ticker_shows_what_is_on_storage_within_an_interval(caplog):
+    events = RunEvents()
+    p = Progress(total=10, interval=0.2)
+    with caplog.at_level(logging.INFO, logger="rayinpaint.progress"):
+        p.start_ticker(events.snapshot)
+        events.actor("a", RUNNING)
+        time.sleep(0.5)
+        events.written({"ok": 6}, 6)
+        time.sleep(0.35)
+        p.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("running the first batch on 1 actor(s)" in m for m in messages), messages
+    assert messages[-1].startswith("rows 6/10"), messages
