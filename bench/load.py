@@ -4,7 +4,8 @@
 on, as on a production cluster) whose object store is small enough that the run's blocks do not fit, and tells
 Ray Data it may over-commit that store, so it spills to disk mid-run. It writes a manifest of `--rows` ids over 64
 noisy PNGs (about 100 KB each: every prepared block carries its rows' source bytes), runs `rayinpaint run` with the
-tiny random model on CPU against the cluster, and measures from outside the driver:
+tiny random model on CPU (`--resolution`: the model's side, 64 px by default) against the cluster, and measures
+from outside the driver:
 
 - the driver's resident memory, sampled from /proc twice a second;
 - the rows done over time, from its progress lines;
@@ -41,6 +42,7 @@ from PIL import Image
 W, H = 256, 192
 OBJECT_STORE = 96 * 1024 * 1024  # bytes: small enough that the run's blocks do not all fit
 SOURCES = 64  # distinct images the rows point at
+MANIFEST_ROWS = 1000  # rows per manifest file: several files, as a real dataset has
 PROGRESS = re.compile(r"^\S+ \S+ INFO rayinpaint\.progress: rows (\d+)/(\d+)")
 SPILLED = re.compile(r"Spilled (\d+) MiB, (\d+) objects")
 
@@ -65,8 +67,8 @@ def write_manifest(root: Path, rows: int) -> str:
                   "mask": ["mask.png" if i % 2 else None for i in range(rows)],
                   "boxes": [None if i % 2 else [[10.0, 10.0, 40.0, 30.0]] for i in range(rows)],
                   "prompt": [("remove the logo", "clean wall", None)[i % 3] for i in range(rows)]})
-    for k, part in enumerate(range(0, rows, 5000)):  # several manifest files, as a real dataset has
-        pq.write_table(t.slice(part, 5000), str(root / f"manifest-{k}.parquet"))
+    for k, part in enumerate(range(0, rows, MANIFEST_ROWS)):
+        pq.write_table(t.slice(part, MANIFEST_ROWS), str(root / f"manifest-{k}.parquet"))
     return str(root)
 
 
@@ -158,19 +160,20 @@ def spilled(ray_tmp: str) -> tuple[int, int]:
     return max([(int(a), int(b)) for a, b in SPILLED.findall(log)], default=(0, 0))
 
 
-def run_load(rows: int, workdir: Path, object_store: int = OBJECT_STORE) -> dict:
+def run_load(rows: int, workdir: Path, object_store: int = OBJECT_STORE, resolution: int = 64) -> dict:
     """The whole benchmark: one JSON-able record (the job's last stderr lines under "tail" when it failed)."""
     manifest = write_manifest(workdir / "in", rows)
     out = workdir / "out"
     rayinpaint = str(Path(sys.executable).with_name("rayinpaint"))
     with small_cluster(object_store) as (address, env, ray_tmp):
         cmd = [rayinpaint, "run", "--manifest", manifest, "--output", str(out), "--address", address,
-               "--weights", "random:tiny", "--steps", "1", "--resolution", "64", "--batch-size", "16",
+               "--weights", "random:tiny", "--steps", "1", "--resolution", str(resolution), "--batch-size", "16",
                "--mask-dilate", "2", "--feather", "2", "--progress-interval", "2"]
         seen = watch(cmd, env)
         mib, objects = spilled(ray_tmp)
     record = {"rows": rows, "rc": seen["rc"], "elapsed_s": round(seen["elapsed"], 1),
               "rows_per_s": round(rows / seen["elapsed"], 1), "object_store_mib": object_store // 2**20,
+              "resolution": resolution,
               "spilled_mib": mib, "spilled_objects": objects}
     if seen["rc"] != 0:
         return {**record, "tail": seen["tail"]}
@@ -181,9 +184,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rayinpaint.bench.load", description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=20000)
     p.add_argument("--object-store-mib", type=int, default=OBJECT_STORE // 2**20)
+    p.add_argument("--resolution", type=int, default=64, help="the model's side: its prepared rows' size")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rayinpaint-load-") as d:
-        record = run_load(args.rows, Path(d), args.object_store_mib * 2**20)
+        record = run_load(args.rows, Path(d), args.object_store_mib * 2**20, args.resolution)
     print(json.dumps(record))
     return 0 if record["rc"] == 0 else 1
 

@@ -5,12 +5,13 @@ Asserted on the benchmark's record: every row done exactly once, the driver's me
 the last quarter of the run, the rate of the last quarter close to that of the second, and that the object store
 really spilled.
 
-Size: 4,000 rows by default, about 90 s on two cores. That is the smallest run that still shows each property:
-its source bytes (4,000 x ~100 KB) are four times the 96 MiB store, so it spills; each quarter spans about 20 s,
-40 memory samples and 10 progress lines, so a leak of a few KB per row (the driver holding every row's result)
-shows as tens of MB and a rate that falls shows in the quarters. The 20,000-row run is the benchmark
-`python -m rayinpaint.bench.load --rows 20000`, whose numbers are in RELIABILITY.md; `RAYINPAINT_LOAD_ROWS`
-runs this test at another size.
+Size: 2,000 rows at a 128-px model side, about 100 s on two cores: the smallest run that still shows each
+property. At 128 px each prepared row is about four times the 64-px benchmark's, so the rows queued in front of
+the model outgrow the 96 MiB store within the first half minute and it spills (at 64 px the first spill came only
+after about 12,000 rows); each quarter spans about 25 s, 50 memory samples and 12 progress lines, so a driver that
+holds every row's result shows as tens of MB and a rate that falls shows in the quarters. The 20,000-row run is
+the benchmark `python -m rayinpaint.bench.load --rows 20000`, whose numbers are in RELIABILITY.md;
+`RAYINPAINT_LOAD_ROWS` runs this test at another size.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import pytest
 
 from rayinpaint.bench.load import OBJECT_STORE, run_load
 
-ROWS = int(os.environ.get("RAYINPAINT_LOAD_ROWS", "4000"))
+ROWS = int(os.environ.get("RAYINPAINT_LOAD_ROWS", "2000"))
+RESOLUTION = 128
 pytestmark = [pytest.mark.timeout(2400), pytest.mark.slow]
 
 
 def test_many_rows_driver_memory_flat_throughput_steady_spilling_loses_nothing(tmp_path, reliability):
-    r = run_load(ROWS, tmp_path)
+    r = run_load(ROWS, tmp_path, resolution=RESOLUTION)
     print("LOAD", json.dumps({k: v for k, v in r.items() if k != "tail"}))
     assert r["rc"] == 0, r.get("tail")
 
@@ -46,7 +48,8 @@ def test_many_rows_driver_memory_flat_throughput_steady_spilling_loses_nothing(t
     # The object store spilled during the run, and no row was lost to it.
     assert r["spilled_mib"] > 0, "the object store never spilled: make OBJECT_STORE smaller"
 
-    reliability.record("load", f"{ROWS} rows, tiny model on CPU, {OBJECT_STORE // 2**20} MiB object store", ROWS,
+    reliability.record("load", f"{ROWS} rows, tiny model on CPU at {RESOLUTION} px, {OBJECT_STORE // 2**20} MiB object "
+                       "store", ROWS,
                        f"every id once; driver RSS {first} -> {last} MB (first vs last quarter); "
                        f"{r['rate_q2']} -> {r['rate_q4']} rows/s (2nd vs 4th quarter); "
                        f"{r['spilled_mib']} MiB spilled in {r['spilled_objects']} objects, no row lost")
