@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,24 +75,50 @@ def write_manifest(root: Path, rows: int) -> str:
 
 @contextlib.contextmanager
 def small_cluster(object_store: int = OBJECT_STORE):
-    """A `ray start --head` cluster of 2 CPUs; yields (address, env for its clients, its temp folder)."""
+    """A `ray start --head` cluster of 2 CPUs; yields (address, env for its clients, its temp folder).
+
+    Started with `--block` in a session of its own and stopped by signalling that session, so that only this
+    cluster stops: `ray stop` would stop every Ray on the machine, and a driver whose Ray stops exits with it."""
     tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # short: Ray's socket paths live here
     ray = str(Path(sys.executable).with_name("ray"))
     # RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION is read by the driver: Ray Data may use several times the store,
     # so the store must spill instead of Ray Data holding back.
     env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION": "8"}
-    r = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--object-store-memory", str(object_store),
-                        "--include-dashboard", "false", "--port", "0", "--temp-dir", tmp, "--disable-usage-stats"],
-                       capture_output=True, text=True, env=env, timeout=120)
-    if r.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"ray start failed: {r.stderr[-2000:]}")
+    log = open(os.path.join(tmp, "ray-start.log"), "w")
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--num-cpus", "2", "--object-store-memory",
+                             str(object_store), "--include-dashboard", "false", "--port", "0", "--temp-dir", tmp,
+                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
     try:
-        yield Path(tmp, "ray_current_cluster").read_text().strip(), env, tmp
+        yield _address_when_up(head, tmp), env, tmp
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        _stop_session(head)
+        log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _address_when_up(head: subprocess.Popen, tmp: str, timeout: float = 120) -> str:
+    """The cluster's address, once `ray start` has written it to its temp folder."""
+    path, deadline = Path(tmp, "ray_current_cluster"), time.monotonic() + timeout
+    while not path.exists() or not path.read_text().strip():
+        if head.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ray start failed: {Path(tmp, 'ray-start.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    return path.read_text().strip()
+
+
+def _stop_session(head: subprocess.Popen) -> None:
+    """SIGTERM to the cluster's session (`ray start --block` then stops what it started), SIGKILL to what is left."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            head.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def rss_mb(pid: int) -> float | None:
