@@ -56,6 +56,7 @@ def start_ray(cfg: JobConfig) -> bool:
     """Connect to --address / $RAY_ADDRESS or start a local Ray, unless the caller already did; True when this
     call started it. Either way Ray Data's context is set for the job (`configure_data`)."""
     import ray
+    import ray.data  # noqa: F401 - before quiet_ray_console: importing Ray Data sets up its own console logging
 
     started = not ray.is_initialized()
     if started:

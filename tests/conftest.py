@@ -68,13 +68,26 @@ def ray_local(s3_server):
     yield ray
 
 
+@pytest.fixture(autouse=True)
+def _shared_ray_only_where_asked(request):
+    """A slow test that does not take ray_local (it starts a Ray of its own, in a subprocess or a cluster, or
+    builds the full-size model) runs with the shared Ray shut down: a job subprocess could find and join it
+    instead of starting its own, and its idle processes take CPU from the test."""
+    if "slow" in request.keywords and "ray_local" not in request.fixturenames:
+        _stop_shared_ray()
+    yield
+
+
+def _stop_shared_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture
 def no_ray():
     """No Ray in this process: the shared one (ray_local) is shut down; the next test that wants it restarts it."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+    _stop_shared_ray()
     yield
 
 
@@ -148,8 +161,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # the shared Ray of ray_local
-        sys.modules["ray"].shutdown()
+    _stop_shared_ray()
     path = os.environ.get("RAYINPAINT_RELIABILITY_JSON")
     if path and _RELIABILITY:
         import json

@@ -35,7 +35,7 @@ def one_line(capsys, weights, tmp_path) -> str:
     return err
 
 
-def test_a_parquet_file_as_weights_is_one_line_before_ray(tmp_path, capsys):
+def test_a_parquet_file_as_weights_is_one_line_before_ray(tmp_path, capsys, no_ray):
     import ray
 
     weights = tmp_path / "weights.parquet"
