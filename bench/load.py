@@ -118,7 +118,7 @@ def _stop_session(head: subprocess.Popen) -> None:
         try:
             head.wait(wait)
         except subprocess.TimeoutExpired:
-            continue
+            pass
 
 
 def rss_mb(pid: int) -> float | None:
@@ -159,7 +159,7 @@ def memory_and_rate(seen: dict, rows: int) -> dict:
     """Driver RSS in the first vs the last quarter of the run (after the first progress line), and the rate in
     the second vs the fourth quarter of the rows."""
     progress, samples = seen["progress"], seen["samples"]
-    run = [m for t, m in samples if progress and t >= progress[0][0]]
+    run = [m for t, m in samples if progress and t >= progress[0][0]] or [m for _, m in samples]  # a run too short
     q = max(1, len(run) // 4)
 
     def rate(a, b):
