@@ -186,21 +186,32 @@ def open_ckpt(path: str) -> TensorSource:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message goes on to suggest weights_only=False; keep only what the file asked for.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" (it asks for {found.group(1)})" if found else ""
-        raise WeightsError(f"{path}: refused to unpickle: the file needs objects other than tensors and "
-                           f"containers{what}; only safetensors or torch.load(weights_only=True) checkpoints are "
-                           f"loaded, never arbitrary code") from e
+        raise refused_to_unpickle(path, e) from e
     except Exception as e:  # zip/EOF/format errors from a truncated or foreign file
         raise WeightsError(f"{path}: cannot read checkpoint (truncated or corrupt?): {e}") from e
+    sd = state_dict_of(obj, path)
+    return TensorSource({k: tuple(v.shape) for k, v in sd.items()}, sd.__getitem__)
+
+
+def refused_to_unpickle(name: str, e: Exception) -> WeightsError:
+    """The one line for a checkpoint the weights_only unpickler refused (torch's message goes on to suggest
+    weights_only=False; keep only what the file asked for)."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    what = f" (it asks for {found.group(1)})" if found else ""
+    return WeightsError(f"{name}: refused to unpickle: the file needs objects other than tensors and "
+                        f"containers{what}; only safetensors or torch.load(weights_only=True) checkpoints are "
+                        f"loaded, never arbitrary code")
+
+
+def state_dict_of(obj, name: str) -> dict:
+    """The dict of tensors an unpickled checkpoint holds (optionally under 'state_dict'), or WeightsError."""
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
-        raise WeightsError(f"{path}: expected a dict of tensors (optionally under 'state_dict')")
+        raise WeightsError(f"{name}: expected a dict of tensors (optionally under 'state_dict')")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise WeightsError(f"{path}: non-tensor entries {describe(bad)}")
-    return TensorSource({k: tuple(v.shape) for k, v in sd.items()}, sd.__getitem__)
+        raise WeightsError(f"{name}: non-tensor entries {describe(bad)}")
+    return sd
 
 
 def open_weights_file(path: str, zero_copy: bool = True) -> TensorSource:

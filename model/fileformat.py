@@ -12,7 +12,7 @@ import pickle
 import zipfile
 from typing import BinaryIO
 
-from .checkpoint import WeightsError, read_safetensors_header
+from .checkpoint import WeightsError, read_safetensors_header, refused_to_unpickle, state_dict_of
 
 CKPT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # loaded with torch.load(weights_only=True) (checkpoint.py)
 
@@ -83,8 +83,6 @@ def checkpoint_shapes(f: BinaryIO, name: str, max_pickle_bytes: int = 64 << 20) 
 def _unpickle_without_data(data: bytes, name: str):
     """The checkpoint's object with every tensor on the meta device (shapes only, no bytes read), through torch's
     weights_only unpickler: a global it does not allow is refused, as torch.load(weights_only=True) refuses it."""
-    import re
-
     import torch
     from torch._weights_only_unpickler import Unpickler
 
@@ -100,21 +98,9 @@ def _unpickle_without_data(data: bytes, name: str):
     try:
         return unpickler.load()
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" (it asks for {found.group(1)})" if found else ""
-        raise WeightsError(f"{name}: refused to unpickle: the file needs objects other than tensors and "
-                           f"containers{what}; only safetensors or torch.load(weights_only=True) checkpoints are "
-                           f"loaded, never arbitrary code") from None
+        raise refused_to_unpickle(name, e) from None
 
 
 def _state_shapes(obj, name: str) -> dict:
-    """name -> shape of the state dict in `obj` (optionally under 'state_dict'), as checkpoint.open_ckpt reads it."""
-    import torch
-
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
-        raise WeightsError(f"{name}: expected a dict of tensors (optionally under 'state_dict')")
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise WeightsError(f"{name}: non-tensor entries {bad[:5]}")
-    return {k: tuple(v.shape) for k, v in sd.items()}
+    """name -> shape of the state dict in `obj`, checked as checkpoint.open_ckpt checks it."""
+    return {k: tuple(v.shape) for k, v in state_dict_of(obj, name).items()}
