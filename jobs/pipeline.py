@@ -17,6 +17,7 @@ CPU sizing. prepare and finish each have a cap on tasks in flight, splitting the
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import re
@@ -270,6 +271,10 @@ def process(cfg: JobConfig, passes: PassPlan, ledger, plan, tally, preview_p: fl
             _record_worker_crashes(ledger, missing, tally)
             return
         log.warning("%d row(s) lost to a failed worker; retrying them one at a time", len(missing))
+        # The last pass's model actors die only once nothing references them, and Ray Data's executor holds them
+        # in reference cycles: collect now, or they keep their CPUs or GPUs until Python's collector happens to
+        # run, and the retry pass waits for them (27 s measured in tests/job/test_end_to_end.py's crash test).
+        gc.collect()
         guarded_pass(cfg, passes, tally.add, tally, include=IdSet(missing), retry_pass=True)
 
 
