@@ -3,12 +3,14 @@ so that the driver can refuse another format in one line before any worker start
 
 Everything here reads a file through a seekable binary file object (a local file or an fsspec file: on an object
 store each read is a ranged request), never the tensor data: a 5 GB `.safetensors` costs its header (a few
-hundred kB); a 5 GB zip checkpoint costs its directory and its `data.pkl` (kB to a few MB).
+hundred kB); a 5 GB zip checkpoint costs its directory and its `data.pkl` (kB to a few MB); a checkpoint in torch's
+legacy (non-zip) format costs its leading pickles, read up to where the tensors' bytes begin.
 """
 from __future__ import annotations
 
 import io
 import pickle
+import warnings
 import zipfile
 from typing import BinaryIO
 
@@ -57,12 +59,11 @@ def checkpoint_shapes(f: BinaryIO, name: str, max_pickle_bytes: int = 64 << 20) 
     """Tensor name -> shape of the torch checkpoint `f` (named `name`), read from its pickle part alone through
     torch's weights_only unpickler; a WeightsError when the file is another format or needs objects other than
     tensors and containers (what torch.load(weights_only=True) refuses on the workers). None when the layout
-    cannot be checked cheaply (torch's legacy format, or a pickle part over `max_pickle_bytes`): the workers'
-    loading checks it."""
+    cannot be checked cheaply (a pickle part over `max_pickle_bytes`): the workers' loading checks it."""
     first = f.read(4)
     f.seek(0)
     if first[:1] == bytes([_PICKLE_PROTOCOL]):
-        return None
+        return _legacy_shapes(f, name)
     if not first.startswith(b"PK\x03\x04"):
         what = looks_like(first) or f"not a torch checkpoint (it starts with {first!r})"
         raise WeightsError(f"{name} is {what}, not torch.save weights")
@@ -77,11 +78,30 @@ def checkpoint_shapes(f: BinaryIO, name: str, max_pickle_bytes: int = 64 << 20) 
     except zipfile.BadZipFile as e:
         raise WeightsError(f"{name}: cannot read the checkpoint's zip directory (truncated or corrupt?): {e}") \
             from None
-    return _state_shapes(_unpickle_without_data(data, name), name)
+    return _state_shapes(_unpickle_without_data(io.BytesIO(data), name), name)
 
 
-def _unpickle_without_data(data: bytes, name: str):
-    """The checkpoint's object with every tensor on the meta device (shapes only, no bytes read), through torch's
+def _legacy_shapes(f: BinaryIO, name: str) -> dict:
+    """Shapes from torch's legacy (non-zip) format: pickles of a magic number, a protocol version and system
+    information, then the object, then the tensors' bytes (never read here). Any other pickle is refused by the
+    same unpickler, before a worker would try it."""
+    import torch.serialization
+
+    try:
+        magic = _unpickle_without_data(f, name)
+        if magic != torch.serialization.MAGIC_NUMBER:
+            raise WeightsError(f"{name} is a pickle but not a torch checkpoint (no torch.save magic number)")
+        _unpickle_without_data(f, name)  # protocol version
+        _unpickle_without_data(f, name)  # system information
+        return _state_shapes(_unpickle_without_data(f, name), name)
+    except WeightsError:
+        raise
+    except (EOFError, ValueError, TypeError, IndexError) as e:
+        raise WeightsError(f"{name}: cannot read the checkpoint's pickle (truncated or corrupt?): {e}") from None
+
+
+def _unpickle_without_data(f: BinaryIO, name: str):
+    """The next pickled object in `f`, every tensor on the meta device (shapes only, no bytes read), through torch's
     weights_only unpickler: a global it does not allow is refused, as torch.load(weights_only=True) refuses it."""
     import torch
     from torch._weights_only_unpickler import Unpickler
@@ -93,10 +113,12 @@ def _unpickle_without_data(data: bytes, name: str):
         return torch.storage.TypedStorage(wrap_storage=torch.UntypedStorage(nbytes, device="meta"), dtype=dtype,
                                           _internal=True)
 
-    unpickler = Unpickler(io.BytesIO(data))
+    unpickler = Unpickler(f)
     unpickler.persistent_load = storage
     try:
-        return unpickler.load()
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write: not the user's line
+            warnings.simplefilter("ignore", UserWarning)
+            return unpickler.load()
     except pickle.UnpicklingError as e:
         raise refused_to_unpickle(name, e) from None
 

@@ -97,3 +97,46 @@ def test_a_checkpoint_check_reads_the_pickle_part_not_the_tensors(tmp_path):
     with Counting(str(path), "rb") as f:
         assert checkpoint_shapes(f, "big.ckpt") == {"x": (4 << 20,)}
     assert 0 < sum(read) < 64 << 10
+
+
+def test_torchs_legacy_format_is_checked_and_a_bare_pickle_is_one_line_before_ray(tmp_path, capsys, no_ray):
+    """torch.save(..., _use_new_zipfile_serialization=False) writes pickles, not a zip: its shapes are read from the
+    pickles before the tensors' bytes; any other pickle (one that would run code when loaded included) is refused
+    by the driver, not by a worker after Ray started."""
+    import pickle
+
+    import ray
+
+    from rayinpaint.model.fileformat import checkpoint_shapes
+
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": {"a": torch.zeros(3, 4), "b": torch.ones(2, dtype=torch.float16)}}, legacy,
+               _use_new_zipfile_serialization=False)
+    with open(legacy, "rb") as f:
+        assert checkpoint_shapes(f, "legacy.ckpt") == {"a": (3, 4), "b": (2,)}
+    sd = tiny_state_dict()
+    sd[next(iter(sd))] = torch.zeros(3)
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)
+    assert "wrong shapes" in one_line(capsys, legacy, tmp_path)
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl.ckpt"
+    evil.write_bytes(pickle.dumps(_Touch(str(marker))))
+    line = one_line(capsys, evil, tmp_path)
+    assert "refused to unpickle" in line and not marker.exists()
+    plain = tmp_path / "plain.ckpt"
+    plain.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    assert "is a pickle but not a torch checkpoint" in one_line(capsys, plain, tmp_path)
+    assert not ray.is_initialized()
+
+
+class _Touch:
+    """A pickle whose loading would create a file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.path),))
