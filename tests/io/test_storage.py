@@ -100,6 +100,22 @@ def test_local_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["out.png"]
 
 
+@pytest.mark.parametrize("code,says", [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "access denied")])
+def test_a_local_disk_that_refuses_the_write_at_fsync_is_one_message_and_no_partial_file(tmp_path, monkeypatch,
+                                                                                          code, says):
+    """The errors a full or read-only output disk gives, where the write first meets them: the row error names the
+    cause (the job's stop line quotes it: tests/reliability/test_faults.py runs the job into a full disk), the
+    object is not written and no temporary is left."""
+    def refuse(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(storage.os, "fsync", refuse)
+    with pytest.raises(RowError) as e:
+        write_bytes(str(tmp_path / "out.png"), b"data", sleep=lambda s: None)
+    assert says in e.value.message and "out.png" in e.value.message
+    assert os.listdir(tmp_path) == []
+
+
 def test_memory_roundtrip(memfs_root):
     uri = join_uri(memfs_root, "a", "b.bin")
     write_bytes(uri, b"\x00\x01")

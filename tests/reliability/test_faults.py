@@ -304,8 +304,12 @@ def test_driver_killed_during_compaction_then_rerun(tmp_path, removed, uninterru
                        "once in one results file")
 
 
-@pytest.mark.parametrize("code", ["ENOSPC", "EACCES"])
-def test_output_becomes_unwritable_mid_run(tmp_path, code, reliability):
+def test_output_becomes_unwritable_mid_run(tmp_path, reliability):
+    """The output disk fills mid-run (ENOSPC at fsync): exit 3 with one line quoting the cause, nothing marked done
+    that was not written, and the same command completes the job once there is space. A disk that turns read-only
+    (EACCES) takes the same path with another message: tests/io/test_storage.py checks that message where the write
+    meets it, and tests/reliability/test_faults_s3.py runs a job into an output that starts refusing writes."""
+    code = "ENOSPC"
     manifest = make_dataset(str(tmp_path / "in"), rows=24)
     out = tmp_path / "out"
     state = tmp_path / "fault-state"
@@ -316,7 +320,7 @@ def test_output_becomes_unwritable_mid_run(tmp_path, code, reliability):
     assert r.returncode == 3, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("rayinpaint: error: stopped:")
-    assert {"ENOSPC": "No space left on device", "EACCES": "access denied"}[code] in last, last
+    assert "No space left on device" in last, last
     assert "rerun" in last and "Traceback" not in r.stderr
     assert state.read_text().count("x") >= 1  # the fault really happened
     # Nothing marked done that was not written; no partial files left behind.
