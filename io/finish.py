@@ -43,7 +43,8 @@ NO_OUTPUT = {"output_format": None, "output_bytes": None, "output_fallback": Non
 
 
 def _decode_repaint(png: bytes, width: int, height: int) -> np.ndarray:
-    m = np.asarray(Image.open(io.BytesIO(png)).convert("1"), dtype=bool)
+    im = Image.open(io.BytesIO(png))
+    m = np.asarray(im if im.mode == "1" else im.convert("1"), dtype=bool)  # prepare writes mode "1"
     if m.shape != (height, width):
         raise RowError("finish_failed", f"repaint mask is {m.shape[1]}x{m.shape[0]}, image {width}x{height}")
     return m
@@ -113,13 +114,14 @@ def composite(prepared: dict, results, settings: PrepareSettings,
     for window, arr in regions:
         ix0, iy0, ix1, iy1 = window_inside(window, w, h)
         part = repaint[iy0:iy1, ix0:ix1]
-        covered += int(part.sum())
+        covered += np.count_nonzero(part)
         paste_into(final, arr, window, feather_alpha(part, settings.feather))
     # Each window holds its region's mask plus the feather band and the windows do not overlap (io/regions.py);
     # the feather distances are computed inside each window only, so check every mask pixel lies in exactly one.
-    if covered != int(repaint.sum()):
+    total = np.count_nonzero(repaint)
+    if covered != total:
         raise RowError("finish_failed", f"the regions' windows {[list(w) for w, _ in regions]} hold {covered} of "
-                                        f"the mask's {int(repaint.sum())} pixels")
+                                        f"the mask's {total} pixels")
     return final, rgb
 
 

@@ -122,12 +122,35 @@ def paste_into(out: np.ndarray, result: np.ndarray, window, alpha: np.ndarray) -
     if a.shape != (iy1 - iy0, ix1 - ix0):
         raise ValueError(f"alpha shape {alpha.shape} fits neither the image {(h, w)} nor the window part")
     write = a > 0
-    if not write.any():
+    rows = np.flatnonzero(write.any(axis=1))
+    if rows.size == 0:
         return out
+    cols = np.flatnonzero(write.any(axis=0))
     big = resize_rgb(np.ascontiguousarray(result), side)
-    new = big[iy0 - y0: iy1 - y0, ix0 - x0: ix1 - x0][write].astype(np.float32)  # [N, 3]
-    region = out[iy0:iy1, ix0:ix1]
-    old = region[write].astype(np.float32)
-    aw = a[write][:, None]
-    region[write] = np.clip(np.rint(aw * new + (1.0 - aw) * old), 0, 255).astype(np.uint8)
+    # only the written pixels' bounding box is touched: the feathered band is thin around a repaint area
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    a, write = a[r0:r1, c0:c1], write[r0:r1, c0:c1]
+    region = out[iy0 + r0:iy0 + r1, ix0 + c0:ix0 + c1]
+    fresh = big[iy0 - y0 + r0:iy0 - y0 + r1, ix0 - x0 + c0:ix0 - x0 + c1]
+    # between uint8 images round(1 * new + 0 * old) is new itself: those pixels are copied, not blended
+    blend = write
+    if big.dtype == out.dtype == np.uint8 and _copy_pixels(region, fresh, a == 1):
+        blend = write & (a != 1)
+    ys, xs = np.nonzero(blend)
+    new = fresh[ys, xs].astype(np.float32)  # [N, 3]
+    old = region[ys, xs].astype(np.float32)
+    aw = a[ys, xs][:, None]
+    region[ys, xs] = np.clip(np.rint(aw * new + (1.0 - aw) * old), 0, 255).astype(np.uint8)
     return out
+
+
+def _copy_pixels(dst: np.ndarray, src: np.ndarray, where: np.ndarray) -> bool:
+    """dst[where] = src[where] for images [h, w, c] of one dtype whose pixels are contiguous, through views with
+    one element per pixel (a masked copy of whole pixels runs many times faster than of their bytes); False,
+    copying nothing, when the layouts do not allow it."""
+    if dst.shape != src.shape or dst.dtype != src.dtype or dst.ndim != 3 or dst.strides[-1] != dst.itemsize \
+            or src.strides[-1] != src.itemsize:
+        return False
+    pixel = np.dtype((np.void, dst.shape[-1] * dst.itemsize))
+    np.copyto(dst.view(pixel)[..., 0], src.view(pixel)[..., 0], where=where)
+    return True

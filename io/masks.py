@@ -24,8 +24,10 @@ x1 <= x0 or y1 <= y0, a non-finite or non-numeric value, or a box wholly outside
 RowError("bad_boxes").
 
 Distances are exact Euclidean distances to the nearest marked pixel, computed only up to a
-bound (two separable passes, 4 * bound array operations), which is all dilation and feathering
-need. Dilation by r marks every pixel within distance <= r (a disc).
+bound and only over the mask's bounding box grown by it (two separable passes: running indices
+per column, then a bounded minimum along rows taken only on the band around the mask's edge where
+the band is thin), which is all dilation and feathering need. Dilation by r marks every pixel
+within distance <= r (a disc).
 """
 
 from __future__ import annotations
@@ -123,40 +125,109 @@ def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def squared_distance(mask: np.ndarray, bound: int) -> np.ndarray:
-    """Exact squared Euclidean distance to the nearest True pixel, for distances <= bound.
+    """Exact squared Euclidean distance to the nearest True pixel, capped at (bound + 1)**2.
 
-    Returns int32 [H, W]; pixels farther than ``bound`` (or everywhere, for an empty mask) hold
-    a value > bound**2. Pass 1: per column, vertical distance g to the nearest True pixel within
-    ``bound`` rows. Pass 2: d^2(y, x) = min over |dx| <= bound of g(y, x+dx)^2 + dx^2, exact
-    because the nearest pixel within ``bound`` lies within ``bound`` columns and rows.
+    Returns int32 [H, W]: min(d^2, (bound + 1)**2), so every pixel farther than ``bound`` (or every
+    pixel, for an empty mask) holds (bound + 1)**2. See ``_bounded_distance`` for how.
     """
+    far2 = (bound + 1) ** 2
+    if bound < 0:  # nothing is near: 0 on the mask, the cap elsewhere
+        return np.where(mask, 0, far2).astype(np.int32)
+    out = np.full(mask.shape, far2, dtype=np.int32)
+    found = _bounded_distance(mask, bound)
+    if found is not None:
+        (x0, y0, x1, y1), d2 = found
+        out[y0:y1, x0:x1] = d2
+    return out
+
+
+def _bounded_distance(mask: np.ndarray, bound: int):
+    """((x0, y0, x1, y1), d2) with d2 = ``squared_distance`` over the mask's bounding box grown by
+    ``bound`` (clipped to the array); every pixel outside that box is farther than ``bound``. None
+    for an empty mask.
+
+    Pass 1: per column, the vertical distance g to the nearest True pixel, capped at bound + 1, from
+    running indices of the last True row above and the first below (a few array passes, whatever the
+    bound). Pass 2: d^2(y, x) = min over |dx| <= bound of g(y, x + dx)^2 + dx^2, exact because the
+    nearest pixel within ``bound`` lies within ``bound`` columns and rows. It is needed only off the
+    mask and within ``bound`` columns of some g <= bound (elsewhere d^2 is 0 or capped), so it runs
+    on those pixels alone when they are few (a band around the mask's edge), else on whole rows.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    box = bbox(mask)
+    if box is None:
+        return None
     h, w = mask.shape
+    x0, y0 = max(0, box[0] - bound), max(0, box[1] - bound)
+    x1, y1 = min(w, box[2] + bound), min(h, box[3] + bound)
+    sub = mask[y0:y1, x0:x1]
     far = bound + 1
-    g = np.where(mask, 0, far).astype(np.int32)
-    for k in range(1, min(bound, h - 1) + 1):
-        np.minimum(g[k:], np.where(mask[:-k], k, far), out=g[k:])
-        np.minimum(g[:-k], np.where(mask[k:], k, far), out=g[:-k])
-    g2 = g * g
+    g = _vertical_distance(sub, far)
+    cand = ~sub & _near_columns(g < far, bound)
+    if 4 * np.count_nonzero(cand) < cand.size:  # gathers cost about 3x a whole-row pass per pixel
+        d2 = np.where(sub, 0, far * far).astype(np.int32)
+        d2[cand] = _row_min_at(g * g, cand, bound, far * far)
+    else:
+        d2 = _row_min(g * g, bound, far * far)
+    return (x0, y0, x1, y1), d2
+
+
+def _vertical_distance(mask: np.ndarray, far: int) -> np.ndarray:
+    """int32 [H, W]: per column, the distance in rows to the nearest True pixel, capped at ``far``."""
+    h = mask.shape[0]
+    rows = np.arange(h, dtype=np.int32)[:, None]
+    above = np.maximum.accumulate(np.where(mask, rows, np.int32(-far)), axis=0)
+    below = np.minimum.accumulate(np.where(mask, rows, np.int32(h - 1 + far))[::-1], axis=0)[::-1]
+    g = np.minimum(rows - above, below - rows)
+    return np.minimum(g, np.int32(far), out=g)
+
+
+def _near_columns(near: np.ndarray, bound: int) -> np.ndarray:
+    """bool [H, W]: pixels with a True pixel of ``near`` in the same row within ``bound`` columns."""
+    h, w = near.shape
+    # before[:, k]: True pixels in columns < k - bound, so columns x - bound .. x + bound hold
+    # before[:, x + 2 * bound + 1] - before[:, x] of them
+    before = np.zeros((h, w + 2 * bound + 1), dtype=np.int32)
+    np.cumsum(near, axis=1, dtype=np.int32, out=before[:, bound + 1:bound + 1 + w])
+    before[:, bound + 1 + w:] = before[:, bound + w:bound + 1 + w]
+    return before[:, 2 * bound + 1:] > before[:, :w]
+
+
+def _row_min(g2: np.ndarray, bound: int, cap: int) -> np.ndarray:
+    """min over |dx| <= bound of g2(y, x + dx) + dx^2, capped at ``cap``: whole-row shifts."""
+    w = g2.shape[1]
     d2 = g2.copy()
     for dx in range(1, min(bound, w - 1) + 1):
         np.minimum(d2[:, dx:], g2[:, :-dx] + dx * dx, out=d2[:, dx:])
         np.minimum(d2[:, :-dx], g2[:, dx:] + dx * dx, out=d2[:, :-dx])
-    return np.minimum(d2, far * far)
+    return np.minimum(d2, cap, out=d2)
+
+
+def _row_min_at(g2: np.ndarray, where: np.ndarray, bound: int, cap: int) -> np.ndarray:
+    """``_row_min`` at the True pixels of ``where`` only (in their row-major order): int32 [N]."""
+    h, w = g2.shape
+    padded = np.full((h, w + 2 * bound), cap, dtype=np.int32)  # columns off the array count as capped
+    padded[:, bound:bound + w] = g2
+    ys, xs = np.nonzero(where)
+    at = ys * (w + 2 * bound) + xs + bound
+    flat = padded.ravel()
+    best = flat[at]
+    for dx in range(1, bound + 1):
+        np.minimum(best, flat[at - dx] + dx * dx, out=best)
+        np.minimum(best, flat[at + dx] + dx * dx, out=best)
+    return np.minimum(best, cap, out=best)
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Every pixel within Euclidean distance <= radius of a True pixel. bool [H, W]."""
     if radius <= 0:
         return mask.copy()
-    box = bbox(mask)
     out = np.zeros_like(mask)
-    if box is None:
-        return out
-    h, w = mask.shape
-    # Work on the bounding box grown by the radius only: nothing farther can be marked.
-    x0, y0 = max(0, box[0] - radius), max(0, box[1] - radius)
-    x1, y1 = min(w, box[2] + radius), min(h, box[3] + radius)
-    out[y0:y1, x0:x1] = squared_distance(mask[y0:y1, x0:x1], radius) <= radius * radius
+    found = _bounded_distance(mask, radius)
+    if found is not None:
+        # only the bounding box grown by the radius can be marked
+        (x0, y0, x1, y1), d2 = found
+        out[y0:y1, x0:x1] = d2 <= radius * radius
     return out
 
 
@@ -165,5 +236,11 @@ def feather_alpha(repaint: np.ndarray, feather: int) -> np.ndarray:
     outside it (alpha = 1 - d / feather); exactly 0 at distance >= feather."""
     if feather <= 0:
         return repaint.astype(np.float32)
-    d = np.sqrt(squared_distance(repaint, feather).astype(np.float32))
-    return np.clip(1.0 - d / np.float32(feather), 0.0, 1.0).astype(np.float32)
+    alpha = np.zeros(repaint.shape, dtype=np.float32)
+    found = _bounded_distance(repaint, feather)
+    if found is not None:
+        # outside the grown bounding box d > feather, so alpha is 0 there already
+        (x0, y0, x1, y1), d2 = found
+        d = np.sqrt(d2.astype(np.float32))
+        alpha[y0:y1, x0:x1] = np.clip(1.0 - d / np.float32(feather), 0.0, 1.0)
+    return alpha

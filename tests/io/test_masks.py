@@ -170,6 +170,40 @@ def test_squared_distance_exact_within_bound(h, w, seed, p, bound):
     assert (got[~near] > bound * bound).all()
 
 
+def _capped_distance2(mask: np.ndarray, bound: int) -> np.ndarray:
+    """min over the True pixels of dx^2 + dy^2, capped at (bound + 1)^2: squared_distance's promise, by brute force."""
+    cap = (bound + 1) ** 2
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return np.full(mask.shape, cap)
+    yy, xx = np.indices(mask.shape)
+    return np.minimum(((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(axis=-1), cap)
+
+
+@st.composite
+def _masks(draw):
+    """Random dots at a random density, empty, full, or a few boxes (a solid area with a thin band around it,
+    where the distances are taken on the band alone); 1-px-wide and non-square shapes included."""
+    h, w = draw(st.sampled_from([1, 2, 3, 17, 40])), draw(st.sampled_from([1, 2, 5, 23, 40]))
+    kind, seed = draw(st.sampled_from(["dots", "empty", "full", "boxes"])), draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if kind == "dots":
+        return rng.random((h, w)) < rng.choice([0.002, 0.02, 0.2, 0.8])
+    mask = np.full((h, w), kind == "full")
+    for _ in range(int(rng.integers(1, 4)) if kind == "boxes" else 0):
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        mask[y0:y0 + int(rng.integers(1, h + 1)), x0:x0 + int(rng.integers(1, w + 1))] = True
+    return mask
+
+
+@settings(max_examples=150, deadline=None)
+@given(_masks(), st.integers(0, 40))
+def test_squared_distance_is_the_capped_brute_force(mask, bound):
+    got = squared_distance(mask, bound)
+    assert got.dtype == np.int32 and got.shape == mask.shape
+    np.testing.assert_array_equal(got, _capped_distance2(mask, bound))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**32 - 1), st.integers(0, 7), st.integers(0, 6))
 def test_dilate_and_feather_match_brute_force(h, w, seed, r, f):
