@@ -131,22 +131,31 @@ def stored_coords(y: np.ndarray, x: np.ndarray, orientation: int, height: int, w
 
 def changed_mcus(final: np.ndarray, original: np.ndarray, windows, layout: Layout) -> list[np.ndarray]:
     """Per window where anything changed, the stored-orientation MCUs [[row, col], ...] in which `final`
-    differs from `original` (both display orientation); only the windows are compared (nothing else is pasted)."""
+    differs from `original` (both display orientation), in row-major order; only the windows are compared
+    (nothing else is pasted)."""
     dh, dw = final.shape[:2]
     sh, sw = (dw, dh) if layout.orientation >= 5 else (dh, dw)
     (mh, mw), out = layout.mcu, []
-    grid_w = -(-sw // mw)
     for window in windows:
         x0, y0, x1, y1 = window_inside(window, dw, dh)
         ne = final[y0:y1, x0:x1] != original[y0:y1, x0:x1]
-        ys, xs = np.nonzero(ne[..., 0] | ne[..., 1] | ne[..., 2])  # several times faster than any(axis=2)
-        if ys.size:
-            r, c = stored_coords(ys + y0, xs + x0, layout.orientation, sh, sw)
-            flags = np.zeros(-(-sh // mh) * grid_w, bool)  # one flag per MCU: linear time, no sort
-            flags[(r // mh) * grid_w + c // mw] = True
-            lin = np.flatnonzero(flags)
-            out.append(np.stack([lin // grid_w, lin % grid_w], 1))
+        changed = ne[..., 0] | ne[..., 1] | ne[..., 2]  # several times faster than any(axis=2)
+        if changed.any():
+            # the window is a rectangle in stored orientation too, from its corners' lowest stored row and column
+            r, c = stored_coords(np.array([y0, y1 - 1]), np.array([x0, x1 - 1]), layout.orientation, sh, sw)
+            out.append(_mcu_flags(stored_view(changed, layout.orientation), int(r.min()), int(c.min()), mh, mw))
     return out
+
+
+def _mcu_flags(changed: np.ndarray, r0: int, c0: int, mh: int, mw: int) -> np.ndarray:
+    """[[row, col], ...] of the MCUs holding a True pixel of `changed`, a stored-orientation box whose top-left
+    pixel is (r0, c0): the box is padded out to whole MCUs and reduced per MCU (no per-pixel coordinates)."""
+    g0, k0 = r0 // mh, c0 // mw
+    rows, cols = -(-(r0 + changed.shape[0]) // mh) - g0, -(-(c0 + changed.shape[1]) // mw) - k0
+    grid = np.zeros((rows * mh, cols * mw), bool)
+    grid[r0 - g0 * mh:r0 - g0 * mh + changed.shape[0], c0 - k0 * mw:c0 - k0 * mw + changed.shape[1]] = changed
+    hit_r, hit_c = np.nonzero(grid.reshape(rows, mh, cols, mw).any(axis=(1, 3)))
+    return np.stack([hit_r + g0, hit_c + k0], 1)
 
 
 # ---- encoding pixels to quantised coefficients, as a JPEG encoder would -------------------------------------

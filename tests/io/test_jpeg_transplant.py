@@ -34,6 +34,32 @@ def test_stored_view_and_coordinates_undo_pillows_exif_transpose(orientation):
     assert np.array_equal(stored[r, c], shown)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mcu_blocks", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_changed_mcus_are_those_of_the_changed_pixels(orientation, mcu_blocks):
+    """Per window, the stored MCU of every changed pixel inside it, found pixel by pixel, in row-major order;
+    windows cut by the image's edges, and one with nothing changed, included."""
+    rng = np.random.default_rng(orientation)
+    dh, dw = 37, 53
+    sh, sw = (dw, dh) if orientation >= 5 else (dh, dw)
+    layout = jt.Layout(h=mcu_blocks[0], v=mcu_blocks[1], grey=False, orientation=orientation, width=sw, height=sh)
+    original = rng.integers(0, 256, (dh, dw, 3), dtype=np.uint8)
+    final = original.copy()
+    final[rng.random((dh, dw)) < 0.01, 1] ^= 4
+    windows = [(-9, 5, 21, 35), (30, -20, 70, 20), (40, 30, 45, 35)]
+    final[30:35, 40:45] = original[30:35, 40:45]
+    want = []
+    for x0, y0, x1, y1 in windows:
+        ys, xs = np.nonzero(np.any(final != original, axis=2)[max(y0, 0):y1, max(x0, 0):x1])
+        r, c = jt.stored_coords(ys + max(y0, 0), xs + max(x0, 0), orientation, sh, sw)
+        if ys.size:
+            want.append(np.unique(np.stack([r // layout.mcu[0], c // layout.mcu[1]], 1), axis=0))
+    got = jt.changed_mcus(final, original, windows, layout)
+    assert len(got) == len(want) == 2
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
 @pytest.mark.parametrize("layout", JPEG_LAYOUTS)
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_the_coefficient_reader_gives_what_jpeglib_read_dct_gives(tmp_path, layout, orientation):
