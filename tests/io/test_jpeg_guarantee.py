@@ -90,10 +90,8 @@ def test_outside_the_rounded_repaint_area_pixels_and_coefficients_are_the_source
     shown = displayed(index, orientation)
     area = repaint_area(p, feather)
     touched = np.unique(shown[area])
-    zone = np.isin(shown, touched).astype(np.uint8)
-    if MARGIN[layout]:
-        zone = np.asarray(Image.fromarray(zone * 255).filter(ImageFilter.MaxFilter(2 * MARGIN[layout] + 1))) > 0
-    zone = zone.astype(bool)
+    replaced = np.isin(shown, touched)
+    zone = _grown(replaced, MARGIN[layout])
     source_px, out_px = decode_image(src), decode_image(out)
     assert np.array_equal(out_px[~zone], source_px[~zone])
 
@@ -116,7 +114,18 @@ def test_outside_the_rounded_repaint_area_pixels_and_coefficients_are_the_source
     stored[where] = png.reshape(-1, 3)
     ref = decode_image(requantised(stored.reshape(h, w, 3), src, layout)).reshape(-1, 3)[where].reshape(png.shape)
     ref = ref[..., 0] if grey else ref
-    assert mse(got[area], want[area]) <= 1.25 * mse(ref[area], want[area]) + 0.5
+    # Within the upsampling margin of an MCU kept from the source the decoder blends that MCU's (old) chroma in, so
+    # there the transplant cannot match a whole re-encode: those pixels are left out of the comparison.
+    inner = area & ~_grown(~replaced, MARGIN[layout])
+    if inner.any():
+        assert mse(got[inner], want[inner]) <= 1.25 * mse(ref[inner], want[inner]) + 0.5
+
+
+def _grown(mask: np.ndarray, r: int) -> np.ndarray:
+    """`mask` grown by r px (a square): the pixels within r of a True one in both directions."""
+    if r == 0:
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * r + 1))) > 0
 
 
 def mse(a: np.ndarray, b: np.ndarray) -> float:
