@@ -68,6 +68,9 @@ def inspect(source: bytes) -> Layout:
     """The source's layout from its header (no pixel decoded), or Refused naming what is not handled."""
     if not source.startswith(b"\xff\xd8\xff"):
         raise Refused("the source is not a JPEG")
+    frame = next(((m, data) for m, data in header_segments(source) if m in _SOF), None)
+    if frame is not None and frame[1][:1] not in (b"", b"\x08"):  # Pillow stops at these with a vaguer error
+        raise Refused(f"{frame[1][0]}-bit JPEG: only 8-bit sources are transplanted")
     try:
         im = Image.open(io.BytesIO(source))
         layers, mode, exif = list(getattr(im, "layer", [])), im.mode, im.getexif()
@@ -78,8 +81,6 @@ def inspect(source: bytes) -> Layout:
     # libjpeg takes three components as RGB under an Adobe segment with transform 0, or with ids "R", "G", "B"
     if len(layers) == 3 and (im.info.get("adobe_transform") == 0 or [x[0] for x in layers] == [82, 71, 66]):
         raise Refused("RGB-coded JPEG (not YCbCr): only YCbCr and greyscale sources are transplanted")
-    if getattr(im, "bits", 8) != 8:
-        raise Refused(f"{im.bits}-bit JPEG: only 8-bit sources are transplanted")
     if _is_arithmetic(source):
         raise Refused("arithmetic-coded JPEG: only Huffman-coded sources are transplanted")
     # Pillow's layer entries are (id, high nibble, low nibble, table): H is the high nibble (JPEG spec B.2.2)
@@ -108,9 +109,12 @@ def header_segments(source: bytes):
         i += 2 + length
 
 
+_SOF = {m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)}  # frame headers (DHT, JPG, DAC are not)
+
+
 def _is_arithmetic(source: bytes) -> bool:
     """Whether the frame header is SOF9..SOF15 (arithmetic coding)."""
-    return any(0xC9 <= m <= 0xCF and m != 0xCC for m, _ in header_segments(source))
+    return any(m in _SOF and m >= 0xC9 for m, _ in header_segments(source))
 
 
 # ---- orientation: display = F(stored) as Pillow's exif_transpose applies it ---------------------------------

@@ -91,6 +91,13 @@ def test_refusals_name_what_is_not_handled():
         jt.inspect(encode(smooth_rgb(20, 20), "JPEG", keep_rgb=True))
     with pytest.raises(jt.Refused, match="4:1:1|sampling factors"):
         jt.inspect(patched_sampling(encode(smooth_rgb(64, 32), "JPEG", subsampling=2), 0x41))
+    baseline = encode(smooth_rgb(64, 32), "JPEG", subsampling=2)
+    with pytest.raises(jt.Refused, match="arithmetic-coded"):  # SOF9: the same frame, arithmetic coding
+        jt.inspect(baseline.replace(b"\xff\xc0", b"\xff\xc9", 1))
+    i = baseline.index(b"\xff\xc0") + 4  # FFC0, length(2), then the sample precision
+    twelve = baseline[:i] + bytes([12]) + baseline[i + 1:]
+    with pytest.raises(jt.Refused, match="12-bit JPEG: only 8-bit"):
+        jt.inspect(twelve)
 
 
 def patched_sampling(jpeg: bytes, luma: int) -> bytes:
