@@ -3,14 +3,16 @@ how to name another one (jobs/preflight.py check_reachable), not after the stora
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from helpers_job import run_cli
+from helpers_job import cli_cmd
 from rayinpaint.io.storage import StorageOptions
 from rayinpaint.jobs.preflight import PROBE_ATTEMPTS, PROBE_TIMEOUT_S, unreachable_hint
 
@@ -39,21 +41,26 @@ def silent_endpoint():
     server.close()
 
 
-@pytest.mark.slow  # the command line in a subprocess, waiting out the probe's timeouts (about 18 s)
-@pytest.mark.parametrize("which", ["output", "manifest"])
-def test_a_store_that_never_answers_is_one_line_naming_the_endpoint(tmp_path, silent_endpoint, which):
-    out = "s3://bucket/out" if which == "output" else str(tmp_path / "out")
+@pytest.mark.slow  # the command line in subprocesses, waiting out the probe's timeouts (about 18 s)
+def test_a_store_that_never_answers_is_one_line_naming_the_endpoint(tmp_path, silent_endpoint):
+    """The output on the silent store, then the manifest: two runs at once (each only waits on its sockets)."""
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    runs = {}
+    for which in ("output", "manifest"):
+        out = "s3://bucket/out" if which == "output" else str(tmp_path / "out")
+        cmd = cli_cmd("run", "--manifest", "s3://bucket/manifest/", "--output", out, "--endpoint-url",
+                      silent_endpoint, "--weights", "random:tiny")
+        runs[which] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     t0 = time.perf_counter()
-    r = run_cli("run", "--manifest", "s3://bucket/manifest/", "--output", out, "--endpoint-url", silent_endpoint,
-                "--weights", "random:tiny", timeout=300,
-                env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-    took = time.perf_counter() - t0
-    last = r.stderr.strip().splitlines()[-1]
-    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert last.startswith(f"rayinpaint: error: --{which} s3://bucket/"), last
-    assert f"the object store at {silent_endpoint} did not answer; check --endpoint-url" in last, last
-    # a bound, not a benchmark: two attempts of connect + read timeouts, plus the process's start
-    assert took < 4 * PROBE_ATTEMPTS * PROBE_TIMEOUT_S + 30, took
+    for which, proc in runs.items():
+        _, err = proc.communicate(timeout=300)
+        took = time.perf_counter() - t0
+        last = err.strip().splitlines()[-1]
+        assert proc.returncode == 4 and "Traceback" not in err, err[-2000:]
+        assert last.startswith(f"rayinpaint: error: --{which} s3://bucket/"), last
+        assert f"the object store at {silent_endpoint} did not answer; check --endpoint-url" in last, last
+        # a bound, not a benchmark: two attempts of connect + read timeouts, plus the process's start
+        assert took < 4 * PROBE_ATTEMPTS * PROBE_TIMEOUT_S + 30, took
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
 
 
