@@ -5,11 +5,12 @@ Asserted on the benchmark's record: every row done exactly once, the driver's me
 the last quarter of the run, the rate of the last quarter close to that of the second, and that the object store
 really spilled.
 
-Size: 2,000 rows at a 128-px model side, about 100 s on two cores: the smallest run that still shows each
+Size: 2,000 rows at a 128-px model side, about 2 minutes on two cores: the smallest run that still shows each
 property. At 128 px each prepared row is about four times the 64-px benchmark's, so the rows queued in front of
-the model outgrow the 96 MiB store within the first half minute and it spills (at 64 px the first spill came only
-after about 12,000 rows); each quarter spans about 25 s, 50 memory samples and 12 progress lines, so a driver that
-holds every row's result shows as tens of MB and a rate that falls shows in the quarters. The 20,000-row run is
+the model outgrow the 96 MiB store part way through and it spills (2,000 rows spilled 74-76 MiB in each of four
+runs on 2026-12-07, 1,500 rows nothing; at 64 px the first spill came only after about 12,000 rows); each quarter
+spans about 30 s, 60 memory samples and 15 progress lines, so a driver that holds every row's result shows as
+tens of MB and a rate that falls shows in the quarters. The 20,000-row run is
 the benchmark `python -m rayinpaint.bench.load --rows 20000`, whose numbers are in RELIABILITY.md;
 `RAYINPAINT_LOAD_ROWS` runs this test at another size.
 """
