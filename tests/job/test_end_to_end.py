@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 
 from helpers_io import write_tiny_checkpoint
 from helpers_job import BAD, FAST, FAST_TINY, faulthooks_pythonpath, run_cli
+from rayinpaint.jobs.cli import main
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.bench.demo import make_dataset
 from rayinpaint.ledger import index as index_mod
@@ -159,7 +160,10 @@ def test_duplicate_ids_are_reported_once(ray_local, tmp_path, monkeypatch):
     assert s["duplicate_ids"]["count"] == 2 and s["duplicate_ids"]["examples"]["img-0000"] == 2
 
 
-def test_cli_help_limit_bad_settings_and_demo(tmp_path):
+def test_cli_help_limit_bad_settings_and_demo(tmp_path, ray_local, capfd):
+    """The command line: --help and a bad setting as processes of their own (their exit codes), a config file with
+    --limit and the demo through the CLI's `main` on the shared Ray (a process of their own adds only Ray's start:
+    the console is tests/job/test_console.py's)."""
     h = run_cli("run", "--help")
     assert h.returncode == 0
     for opt in ("--manifest", "--weights", "--sampler", "--max-error-rate", "--retry-errors", "--columns",
@@ -172,17 +176,20 @@ def test_cli_help_limit_bad_settings_and_demo(tmp_path):
     manifest = make_dataset(str(tmp_path / "in"), rows=6)
     cfgfile = tmp_path / "job.yaml"
     cfgfile.write_text("weights: random:tiny\nsteps: 2\nresolution: 128\nmax-error-rate: 0.5\nbatch_size: 2\n")
-    lim = run_cli("run", "--manifest", manifest, "--output", str(tmp_path / "lim"), "--config", str(cfgfile),
-                  "--limit", "3", timeout=300)
-    assert lim.returncode == 0, lim.stderr[-3000:]
+    capfd.readouterr()
+    code = main(["run", "--manifest", manifest, "--output", str(tmp_path / "lim"), "--config", str(cfgfile),
+                 "--limit", "3"])
+    assert code == 0, capfd.readouterr().err[-3000:]
     s = json.loads((tmp_path / "lim" / "_SUMMARY.json").read_text())
     assert s["this_run"]["processed"] == 3 and not s["complete"]
     assert s["settings"]["steps"] == 2 and s["settings"]["resolution"] == 128  # from the config file
     assert not (tmp_path / "lim" / "_SUCCESS").exists()
 
-    d = run_cli("demo", "--output", str(tmp_path / "demo"), "--rows", "6", timeout=400)
-    assert d.returncode == 0, d.stderr[-3000:]
-    assert "_REPORT.html" in d.stderr
+    capfd.readouterr()
+    code = main(["demo", "--output", str(tmp_path / "demo"), "--rows", "6"])
+    err = capfd.readouterr().err
+    assert code == 0, err[-3000:]
+    assert "_REPORT.html" in err
     s = json.loads((tmp_path / "demo" / "run" / "_SUMMARY.json").read_text())
     assert s["success"] and s["accounted"] == 11
 
