@@ -211,14 +211,21 @@ def output_bytes(row: dict) -> bytes | None:
     return Path(row["output_uri"]).read_bytes() if row["status"] in ("ok", "unchanged") else None
 
 
-@pytest.mark.parametrize("trial", range(3))
+# The trials' seeds, chosen so that between them the two trials kill at every stage (start-up, manifest scanned,
+# model actors starting, shards written, every row recorded) at random delays while rows are left to do: each
+# first kill comes after one results shard, and "every row recorded" only last (a run with nothing left to do
+# finishes before most kill points). The seeds 1000-1002 of three trials never reached "model actors starting".
+TRIAL_SEEDS = (3239, 3240)
+
+
+@pytest.mark.parametrize("trial", range(len(TRIAL_SEEDS)))
 def test_driver_killed_at_a_random_point_then_rerun(tmp_path, trial, uninterrupted, reliability):
     """Two or three successive runs, each SIGKILLed at a random point of its own (a stage the run goes through,
     then a random delay), then the same command once more: every id exactly once, no done row
     redone, and every output byte-identical to the uninterrupted run's."""
     manifest, reference, ref_shards = uninterrupted
     total = 24 + DEMO_BAD
-    rng = random.Random(1000 + trial)
+    rng = random.Random(TRIAL_SEEDS[trial])
     out = tmp_path / "out"
     points = []  # (what, killed)
     # The first run is killed mid-run (after some shards); the next one or two at other random points.
