@@ -52,15 +52,20 @@ def test_a_store_that_never_answers_is_one_line_naming_the_endpoint(tmp_path, si
                       silent_endpoint, "--weights", "random:tiny")
         runs[which] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     t0 = time.perf_counter()
-    for which, proc in runs.items():
-        _, err = proc.communicate(timeout=300)
-        took = time.perf_counter() - t0
-        last = err.strip().splitlines()[-1]
-        assert proc.returncode == 4 and "Traceback" not in err, err[-2000:]
-        assert last.startswith(f"rayinpaint: error: --{which} s3://bucket/"), last
-        assert f"the object store at {silent_endpoint} did not answer; check --endpoint-url" in last, last
-        # a bound, not a benchmark: two attempts of connect + read timeouts, plus the process's start
-        assert took < 4 * PROBE_ATTEMPTS * PROBE_TIMEOUT_S + 30, took
+    try:
+        for which, proc in runs.items():
+            _, err = proc.communicate(timeout=300)
+            took = time.perf_counter() - t0
+            last = err.strip().splitlines()[-1]
+            assert proc.returncode == 4 and "Traceback" not in err, err[-2000:]
+            assert last.startswith(f"rayinpaint: error: --{which} s3://bucket/"), last
+            assert f"the object store at {silent_endpoint} did not answer; check --endpoint-url" in last, last
+            # a bound, not a benchmark: two attempts of connect + read timeouts, plus the process's start
+            assert took < 4 * PROBE_ATTEMPTS * PROBE_TIMEOUT_S + 30, took
+    finally:
+        for proc in runs.values():  # the other run, when one failed
+            proc.kill()
+            proc.wait()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
 
 
