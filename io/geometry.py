@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from .masks import bbox
+
 
 
 def window_side(bw, bh, width: int, height: int, resolution: int, context: float = 0.25, min_context: int = 32,
@@ -122,13 +124,12 @@ def paste_into(out: np.ndarray, result: np.ndarray, window, alpha: np.ndarray) -
     if a.shape != (iy1 - iy0, ix1 - ix0):
         raise ValueError(f"alpha shape {alpha.shape} fits neither the image {(h, w)} nor the window part")
     write = a > 0
-    rows = np.flatnonzero(write.any(axis=1))
-    if rows.size == 0:
+    box = bbox(write)
+    if box is None:
         return out
-    cols = np.flatnonzero(write.any(axis=0))
     big = resize_rgb(np.ascontiguousarray(result), side)
     # only the written pixels' bounding box is touched: the feathered band is thin around a repaint area
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    c0, r0, c1, r1 = box
     a, write = a[r0:r1, c0:c1], write[r0:r1, c0:c1]
     region = out[iy0 + r0:iy0 + r1, ix0 + c0:ix0 + c1]
     fresh = big[iy0 - y0 + r0:iy0 - y0 + r1, ix0 - x0 + c0:ix0 - x0 + c1]
