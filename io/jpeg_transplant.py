@@ -81,7 +81,7 @@ def inspect(source: bytes) -> Layout:
     # libjpeg takes three components as RGB under an Adobe segment with transform 0, or with ids "R", "G", "B"
     if len(layers) == 3 and (im.info.get("adobe_transform") == 0 or [x[0] for x in layers] == [82, 71, 66]):
         raise Refused("RGB-coded JPEG (not YCbCr): only YCbCr and greyscale sources are transplanted")
-    if _is_arithmetic(source):
+    if frame is not None and frame[0] >= 0xC9:  # SOF9..SOF15: arithmetic coding
         raise Refused("arithmetic-coded JPEG: only Huffman-coded sources are transplanted")
     # Pillow's layer entries are (id, high nibble, low nibble, table): H is the high nibble (JPEG spec B.2.2)
     (_, h, v, _), *chroma = layers
@@ -110,11 +110,6 @@ def header_segments(source: bytes):
 
 
 _SOF = {m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)}  # frame headers (DHT, JPG, DAC are not)
-
-
-def _is_arithmetic(source: bytes) -> bool:
-    """Whether the frame header is SOF9..SOF15 (arithmetic coding)."""
-    return any(m in _SOF and m >= 0xC9 for m, _ in header_segments(source))
 
 
 # ---- orientation: display = F(stored) as Pillow's exif_transpose applies it ---------------------------------
