@@ -133,9 +133,9 @@ def _arrow_fs(fs):
 
 def model_pool(cfg: JobConfig) -> tuple[int, float, float]:
     """actor_plan, refused in one line (placement.check_pool) when the cluster can never place it."""
-    on_cluster = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
-    pool = actor_plan(cfg, on_cluster=on_cluster)
-    if pool[1] > 0 and on_cluster and not ray_gpus():
+    on_cluster, gpus = bool(cfg.address or os.environ.get("RAY_ADDRESS")), ray_gpus()
+    pool = actor_plan(cfg, on_cluster=on_cluster, gpus=gpus)
+    if pool[1] > 0 and on_cluster and not gpus:
         log.info("no GPU in the cluster yet; requesting %d GPU actor(s) from the autoscaler", pool[0])
     elif cfg.num_gpus_per_actor > 0 and pool[1] == 0:  # GPU-sized defaults on a CPU: say what to expect
         slow = cpu_batch_line(cfg)
