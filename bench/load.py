@@ -3,7 +3,7 @@
 `python -m rayinpaint.bench.load --rows 20000` starts a one-node cluster (`ray start --head`, token authentication
 on, as on a production cluster) whose object store is small enough that the run's blocks do not fit, and tells
 Ray Data it may over-commit that store, so it spills to disk mid-run. It writes a manifest of `--rows` ids over 64
-noisy PNGs (about 100 KB each: every prepared block carries its rows' source bytes), runs `rayinpaint run` with the
+noisy PNGs (about 150 KB each, read by URI), runs `rayinpaint run` with the
 tiny random model on CPU (`--resolution`: the model's side, 64 px by default) against the cluster, and measures
 from outside the driver:
 
@@ -77,8 +77,9 @@ def write_manifest(root: Path, rows: int) -> str:
 def small_cluster(object_store: int = OBJECT_STORE):
     """A `ray start --head` cluster of 2 CPUs; yields (address, env for its clients, its temp folder).
 
-    Started with `--block` in a session of its own and stopped by signalling that session, so that only this
-    cluster stops: `ray stop` would stop every Ray on the machine, and a driver whose Ray stops exits with it."""
+    Started with `--block` in a session of its own and stopped by signalling it and that session (`_stop_session`),
+    so that only this cluster stops: `ray stop` would stop every Ray on the machine, and a driver whose Ray stops
+    exits with it."""
     tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # short: Ray's socket paths live here
     ray = str(Path(sys.executable).with_name("ray"))
     # RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION is read by the driver: Ray Data may use several times the store,
