@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from rayinpaint.model.denoiser import GuidedStep, InpaintDenoiser
@@ -34,3 +36,14 @@ def guided_eps(unet, inputs, dtype: torch.dtype = torch.float32, steps: int = 1,
     den = InpaintDenoiser(step, sched, sigmas, pinned=x.device.type == "cuda")
     with torch.inference_mode():
         return torch.stack([den.eps(x, sigmas[i]).clone() for i in range(steps)])
+
+
+class TouchWhenUnpickled:
+    """A pickled object whose unpickling would create the file `marker`: what a malicious checkpoint does. A loader
+    must refuse it and run nothing (the file never appears)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))

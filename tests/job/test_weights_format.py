@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from helpers_model import TouchWhenUnpickled
 from rayinpaint.jobs.cli import main
 from rayinpaint.jobs.config import JobConfig
 from rayinpaint.jobs.preflight import WeightsUnavailable, check_weights
@@ -121,7 +122,7 @@ def test_torchs_legacy_format_is_checked_and_a_bare_pickle_is_one_line_before_ra
 
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.pkl.ckpt"
-    evil.write_bytes(pickle.dumps(_Touch(str(marker))))
+    evil.write_bytes(pickle.dumps(TouchWhenUnpickled(str(marker))))
     line = one_line(capsys, evil, tmp_path)
     assert "refused to unpickle" in line and not marker.exists()
     plain = tmp_path / "plain.ckpt"
@@ -129,14 +130,3 @@ def test_torchs_legacy_format_is_checked_and_a_bare_pickle_is_one_line_before_ra
     assert "is a pickle but not a torch checkpoint" in one_line(capsys, plain, tmp_path)
     assert not ray.is_initialized()
 
-
-class _Touch:
-    """A pickle whose loading would create a file."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return (Path.touch, (Path(self.path),))

@@ -20,6 +20,7 @@ import torch
 from fsspec.spec import AbstractFileSystem
 from safetensors.torch import save_file
 
+from helpers_model import TouchWhenUnpickled
 from rayinpaint.model import (
     PRESETS,
     WeightsError,
@@ -198,26 +199,16 @@ def test_ckpt_loads_state_dict_safely(tiny, tmp_path, cache):
     assert_same_weights(load_model(str(path), config="tiny"), tiny)
 
 
-class Evil:
-    """Unpickling this would create the marker file: the loader must refuse and run nothing."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_malicious_pickle_is_refused_without_running_code(tmp_path, cache, zip_format):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Evil(str(marker))}, path, _use_new_zipfile_serialization=zip_format)
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": TouchWhenUnpickled(str(marker))}, path, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(WeightsError, match="refused to unpickle"):
         load_model(str(path), config="tiny")
     assert not marker.exists()
     raw = tmp_path / "raw.ckpt"
-    raw.write_bytes(pickle.dumps(Evil(str(marker))))
+    raw.write_bytes(pickle.dumps(TouchWhenUnpickled(str(marker))))
     with pytest.raises(WeightsError):
         load_model(str(raw), config="tiny")
     assert not marker.exists()

@@ -19,6 +19,7 @@ import pytest
 
 from helpers_io import make_mask_png, make_png
 from helpers_job import run_cli
+from helpers_model import TouchWhenUnpickled
 from rayinpaint.ledger.files import read_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the job in a subprocess
@@ -114,14 +115,6 @@ def test_planted_credentials_never_appear_in_any_output(s3_bucket, tmp_path, rel
                        "absent from stdout, stderr, every output file (Parquet decoded) and Ray's logs")
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
 def test_malicious_pickle_weights_never_run(tmp_path, reliability):
     import torch
 
@@ -129,9 +122,9 @@ def test_malicious_pickle_weights_never_run(tmp_path, reliability):
 
     marker = tmp_path / "pwned"
     weights = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Evil(str(marker))}, weights)
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": TouchWhenUnpickled(str(marker))}, weights)
     raw = tmp_path / "raw.pkl.ckpt"
-    raw.write_bytes(pickle.dumps(_Evil(str(marker))))
+    raw.write_bytes(pickle.dumps(TouchWhenUnpickled(str(marker))))
     manifest = make_dataset(str(tmp_path / "in"), rows=2)
     for w in (weights, raw):
         r = run_cli(*job_args("--manifest", manifest, "--output", str(tmp_path / "out"), "--weights", str(w),
