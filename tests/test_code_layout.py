@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"jobs": "rayinpaint.jobs", "model": "rayinpaint.model", "io": "rayinpaint.io",
-           "ledger": "rayinpaint.ledger", "bench": "rayinpaint.bench"}
+           "ledger": "rayinpaint.ledger", "bench": "rayinpaint.bench", "detect": "rayinpaint.detect"}
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 

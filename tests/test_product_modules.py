@@ -1,5 +1,5 @@
-"""Every module of the product's folders (jobs/, io/, model/, ledger/, bench/) imports on its own, on CPU and without
-starting Ray, and the command line's entry point runs. These tests are not `slow`, so the fast loop
+"""Every module of the product's folders (jobs/, io/, model/, ledger/, detect/, bench/) imports on its own, on CPU
+and without starting Ray, and the command line's entry point runs. These tests are not `slow`, so the fast loop
 (`python -m pytest -m "not slow"`) loads every module at least once, whatever the marks of the tests that exercise
 it; the list is read from the folders, so a new module is covered the day it is added.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"jobs": "rayinpaint.jobs", "model": "rayinpaint.model", "io": "rayinpaint.io",
-           "ledger": "rayinpaint.ledger", "bench": "rayinpaint.bench"}
+           "ledger": "rayinpaint.ledger", "bench": "rayinpaint.bench", "detect": "rayinpaint.detect"}
 ENTRY_POINT = "rayinpaint.jobs.__main__"  # runs the command line when imported: run as `python -m`, below
 
 
@@ -24,7 +24,7 @@ def product_modules() -> list[str]:
 
 def test_every_product_module_imports():
     modules = [m for m in product_modules() if m != ENTRY_POINT]
-    assert {m.split(".")[1] for m in modules} == {"jobs", "model", "io", "ledger", "bench"}
+    assert {m.split(".")[1] for m in modules} == {"jobs", "model", "io", "ledger", "bench", "detect"}
     assert len(modules) >= 70, modules  # the folders were found (75 besides the entry point when this was written)
     failed = {}
     for name in modules:
