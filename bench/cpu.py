@@ -148,18 +148,30 @@ def output_variants(levels: list[int]) -> list[tuple[str, dict]]:
                   ("auto", {"format": "auto"})]
 
 
-def run_cpu_bench(sizes: list[int], images_per_s: float, levels: list[int], repeat: int) -> dict:
+def run_cpu_bench(sizes: list[int], images_per_s: float, levels: list[int], repeat: int,
+                  detect: bool = False) -> dict:
+    """detect: add the detectors' cost per row (bench/detectcost.py) under "detect"."""
     import os
     import platform
 
     import jpeglib
     import PIL
 
-    return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    out = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores (one used), Python {platform.python_version()}",
             "pillow": PIL.__version__, "numpy": np.__version__, "jpeglib": jpeglib.__version__, "images_per_s_per_gpu": images_per_s,
             "note": "one row at a time on one core; cores_per_gpu = (prepare + finish) s/row x images/s",
             "sizes": [bench_size(mp, output_variants(levels), images_per_s, repeat) for mp in sizes]}
+    if detect:
+        import io
+
+        from PIL import Image
+
+        from .detectcost import run_detect_cost
+
+        images = {mp: np.asarray(Image.open(io.BytesIO(photo_like(*SIZES_MP[mp]))).convert("RGB")) for mp in sizes}
+        out["detect"] = run_detect_cost(images, images_per_s, repeat)
+    return out
 
 
 def add_cpu_bench_arguments(p) -> None:
@@ -171,6 +183,8 @@ def add_cpu_bench_arguments(p) -> None:
                    help="one GPU's model rate, for cores per GPU (default: 6)")
     g.add_argument("--png-levels", default="1,6", help="PNG levels to time (default: 1,6)")
     g.add_argument("--repeat", type=int, default=3, help="timed repeats per measure; the median (default: 3)")
+    g.add_argument("--no-detect", action="store_true",
+                   help="leave out the cost of --mask-from's detectors (text, CLIPSeg; bench/detectcost.py)")
     g.add_argument("--regions", action="store_true",
                    help="regions: detail inside small marks far apart with regions vs one window (through the model "
                         "of --weights), and the cost of splitting 12-MP masks (bench/regions.py)")
@@ -180,7 +194,8 @@ def run_cpu_bench_cli(args) -> int:
     sizes = [int(v) for v in args.megapixels.split(",")]
     if any(s not in SIZES_MP for s in sizes):
         raise SystemExit(f"--megapixels: choose among {', '.join(map(str, SIZES_MP))}")
-    out = run_cpu_bench(sizes, args.images_per_s, [int(v) for v in args.png_levels.split(",")], args.repeat)
+    out = run_cpu_bench(sizes, args.images_per_s, [int(v) for v in args.png_levels.split(",")], args.repeat,
+                        detect=not args.no_detect)
     return print_record(out, args.json)
 
 

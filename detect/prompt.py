@@ -56,9 +56,15 @@ class PromptDetector:
 
     def logits(self, rgb: np.ndarray):
         """float32 torch tensor [h, w] at the model's resolution (352 x 352 for CLIPSeg's processor)."""
+        import warnings
+
         import torch
 
-        pixels = self.processor.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
+        with warnings.catch_warnings():
+            # a decoded image is often a read-only array; the processor only reads it, so torch's warning about
+            # wrapping a non-writable array says nothing here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            pixels = self.processor.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             out = self.model(pixel_values=pixels, **self.text).logits
         return out.reshape(-1, *out.shape[-2:])[0].float()  # [h, w] whether or not the batch axis was squeezed

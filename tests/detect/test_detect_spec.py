@@ -73,7 +73,7 @@ def test_a_text_model_from_memory_is_fetched_into_the_cache(tmp_path, monkeypatc
 
 def test_a_clipseg_folder_from_memory_is_fetched_and_loads(tmp_path):
     pytest.importorskip("transformers")
-    from helpers_detect import save_tiny_clipseg
+    from rayinpaint.bench.clipseg_standin import save_clipseg as save_tiny_clipseg
 
     from rayinpaint.detect import build_detector
 

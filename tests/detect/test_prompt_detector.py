@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("torch")
 
-from helpers_detect import save_tiny_clipseg  # noqa: E402
+from rayinpaint.bench.clipseg_standin import save_clipseg as save_tiny_clipseg  # noqa: E402
 
 from rayinpaint.detect import DetectSettings, build_detector, detector_identity  # noqa: E402
 from rayinpaint.detect.prompt import PromptDetector  # noqa: E402

@@ -1,6 +1,7 @@
-"""A tiny random CLIPSeg saved as `save_pretrained` writes it, made offline: a byte-level tokenizer with no merges
-(every byte is a token), a ViT image processor at CLIPSeg's 352 px with ImageNet normalisation, and a two-layer
-model. Used by tests/detect/ (the prompt detector, weights resolution)."""
+"""A random CLIPSeg saved as `save_pretrained` writes it, made offline (no download): a byte-level tokenizer with no
+merges (every byte is a token), a ViT image processor at CLIPSeg's 352 px with ImageNet normalisation, and either a
+tiny two-layer model (tests of the prompt detector and of weights resolution) or one of CIDAS/clipseg-rd64-refined's
+size (the detection cost in bench/detectcost.py: the cost does not depend on the weights' values)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 
 
-def save_tiny_clipseg(folder: str, seed: int = 0, full_size: bool = False) -> str:
+def save_clipseg(folder: str, seed: int = 0, full_size: bool = False) -> str:
     """Write a random CLIPSeg (tiny, or the default CLIPSegConfig's size when full_size) with its processor into
     `folder`; returns `folder`."""
     import torch
