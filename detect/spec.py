@@ -25,10 +25,11 @@ TEXT_THRESHOLD = 0.6
 # Prompt: CLIPSeg's per-pixel sigmoid. The model was trained with a binary cross-entropy loss, so 0.5 is the point
 # where "the prompt is here" becomes the likelier answer; a user who sees edges of a watermark left over lowers it.
 PROMPT_THRESHOLD = 0.5
-# The longest side the text detector sees. The model works on a fixed-stride map (multiples of 32) and finds lines
-# down to about 8 px tall at that size; 1280 keeps a 12-MP image's 40-px caption (~13 px after the 3.1x
-# reduction) detectable while costing a fraction of full size (the bench's "detect" record, bench/detectcost.py).
-MAX_SIDE = 1280
+# The longest side the text detector sees (never enlarged to it). Measured on a 4000 x 3000 photo-like image with
+# captions of 24-90 px (tests/detect/test_text_detector.py): at 1280 the model missed a 32 px and half of a 40 px
+# line that 1536 finds; 2048 found everything but costs 2x 1536 (one core: ~440 ms at 1280, ~630 ms at 1536,
+# ~1300 ms at 2048; bench/detectcost.py). A 12-MP image is never detected at full size.
+MAX_SIDE = 1536
 MIN_MAX_SIDE, MAX_MAX_SIDE = 256, 4096
 INSTALL_HINT = 'pip install "ray-inpaint[detect]"'
 # What each kind imports to run: a module that cannot be found means the extra is not installed.

@@ -7,7 +7,7 @@ job repaints text, it never reads it, and those two models would triple the load
 
 Cost is bounded by the input size the model sees, not by the image's: the longest side is brought down to
 `max_side` (the DB map is computed at that size), and the quadrilaterals found are mapped back to the full image
-and filled there. A 12-MP photo is detected at 1280 x 960 by default, never at full size.
+and filled there. A 12-MP photo is detected at 1536 x 1152 by default, never at full size.
 """
 
 from __future__ import annotations

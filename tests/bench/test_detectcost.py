@@ -17,7 +17,7 @@ def test_detect_cost_record_has_its_fields():
 
     rgb = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     rec = run_detect_cost({1: rgb}, images_per_s=6.0, repeat=1, full_size=False)
-    assert rec["text"]["max_side"] == 1280 and rec["text"]["build_s"] > 0
+    assert rec["text"]["max_side"] == 1536 and rec["text"]["build_s"] > 0
     assert rec["clipseg"]["parameters"] > 0
     for kind, want_input in (("text", "384x288"), ("clipseg", "352x352")):
         (row,) = rec[kind]["sizes"]

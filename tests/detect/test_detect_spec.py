@@ -26,7 +26,7 @@ def test_mask_from_values():
 
 def test_settings_defaults_and_validation():
     text = DetectSettings("text").validate()
-    assert (text.kind, text.effective_threshold, text.max_side) == ("text", 0.6, 1280)
+    assert (text.kind, text.effective_threshold, text.max_side) == ("text", 0.6, 1536)
     assert DetectSettings("prompt:logo", weights="/w").validate().effective_threshold == 0.5
     assert DetectSettings("text", threshold=0.3).effective_threshold == 0.3
     for bad in (DetectSettings("text", threshold=1.5), DetectSettings("text", threshold=float("nan")),
@@ -53,7 +53,7 @@ def test_text_weights_default_to_the_bundled_model(tmp_path):
     path, digest = resolve_weights(DetectSettings("text"), cache_dir=str(tmp_path))
     assert path.endswith("PP-OCRv6_det_small.onnx") and len(digest) == 64
     ident = detector_identity(DetectSettings("text"), cache_dir=str(tmp_path))
-    assert ident == {"kind": "text", "prompt": None, "threshold": 0.6, "max_side": 1280, "model_sha256": digest}
+    assert ident == {"kind": "text", "prompt": None, "threshold": 0.6, "max_side": 1536, "model_sha256": digest}
     assert detector_identity(DetectSettings("text", max_side=1024), cache_dir=str(tmp_path))["max_side"] == 1024
 
 
