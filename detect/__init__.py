@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rayinpaint.io.errors import redact_uri
+
 from .spec import (PROMPT_THRESHOLD, TEXT_THRESHOLD, DetectorMissing, DetectSettings, mask_source_name,
                    parse_source, require_extra)
 from .weights import DetectorWeightsError, detector_identity, resolve_weights
@@ -28,13 +30,21 @@ def build_detector(settings: DetectSettings, cache_dir: str | None = None, stora
     settings.validate()
     require_extra(settings.source)
     path, _ = resolve_weights(settings, cache_dir, storage_options)
-    if settings.kind == "text":
-        from .text import TextDetector
+    try:
+        if settings.kind == "text":
+            from .text import TextDetector
 
-        return TextDetector(path, settings.effective_threshold, settings.max_side, threads)
-    from .prompt import PromptDetector
+            return TextDetector(path, settings.effective_threshold, settings.max_side, threads)
+        from .prompt import PromptDetector
 
-    return PromptDetector(path, settings.prompt, settings.effective_threshold, threads)
+        return PromptDetector(path, settings.prompt, settings.effective_threshold, threads)
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - files that were read but do not load: one line naming the URI
+        where = redact_uri(settings.weights) if settings.weights else "(the bundled text detection model)"
+        raise DetectorWeightsError(f"--detector-weights {where}: does not load as a "
+                                   f"{'text detection ONNX model' if settings.kind == 'text' else 'CLIPSeg folder'}"
+                                   f" ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
 
 
 __all__ = ["DetectSettings", "DetectorMissing", "DetectorWeightsError", "PROMPT_THRESHOLD", "TEXT_THRESHOLD",

@@ -3,7 +3,8 @@ small), detection only.
 
 Only the detection half of OCR runs: one onnxruntime session on the detection model and rapidocr's DB
 post-processing (probability map -> scored quadrilaterals). No angle classifier and no recogniser are built: the
-job repaints text, it never reads it, and those two models would triple the load time and memory of an actor.
+job repaints text, it never reads it, and the recogniser alone is twice the detection model's size (21 MB of ONNX
+against 10 MB) in every actor.
 
 Cost is bounded by the input size the model sees, not by the image's: the longest side is brought down to
 `max_side` (the DB map is computed at that size), and the quadrilaterals found are mapped back to the full image
@@ -74,11 +75,9 @@ class TextDetector:
     def __init__(self, model_path: str | None = None, threshold: float = TEXT_THRESHOLD, max_side: int = MAX_SIDE,
                  threads: int = 1):
         import onnxruntime as ort
-
-        _quiet_rapidocr()
         from rapidocr.ch_ppocr_det.utils import DBPostProcess
 
-        _quiet_rapidocr()
+        _quiet_rapidocr()  # after the import: importing rapidocr sets its logger's level
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

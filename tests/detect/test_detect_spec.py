@@ -8,8 +8,8 @@ import sys
 import fsspec
 import pytest
 
-from rayinpaint.detect import (DetectorMissing, DetectorWeightsError, DetectSettings, detector_identity,
-                               mask_source_name, parse_source, require_extra, resolve_weights)
+from rayinpaint.detect import (DetectorMissing, DetectorWeightsError, DetectSettings, build_detector,
+                               detector_identity, mask_source_name, parse_source, require_extra, resolve_weights)
 from rayinpaint.io.errors import SettingsError
 
 
@@ -67,6 +67,9 @@ def test_a_text_model_from_memory_is_fetched_into_the_cache(tmp_path, monkeypatc
         fs.pipe("/detect-test/det2.onnx", b"other bytes")
         other = resolve_weights(DetectSettings("text", weights="memory://detect-test/det2.onnx"))[1]
         assert other != digest
+        with pytest.raises(DetectorWeightsError) as e:  # read, but not a model: one line at build time
+            build_detector(DetectSettings("text", weights="memory://detect-test/det.onnx"))
+        assert "\n" not in str(e.value) and "memory://detect-test/det.onnx: does not load" in str(e.value)
     finally:
         fs.rm("/detect-test", recursive=True)
 
@@ -74,8 +77,6 @@ def test_a_text_model_from_memory_is_fetched_into_the_cache(tmp_path, monkeypatc
 def test_a_clipseg_folder_from_memory_is_fetched_and_loads(tmp_path):
     pytest.importorskip("transformers")
     from rayinpaint.bench.clipseg_standin import save_clipseg as save_tiny_clipseg
-
-    from rayinpaint.detect import build_detector
 
     local = save_tiny_clipseg(str(tmp_path / "tiny"))
     fs = fsspec.filesystem("memory")
