@@ -82,6 +82,9 @@ class TextDetector:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # errors only
+        # every image brings its own input shape; onnxruntime's CPU arena keeps the largest blocks it has seen and
+        # grows with each new shape, so an actor's memory would creep up over a job (rapidocr turns it off too)
+        opts.enable_cpu_mem_arena = False
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.model_path = model_path or bundled_model_path()
         self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=["CPUExecutionProvider"])
