@@ -82,9 +82,9 @@ class TextDetector:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # errors only
-        # every image brings its own input shape; onnxruntime's CPU arena keeps the largest blocks it has seen and
-        # grows with each new shape, so an actor's memory would creep up over a job (rapidocr turns it off too)
-        opts.enable_cpu_mem_arena = False
+        # onnxruntime's CPU arena stays on (rapidocr turns it off): each image brings its own input shape and the
+        # arena keeps the largest blocks it has seen, but the input is bounded by max_side, so what it keeps is
+        # bounded too; turning it off cost 20% more time per 12-MP row (790-820 ms against 640-770 ms, one core)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.model_path = model_path or bundled_model_path()
         self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=["CPUExecutionProvider"])
