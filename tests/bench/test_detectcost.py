@@ -29,3 +29,14 @@ def test_no_detect_option_parses():
     args = build_parser().parse_args(["bench", "--cpu-stages", "--no-detect"])
     assert args.cpu_stages and args.no_detect
     assert not build_parser().parse_args(["bench", "--cpu-stages"]).no_detect
+
+
+def test_a_missing_extra_is_recorded_not_fatal(monkeypatch):
+    import sys
+
+    from rayinpaint.bench.detectcost import run_detect_cost
+
+    monkeypatch.setitem(sys.modules, "rapidocr", None)
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    rec = run_detect_cost({1: np.zeros((64, 64, 3), np.uint8)}, images_per_s=6.0, repeat=1, full_size=False)
+    assert 'pip install "ray-inpaint[detect]"' in rec["text"]["skipped"] and "skipped" in rec["clipseg"]
