@@ -39,6 +39,7 @@ KINDS = {
     "write_failed": "encoding the output image failed (a failed write stops the job instead, see OutputWriteError)",
     "prepare_failed": "an unexpected failure while preparing the row (the message names it)",
     "finish_failed": "an unexpected failure while pasting back the result",
+    "detector_error": "the mask detector (--mask-from) failed on this row's image (the message names the error)",
     "source_changed": "the image object changed (size or content) between prepare and finish reading it",
     # Written by the job (jobs/) rather than by a row stage:
     "missing_id": "the manifest row's id is null or empty (recorded under a name built from its file and row)",

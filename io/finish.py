@@ -7,6 +7,9 @@ here (bad model output, encode) turns the row into an error row, except a failed
 (after retries): that is the output's problem, not the row's, so ``OutputWriteError`` is raised and the
 caller records nothing for the row.
 
+A row whose mask a detector made (or joined, --mask-from) also gets that mask, before dilation, written under
+``{output}/masks/`` in the images' layout, and its URI in ``mask_uri``.
+
 The encoded original comes inline, or is read again from its URI and checked against what prepare decoded
 (``source_bytes``): an object replaced during the run makes the row a ``source_changed`` error, never an image
 pasted over other pixels.
@@ -125,21 +128,27 @@ def composite(prepared: dict, results, settings: PrepareSettings,
     return final, rgb
 
 
-def preview_jpeg(original: np.ndarray, final: np.ndarray, repaint: np.ndarray | None, windows=()) -> bytes:
-    """Side-by-side thumbnail: input | input with the repaint outline in red and each region's window in
-    yellow | output."""
+def _outline(panel: Image.Image, mask: np.ndarray | None, colour: tuple) -> Image.Image:
+    """The panel with the edge of `mask` (full size, resized to the panel) drawn in `colour`."""
+    if mask is None or not mask.any():
+        return panel
+    m = Image.fromarray(mask.astype(np.uint8) * 255).resize(panel.size, Image.NEAREST)
+    edge = np.asarray(m) > np.asarray(m.filter(ImageFilter.MinFilter(3)))
+    arr = np.asarray(panel).copy()
+    arr[edge] = colour
+    return Image.fromarray(arr)
+
+
+def preview_jpeg(original: np.ndarray, final: np.ndarray, repaint: np.ndarray | None, windows=(),
+                 detected: np.ndarray | None = None) -> bytes:
+    """Side-by-side thumbnail: input | input with the repaint outline in red, a detector's own mask (before
+    dilation) in cyan and each region's window in yellow | output."""
     h, w = original.shape[:2]
     tw = min(PREVIEW_MAX_WIDTH, max(1, round(w * PREVIEW_HEIGHT / h)))  # a panorama: squeezed, not 65,000 px wide
     size = (tw, PREVIEW_HEIGHT)
     a = Image.fromarray(original).resize(size, Image.BILINEAR)
     c = Image.fromarray(final).resize(size, Image.BILINEAR)
-    b = a.copy()
-    if repaint is not None and repaint.any():
-        m = Image.fromarray(repaint.astype(np.uint8) * 255).resize(size, Image.NEAREST)
-        edge = np.asarray(m) > np.asarray(m.filter(ImageFilter.MinFilter(3)))
-        arr = np.asarray(b).copy()
-        arr[edge] = (255, 0, 0)
-        b = Image.fromarray(arr)
+    b = _outline(_outline(a.copy(), repaint, (255, 0, 0)), detected, (0, 220, 255))
     draw = ImageDraw.Draw(b)
     kx, ky = tw / w, PREVIEW_HEIGHT / h
     for x0, y0, x1, y1 in windows:
@@ -161,7 +170,7 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
     run_info = run_info or {}
     row = _results_row(prepared, settings, run_info)
     t_write = 0.0
-    final = original = repaint = None
+    final = original = repaint = detected = None
     windows = []
     try:
         status = prepared.get("status")
@@ -171,8 +180,12 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
             if status == "ready" and preview:
                 repaint = _decode_repaint(prepared["repaint_mask"], original.shape[1], original.shape[0])
                 windows = prepared.get("windows") or []
+                if prepared.get("used_mask"):
+                    detected = _decode_repaint(prepared["used_mask"], original.shape[1], original.shape[0])
             encoded = encode_output(final, original, source, prepared.get("windows") or [], out)
             uri, hashed, t_write = _write_image(encoded, row["id"], out)
+            if prepared.get("used_mask") and status == "ready":
+                row["mask_uri"] = redact_uri(_write_mask(prepared["used_mask"], row["id"], out))
             row.update(status=OK if status == "ready" else UNCHANGED, output_uri=redact_uri(uri),
                        output_name_hashed=hashed, output_format=encoded.format, output_bytes=len(encoded.data),
                        output_fallback=encoded.fallback)
@@ -195,7 +208,8 @@ def finish_row(prepared: dict, result, settings: PrepareSettings, out: OutputSet
     }
     if preview:
         try:
-            row["preview_jpeg"] = preview_jpeg(original, final, repaint, windows) if final is not None else None
+            row["preview_jpeg"] = preview_jpeg(original, final, repaint, windows, detected) \
+                if final is not None else None
         except Exception:  # noqa: BLE001 - a report thumbnail must never cost the row or its batch
             row["preview_jpeg"] = None
     return row
@@ -215,7 +229,8 @@ def _results_row(prepared: dict, settings: PrepareSettings, run_info: dict) -> d
         "resolution": prepared.get("resolution") or settings.resolution,
         "window": prepared.get("window") if prepared.get("status") == "ready" else None,
         "regions": _regions_column(prepared),
-        "mask_pixels": prepared.get("mask_pixels"), "model_sha256": run_info.get("model_sha256"),
+        "mask_pixels": prepared.get("mask_pixels"), "mask_source": prepared.get("mask_source"),
+        "mask_uri": prepared.get("mask_uri"), "model_sha256": run_info.get("model_sha256"),
         "settings_fingerprint": run_info.get("settings_fingerprint"),
     }
 
@@ -226,6 +241,17 @@ def _regions_column(prepared: dict) -> list[dict] | None:
         return None
     return [{"window": list(w), "resolution": int(r)}
             for w, r in zip(prepared.get("windows") or [], prepared.get("region_res") or [])]
+
+
+def _write_mask(png: bytes, row_id: str, out: OutputSettings) -> str:
+    """Write a detector's mask (before dilation) under {output}/masks/, named and laid out as the row's image; its
+    URI. A write failure is the output's (OutputWriteError), as for the image."""
+    uri = join_uri(out.root, "masks", f"{image_path(output_name(row_id)[0], out.layout)}.png")
+    try:
+        write_bytes(uri, png, out.storage)
+    except RowError as e:
+        raise OutputWriteError(f"cannot write the detected mask {e.message}") from None
+    return uri
 
 
 def _write_image(encoded: Encoded, row_id: str, out: OutputSettings) -> tuple[str, bool, float]:

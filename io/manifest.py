@@ -15,8 +15,9 @@ Canonical row (``CANONICAL_SCHEMA``), the same for every batch of every manifest
     manifest         string        the manifest file the row came from (null if unknown)
 
 A user column of type string holds URIs; binary holds encoded bytes. Several mask sources on one
-row are combined (union). Schema problems raise ManifestError before any work; a value problem
-in one row (null id, missing object, bad boxes...) becomes that row's error later, in prepare.
+row are combined (union). A manifest needs one mask column unless the job detects masks (``--mask-from``).
+Schema problems raise ManifestError before any work; a value problem in one row (null id, missing object, bad
+boxes...) becomes that row's error later, in prepare.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ CANONICAL_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class ColumnMap:
-    """Canonical name -> user column name; unmapped names are looked up as themselves."""
+    """Canonical name -> user column name; unmapped names are looked up as themselves. `mask_required`: False
+    when the job detects masks (--mask-from), so a manifest of images alone is accepted."""
     names: dict = field(default_factory=dict)
+    mask_required: bool = True
 
     def __post_init__(self):
         unknown = sorted(set(self.names) - set(CANONICAL_NAMES))
@@ -64,10 +67,10 @@ class ColumnMap:
                 raise SettingsError(f"column map: {k} must map to a column name, got {v!r}")
 
     def __hash__(self):
-        return hash(tuple(sorted(self.names.items())))
+        return hash((tuple(sorted(self.names.items())), self.mask_required))
 
     @classmethod
-    def parse(cls, spec: str | None) -> "ColumnMap":
+    def parse(cls, spec: str | None, mask_required: bool = True) -> "ColumnMap":
         """"image=img_uri,mask=mask_uri" -> ColumnMap."""
         names = {}
         for part in (spec or "").split(","):
@@ -80,7 +83,7 @@ class ColumnMap:
             if k in names:
                 raise SettingsError(f"column map: {k} mapped twice")
             names[k] = v
-        return cls(names)
+        return cls(names, mask_required)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ColumnMap":
@@ -219,10 +222,10 @@ def check_schema(schema: pa.Schema, colmap: ColumnMap | None = None) -> None:
         if colmap.user(required) not in present:
             raise ManifestError(f"required column {colmap.user(required)!r} ({required}) is missing; "
                                 f"found columns: {', '.join(schema.names)}; {columns_hint(required, schema.names)}")
-    if not any(colmap.user(m) in present for m in MASK_SOURCES):
+    if colmap.mask_required and not any(colmap.user(m) in present for m in MASK_SOURCES):
         raise ManifestError("no mask column: need one of " + ", ".join(
             f"{colmap.user(m)!r} ({m})" for m in MASK_SOURCES) + f"; found columns: {', '.join(schema.names)}; "
-            f"{columns_hint('mask', schema.names)}")
+            f"{columns_hint('mask', schema.names)}, or detect masks with --mask-from text or --mask-from prompt:<what>")
     for canonical, (expected, ok) in _EXPECTED.items():
         user = colmap.user(canonical)
         if user in present:

@@ -2,8 +2,8 @@
 
 ``prepare_row`` never raises for a row's own problem; it returns a dict with the fields of
 ``PREPARED_SCHEMA`` (below), which is what travels from prepare to the model actor and on to finish.
-Status "unchanged" means the mask is empty after threshold/invert: the row passes through and
-finish writes the original. Seeds: the row's own ``seed`` when given (must be >= 0), else
+Status "unchanged" means the mask is empty after threshold/invert (or the detector found nothing): the row passes
+through and finish writes the original. Seeds: the row's own ``seed`` when given (must be >= 0), else
 ``row_seed(job_seed, id)``.
 """
 
@@ -21,7 +21,7 @@ from .geometry import model_inputs
 from .images import decode_image
 from .masks import bbox, boxes_to_mask, decode_mask_values, dilate, threshold_mask
 from .regions import region_resolution, region_seed, region_windows
-from .results import ERROR, UNCHANGED
+from .results import ERROR, MANIFEST, UNCHANGED, UNION
 from .rle import rle_to_mask
 from .settings import PrepareSettings
 from .storage import protocol_of, read_bytes
@@ -59,6 +59,11 @@ PREPARED_SCHEMA = pa.schema([
     ("source_size", pa.int64()),
     ("source_digest", pa.string()),     # source_digest(bytes)
     ("repaint_mask", pa.binary()),      # PNG (mode "1") of the dilated repaint mask, full size (b"" unless ready)
+    ("mask_source", pa.string()),       # MANIFEST, UNION or the detector's name (--mask-from); null: no mask built
+    ("mask_uri", pa.string()),          # the manifest's mask URI (redacted) when the mask is the row's own, from a URI
+    ("detected_pixels", pa.int64()),    # pixels of the detector's own mask (before dilation); null without one
+    ("used_mask", pa.binary()),         # PNG (mode "1") of a mask a detector made or joined, before dilation: finish
+                                        # writes it under {output}/masks/ (null unless ready with a detector's mask)
     ("t_fetch", pa.float64()),          # seconds
     ("t_decode", pa.float64()),
     ("t_prepare", pa.float64()),
@@ -113,14 +118,16 @@ def _fetch(row: dict, key: str, settings: PrepareSettings) -> tuple[bytes | None
     return None, None
 
 
-def _build_mask(row: dict, width: int, height: int, settings: PrepareSettings) -> tuple[np.ndarray, float, float]:
-    """Union of the row's mask sources -> bool [H, W] (True = repaint); plus fetch/decode times."""
+def _manifest_mask(row: dict, width: int, height: int,
+                   settings: PrepareSettings) -> tuple[np.ndarray | None, float, float]:
+    """Union of the row's own mask sources -> bool [H, W] (True = repaint), None when it has none; plus fetch/decode
+    times."""
     t0 = time.perf_counter()
     data, uri = _fetch(row, "mask", settings)
     t_fetch = time.perf_counter() - t0
     boxes, rle = row.get("boxes"), row.get("mask_rle")
     if data is None and boxes is None and rle is None:
-        raise RowError("bad_row", "no mask: mask, boxes and mask_rle are all null")
+        return None, t_fetch, 0.0
     t1 = time.perf_counter()
     mask = np.zeros((height, width), dtype=bool)
     if data is not None:
@@ -138,6 +145,41 @@ def _build_mask(row: dict, width: int, height: int, settings: PrepareSettings) -
             raise RowError("bad_boxes", f"boxes must be a list of [x0, y0, x1, y1], got {type(boxes).__name__}")
         mask |= boxes_to_mask(boxes, width, height)
     return mask, t_fetch, time.perf_counter() - t1
+
+
+def _detected(detector, rgb: np.ndarray, name: str) -> np.ndarray:
+    """The detector's mask of the image (bool [H, W]); any failure of the detector is the row's `detector_error`."""
+    try:
+        found = detector(rgb)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a detector failure is the row's, never the batch's
+        raise RowError("detector_error", f"the {name} detector failed: {type(e).__name__}: "
+                                         f"{redact_uri(str(e))[:300]}") from None
+    found = np.asarray(found)
+    if found.shape != rgb.shape[:2]:
+        raise RowError("detector_error", f"the {name} detector returned a {found.shape} mask for a "
+                                         f"{rgb.shape[1]}x{rgb.shape[0]} image")
+    return found.astype(bool, copy=False)
+
+
+def _build_mask(row: dict, rgb: np.ndarray, settings: PrepareSettings, detector=None) -> dict:
+    """The mask the row is inpainted with (before dilation) and where it came from (`mask_source`): the row's own
+    sources ("manifest"), the detector's mask (its name, settings.mask_from) or both ("union"), as --mask-combine
+    says (io/settings.py MASK_COMBINE). `detected`: the pixels of the detector's mask, None when none was made."""
+    height, width = rgb.shape[:2]
+    skip_own = detector is not None and settings.mask_combine == "replace"
+    own, t_fetch, t_decode = (None, 0.0, 0.0) if skip_own else _manifest_mask(row, width, height, settings)
+    if detector is None or (own is not None and settings.mask_combine == "missing"):
+        if own is None:
+            raise RowError("bad_row", "no mask: mask, boxes and mask_rle are all null (or detect masks with "
+                                      "--mask-from)")
+        return {"mask": own, "source": MANIFEST, "detected": None, "t_fetch": t_fetch, "t_decode": t_decode}
+    t1 = time.perf_counter()
+    found = _detected(detector, rgb, settings.mask_from)
+    mask, source = (found, settings.mask_from) if own is None else (own | found, UNION)
+    return {"mask": mask, "source": source, "detected": int(np.count_nonzero(found)), "t_fetch": t_fetch,
+            "t_decode": t_decode + time.perf_counter() - t1}
 
 
 def _fill_row_fields(row: dict, settings: PrepareSettings, out: dict) -> None:
@@ -159,7 +201,7 @@ def _fill_row_fields(row: dict, settings: PrepareSettings, out: dict) -> None:
 
 
 _EMPTY = {"model_image": [], "model_mask": [], "windows": [], "region_res": [], "region_seeds": [], "window": None,
-          "repaint_mask": b"", "source": None,
+          "repaint_mask": b"", "used_mask": None, "source": None,
           "source_uri": None, "source_size": None, "source_digest": None}
 
 
@@ -177,14 +219,35 @@ def _regions(rgb: np.ndarray, repaint: np.ndarray, seed: int, settings: PrepareS
                        max(w[2] for w in windows), max(w[3] for w in windows)]}
 
 
-def prepare_row(row: dict, settings: PrepareSettings) -> dict:
-    """Canonical row dict -> prepared dict (see module docstring). Never raises for row problems."""
+def _mask_fields(row: dict, rgb: np.ndarray, built: dict, seed: int, settings: PrepareSettings) -> dict:
+    """The prepared fields of the row's mask (`_build_mask`): where it came from, its dilation, and the regions to
+    inpaint (status ready), or status unchanged when it is empty."""
+    mask, detected = built["mask"], built["detected"]
+    repaint = dilate(mask, settings.mask_dilate)
+    out = {"mask_source": built["source"], "detected_pixels": detected, "mask_pixels": int(repaint.sum()),
+           "mask_uri": None if detected is not None else redact_uri(row.get("mask_uri"))}
+    if bbox(repaint) is None:
+        return {**out, "status": UNCHANGED}
+    return {**out, **_regions(rgb, repaint, seed, settings), "status": "ready", "repaint_mask": _mask_png(repaint),
+            "used_mask": None if detected is None else _mask_png(mask)}
+
+
+def _mask_png(mask: np.ndarray) -> bytes:
+    png = io.BytesIO()
+    Image.fromarray(mask).save(png, "PNG", optimize=False)  # bool -> mode "1"
+    return png.getvalue()
+
+
+def prepare_row(row: dict, settings: PrepareSettings, detector=None) -> dict:
+    """Canonical row dict -> prepared dict (see module docstring). Never raises for row problems. `detector`: the
+    --mask-from detector (a callable, uint8 [H, W, 3] -> bool [H, W]), built once per worker by the caller."""
     t_start = time.perf_counter()
     R = settings.resolution
     out = {
         "id": None, "status": "error", "error_kind": None, "error": None, "seed": None,
         "prompt": None, "negative_prompt": None, "image_uri": redact_uri(row.get("image_uri")),
-        "width": None, "height": None, "resolution": R, "mask_pixels": None,
+        "width": None, "height": None, "resolution": R, "mask_pixels": None, "mask_source": None, "mask_uri": None,
+        "detected_pixels": None,
         "t_fetch": 0.0, "t_decode": 0.0, "t_prepare": 0.0, **_EMPTY,
     }
     try:
@@ -201,19 +264,10 @@ def prepare_row(row: dict, settings: PrepareSettings) -> dict:
         height, width = rgb.shape[:2]
         out.update(_source_fields(source, uri), width=int(width), height=int(height))
 
-        mask, t_mfetch, t_mdecode = _build_mask(row, width, height, settings)
-        out["t_fetch"] += t_mfetch
-        out["t_decode"] += t_mdecode
-        repaint = dilate(mask, settings.mask_dilate)
-        box = bbox(repaint)
-        out["mask_pixels"] = int(repaint.sum())
-        if box is None:
-            out["status"] = UNCHANGED
-        else:
-            out.update(_regions(rgb, repaint, out["seed"], settings))
-            png = io.BytesIO()
-            Image.fromarray(repaint).save(png, "PNG", optimize=False)  # bool -> mode "1"
-            out.update(status="ready", repaint_mask=png.getvalue())
+        built = _build_mask(row, rgb, settings, detector)
+        out["t_fetch"] += built["t_fetch"]
+        out["t_decode"] += built["t_decode"]
+        out.update(_mask_fields(row, rgb, built, out["seed"], settings))
     except RowError as e:
         out.update(status=ERROR, error_kind=e.kind, error=e.message, **_EMPTY)
     except MemoryError:

@@ -10,6 +10,9 @@ region's window (both null unless inpainted).
 kept and the repainted ones replaced, io/jpeg_transplant.py), ``output_bytes`` its size, and ``output_fallback``
 why `--format auto` wrote a JPEG source as PNG (null otherwise); all three are null where no image was written, and
 absent from results written before they existed (readers take them as null).
+``mask_source`` says where the mask came from (the manifest, a detector named by ``--mask-from``, or both) and
+``mask_uri`` where the mask actually used (after threshold, before dilation) can be looked at: a detector's mask is
+written under ``{output}/masks/`` in the images' layout. Both are absent from results written before they existed.
 ``timings`` are seconds per stage for this row.
 """
 
@@ -20,6 +23,8 @@ import pyarrow as pa
 # A row's status: the results' vocabulary, used by every stage and by the bookkeeping (ledger/layout.py).
 OK, UNCHANGED, ERROR = "ok", "unchanged", "error"
 DONE_STATUSES = (OK, UNCHANGED)  # a row of these is never processed again
+# A row's mask_source besides a detector's name ("text", "prompt:<text>"): its own mask, or its own and a detector's.
+MANIFEST, UNION = "manifest", "union"
 
 TIMINGS_TYPE = pa.struct([
     ("fetch", pa.float64()), ("decode", pa.float64()), ("prepare", pa.float64()),
@@ -50,6 +55,9 @@ RESULTS_SCHEMA = pa.schema([
     ("window", pa.list_(pa.int32(), 4)),  # [x0, y0, x1, y1] around every region's window
     ("regions", pa.list_(REGION_TYPE)),   # one per region, in region order
     ("mask_pixels", pa.int64()),          # repaint pixels after dilation
+    ("mask_source", pa.string()),         # manifest | union | the detector's name: text, prompt:<text> (--mask-from)
+    ("mask_uri", pa.string()),            # the mask used, before dilation: {output}/masks/... for a detector's mask,
+                                          # the manifest's mask URI (redacted) for a row's own; null for boxes / RLE
     ("model_sha256", pa.string()),
     ("settings_fingerprint", pa.string()),  # the run's pixel settings (ledger/fingerprint.py); null: not a model row
     ("output_format", pa.string()),       # format written: png | jpeg | webp | jpeg-transplant (io/outputs.py)

@@ -24,6 +24,9 @@ RESOLUTION_STEP = 64              # the VAE downsamples by 8 and the UNet by 8 m
 MAX_RESOLUTION = 2048
 MAX_GROW_PX = 512                 # largest --mask-dilate and --feather
 MAX_MIN_CONTEXT_PX = 100_000
+# --mask-combine: which rows get the detector's mask (--mask-from), io/prepare.py. "missing": rows without a mask of
+# their own; "union": every row, joined with its own mask; "replace": every row, its own mask ignored.
+MASK_COMBINE = ("missing", "union", "replace")
 PIL_BOMB_LIMIT = (2 * Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else None  # PIL refuses beyond this
 
 
@@ -40,6 +43,8 @@ class PrepareSettings:
     max_resolution: int = 0        # model side for regions larger than R (0: off, they are resized to R)
     max_pixels: int = 50_000_000   # refuse larger images before decoding
     resize_mask: bool = False      # resize a mask of another size instead of failing the row
+    mask_from: str = ""            # the detector's mask source name ("text", "prompt:<text>"); "": manifest masks only
+    mask_combine: str = "missing"  # one of MASK_COMBINE
     default_prompt: str = ""
     default_negative_prompt: str = ""
     job_seed: int = 0
@@ -78,6 +83,10 @@ class PrepareSettings:
         for name in ("default_prompt", "default_negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 bad(f"{name} must be a string")
+        if self.mask_combine not in MASK_COMBINE:
+            bad(f"mask_combine must be one of {', '.join(MASK_COMBINE)}, got {self.mask_combine!r}")
+        if not isinstance(self.mask_from, str):
+            bad(f"mask_from must be a string, got {self.mask_from!r}")
         if not valid_scheme_list(self.allowed_schemes):
             bad(f"allowed_schemes must be a non-empty tuple of lower-case URI schemes, got {self.allowed_schemes!r}")
         self.storage.validate()

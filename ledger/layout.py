@@ -2,6 +2,7 @@
 
     results/part-*.parquet      the results rows, the one source of truth for what is done (ledger/files.py)
     images/                     the output images (io/finish.py names them)
+    masks/                      the masks a detector made (--mask-from), named and laid out as the images
     _quarantine/                results files that could not be read, moved aside, never silently used
     _index/                     caches of the bookkeeping: deleting them is always safe (ledger/caches.py)
     _runs/                      one record per run (ledger/overview.py)
