@@ -4,6 +4,8 @@ sleep per model batch (bench/standin.py), on a local Ray this module starts:
     python -m rayinpaint.bench.keepup --actors 8 --rows 400 --sleep 0.4          # actors the bottleneck
     python -m rayinpaint.bench.keepup --actors 8 --rows 200 --sleep 0.01 --size 1024 --png-level 9
                                                                                    # finish the bottleneck
+    python -m rayinpaint.bench.keepup --actors 4 --rows 192 --sleep 2 --size 640 --mask-from text
+                                                    # masks detected in prepare (captioned photos, bench/captions.py)
 
 Prints one JSON record: per-actor busy fraction over the streaming window (from the moment every actor has
 started its first model call to the moment the first actor ends its last one: start-up and the final drain left
@@ -105,8 +107,9 @@ def actor_busy(log_dir: str) -> dict:
 
 def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 1, batch: int = 4,
         stage_cpus: int | None = None, workdir: str | None = None, object_store_mb: int = 1024,
-        resolution: int = 128) -> dict:
-    """Start a local Ray, run the job with the stand-in actors, stop Ray; the measurements as a dict."""
+        resolution: int = 128, mask_from: str = "") -> dict:
+    """Start a local Ray, run the job with the stand-in actors, stop Ray; the measurements as a dict. `mask_from`:
+    detect the masks (captioned photos without a mask column) instead of reading boxes (noise PNGs)."""
     import ray
 
     from rayinpaint.jobs.config import JobConfig
@@ -116,7 +119,12 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
 
     stage_cpus = stage_cpus or os.cpu_count() or 2
     work = workdir or tempfile.mkdtemp(prefix="keepup-")
-    manifest = make_rows(os.path.join(work, "input"), rows, size)
+    if mask_from:
+        from .captions import write_dataset
+
+        manifest = write_dataset(os.path.join(work, "input"), rows, size, size * 3 // 4)
+    else:
+        manifest = make_rows(os.path.join(work, "input"), rows, size)
     log_dir = os.path.join(work, "actors")
     ray.init(address="local", num_cpus=actors + stage_cpus, object_store_memory=object_store_mb * 2 ** 20,
              include_dashboard=False, logging_level="WARNING")
@@ -126,7 +134,7 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
         t0 = time.time()
         cfg = JobConfig(manifest=(manifest,), output=os.path.join(work, "out"), weights="random:tiny",
                         num_actors=actors, num_gpus_per_actor=0, batch_size=batch, resolution=resolution,
-                        png_level=png_level, steps=1,
+                        png_level=png_level, steps=1, mask_from=mask_from,
                         progress_interval=5.0, max_error_rate=0.0)
         rc = run_job(cfg, model_actor=sleeping_actor(sleep, log_dir))
         wall = time.time() - t0
@@ -135,12 +143,16 @@ def run(rows: int, actors: int, sleep: float, size: int = 256, png_level: int = 
         peak = tracker.peak
         ray.shutdown()
     busy = actor_busy(log_dir)
-    return {"rc": rc, "rows": rows, "actors": actors, "sleep_s": sleep, "batch": batch, "size": size,
+    with open(os.path.join(work, "out", "_SUMMARY.json")) as f:
+        summary = json.load(f)
+    return {"counts": summary["counts_by_status"],
+            "mask_sources": {k: v["rows"] for k, v in summary.get("mask_sources", {}).items()},
+            "rc": rc, "rows": rows, "actors": actors, "sleep_s": sleep, "batch": batch, "size": size,
             "png_level": png_level, "ray_cpus": actors + stage_cpus, "wall_s": round(wall, 2),
             "rows_per_s_wall": round(rows / wall, 2), "object_store_peak_mb": round(peak / 2 ** 20, 1),
             "resolution": resolution,
-            "object_store_mb": object_store_mb, "model_stage": model_stage_bytes(manifest, batch, resolution), **busy,
-            "workdir": work}
+            "object_store_mb": object_store_mb, "mask_from": mask_from, **busy, "workdir": work,
+            "model_stage": None if mask_from else model_stage_bytes(manifest, batch, resolution)}
 
 
 def main(argv=None) -> int:
@@ -154,9 +166,10 @@ def main(argv=None) -> int:
     p.add_argument("--stage-cpus", type=int, default=None)
     p.add_argument("--resolution", type=int, default=128, help="model side (the prepared inputs' size)")
     p.add_argument("--object-store-mb", type=int, default=1024)
+    p.add_argument("--mask-from", default="", help="detect the masks (e.g. text) in captioned photos instead")
     a = p.parse_args(argv)
     rec = run(a.rows, a.actors, a.sleep, a.size, a.png_level, a.batch_size, a.stage_cpus,
-              object_store_mb=a.object_store_mb, resolution=a.resolution)
+              object_store_mb=a.object_store_mb, resolution=a.resolution, mask_from=a.mask_from)
     busy = list(rec["busy"].values())
     rec["busy_min"], rec["busy_mean"] = (min(busy), round(sum(busy) / len(busy), 3)) if busy else (0, 0)
     print(json.dumps(rec, indent=1))

@@ -66,7 +66,9 @@ def results_chunk(start: int, n: int) -> pa.Table:
         "regions": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), pa.StructArray.from_arrays(
             [pa.FixedSizeListArray.from_arrays(pa.array(np.tile([0, 0, 512, 512], n).astype(np.int32)), 4),
              pa.array(np.full(n, 512, np.int32))], names=["window", "resolution"])),  # one region per row
-        "mask_pixels": pa.array(i % 50_000), "model_sha256": pa.array(np.full(n, "ab" * 32)), "timings": timings,
+        "mask_pixels": pa.array(i % 50_000),
+        "mask_source": pa.array(np.where(err, None, "manifest").tolist(), pa.string()),
+        "mask_uri": pc.binary_join_element_wise("s3://bucket/masks/", ids, ".png", ""), "model_sha256": pa.array(np.full(n, "ab" * 32)), "timings": timings,
         # null: an output from before settings were fingerprinted, which a rerun adopts (ledger/fingerprint.py)
         "settings_fingerprint": pa.nulls(n, pa.string()),
         "output_format": pa.array(np.where(err, None, "png").tolist(), pa.string()),

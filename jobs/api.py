@@ -28,8 +28,11 @@ def inpaint_dataset(ds, cfg: JobConfig, *, base_dir: str | None = None):
     """`ds`: a Ray Dataset with the manifest's columns (`cfg.columns` maps other names; see README, Manifests);
     relative image and mask URIs resolve against `base_dir`. Needs a running Ray (`ray.init()`); `cfg.manifest`
     is not used. Returns the lazy Dataset of results rows (one per input row, whatever happened to it)."""
-    from .pipeline import PassPlan, _model_stage, model_pool
-    from .stages import prepare_batch
+    import ray
+
+    from .pipeline import PassPlan, _model_stage, _prepare_stage, model_pool
+    from .preflight import check_detector
+    from .sizing import DETECT_PREPARE_WEIGHT, stage_sizes
 
     if not cfg.output:
         raise SettingsError("inpaint_dataset: cfg.output is required (images are written under it)")
@@ -37,14 +40,18 @@ def inpaint_dataset(ds, cfg: JobConfig, *, base_dir: str | None = None):
     storage = cfg.storage()
     rows = cfg.prepare_settings(storage)
     rows.validate()
+    check_detector(cfg, storage)
     run = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "strength": cfg.strength,
            "settings_fingerprint": fingerprint_of(pixel_settings(cfg, model_identity(cfg, storage)))}
-    plan = PassPlan(storage=storage, groups=[], rows=rows, finish=None, model=cfg.model_settings(storage))
+    plan = PassPlan(storage=storage, groups=[], rows=rows, finish=None, model=cfg.model_settings(storage),
+                    detect=cfg.detect_settings(storage))
     ds = ds.map_batches(canonicalize, batch_format="pyarrow",
                         fn_kwargs={"colmap": cfg.column_map(), "source_column": None, "base_dir": base_dir})
-    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=cfg.batch_size,
-                        fn_kwargs={"settings": rows}, num_cpus=1)
-    ds = _model_stage(ds, cfg, plan, cfg.batch_size, False, model_pool(cfg))
+    pool = model_pool(cfg)
+    sizes = stage_sizes(float(ray.cluster_resources().get("CPU", 0)), pool[0], pool[2], DETECT_PREPARE_WEIGHT)
+    whole = sizes.prepare + sizes.finish <= sizes.free  # a CPU for each stage: else detector actors share the free one
+    ds = _prepare_stage(ds, plan, cfg.batch_size, 1 if whole else 0.5, None, sizes.prepare if whole else 1)
+    ds = _model_stage(ds, cfg, plan, cfg.batch_size, False, pool)
     return ds.map_batches(finish_results, batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=1,
                           fn_kwargs={"rows": rows, "out": cfg.output_settings(storage), "run": run})
 

@@ -26,13 +26,19 @@ log = logging.getLogger("rayinpaint.job")
 ZOOM_PX = 192         # height of the zoomed crop pair (the preview sheet's height, so the two sit side by side)
 ZOOM_MAX_W = 320      # width of each crop at most
 _CHANGED = 12         # a pixel counts as repainted when a channel moved by more than this (JPEG output is noisy)
-_COLUMNS = ["id", "prompt", "output_uri", "image_uri", "window", "regions", "mask_pixels"]
+_COLUMNS = ["id", "prompt", "output_uri", "image_uri", "window", "regions", "mask_pixels", "mask_source", "mask_uri"]
 
 
 def image_path(output_uri: str) -> str:
     """The output image's path below the output folder (images/{stem}.ext, or images/ab/{stem}.ext in the
     hashed layout), from its results row's output_uri."""
     return "images/" + output_uri.rsplit("/images/", 1)[-1]
+
+
+def mask_path(mask_uri: str) -> str:
+    """A detector's mask's path below the output folder (masks/{stem}.png, or masks/ab/{stem}.png), from its results
+    row's mask_uri."""
+    return "masks/" + mask_uri.rsplit("/masks/", 1)[-1]
 
 
 def card_details(root: str, storage, ledger, names: set) -> dict:

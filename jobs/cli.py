@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 from rayinpaint.io.errors import ManifestError, SettingsError
-from rayinpaint.io.settings import FORMATS
+from rayinpaint.io.settings import FORMATS, MASK_COMBINE
 from rayinpaint.model.choices import DTYPES, SAMPLERS
 
 from .config import FIELDS, MODEL_CONFIGS, build_config, did_you_mean
@@ -193,6 +193,19 @@ def _mask_options(opt) -> None:
     opt("--max-pixels", type=int, help="images with more pixels are refused (decompression bombs)")
     opt("--resize-mask", action=argparse.BooleanOptionalAction,
         help="resize masks whose size differs from the image instead of failing the row")
+    opt("--mask-from", metavar="DETECTOR",
+        help="detect the masks: 'text' (captions, watermark text, signs: rapidocr's text detector) or "
+             "'prompt:<what>' (CLIPSeg, e.g. prompt:watermark, with --detector-weights); the manifest then needs no "
+             "mask column. Needs pip install \"ray-inpaint[detect]\" (README: Masks from detectors)")
+    opt("--mask-combine", choices=MASK_COMBINE,
+        help="with --mask-from: missing = detect the rows without a mask of their own; union = every row, joined "
+             "with its own mask; replace = every row, its own mask ignored")
+    opt("--detector-weights", metavar="URI",
+        help="with --mask-from prompt:...: a CLIPSeg model folder (local, s3://, hf://; downloaded once per node like "
+             "--weights); with --mask-from text: an ONNX text-detection model instead of the one rapidocr ships")
+    opt("--detector-threshold", type=float,
+        help="with --mask-from: text = the lowest score of a text box kept; prompt = the lowest CLIPSeg probability "
+             "of a pixel kept (default: the detector's own, README: Masks from detectors)")
 
 
 def _image_options(opt) -> None:

@@ -13,13 +13,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayinpaint.io.errors import SettingsError
+from rayinpaint.detect.spec import DetectSettings, mask_source_name
+from rayinpaint.io.errors import SettingsError, redact_uri
 from rayinpaint.io.images import MAX_PNG_LEVEL, PNG_LEVEL
 from rayinpaint.io.naming import LAYOUTS
 from rayinpaint.io.regions import DEFAULT_MAX_REGIONS, MAX_PARTS as MAX_REGIONS
 from rayinpaint.io.schemes import DEFAULT_ALLOWED_SCHEMES, valid_scheme_list
-from rayinpaint.io.settings import (FORMATS, MAX_GROW_PX, MAX_MIN_CONTEXT_PX, MAX_RESOLUTION, RESOLUTION_STEP,
-                                    OutputSettings, PrepareSettings)
+from rayinpaint.io.settings import (FORMATS, MASK_COMBINE, MAX_GROW_PX, MAX_MIN_CONTEXT_PX, MAX_RESOLUTION,
+                                    RESOLUTION_STEP, OutputSettings, PrepareSettings)
 from rayinpaint.model.choices import DTYPES, SAMPLERS
 
 # diffusers scheduler class names (what a diffusers user knows the samplers by) -> our sampler names.
@@ -63,6 +64,10 @@ class JobConfig:
     max_resolution: int = 0
     max_pixels: int = 50_000_000
     resize_mask: bool = False
+    mask_from: str = ""
+    mask_combine: str = "missing"
+    detector_weights: str | None = None
+    detector_threshold: float | None = None
     columns: str = ""
     allowed_schemes: str = ",".join(DEFAULT_ALLOWED_SCHEMES)
     batch_size: int = 16
@@ -110,11 +115,7 @@ class JobConfig:
         for item in self.storage_option:
             k, _, v = item.partition("=")
             kv[k.strip()] = _coerce(v.strip())
-        over = {
-            "endpoint_url": self.endpoint_url,
-            "region": self.region,
-            "profile": self.profile,
-        }
+        over = {"endpoint_url": self.endpoint_url, "region": self.region, "profile": self.profile}
         over = {k: v for k, v in over.items() if v is not None}
         if self.anon:
             over["anon"] = True
@@ -126,24 +127,12 @@ class JobConfig:
 
     def prepare_settings(self, storage) -> PrepareSettings:
         """The row stages' settings (prepare and finish); `storage`: this run's StorageOptions."""
-        return PrepareSettings(
-            resolution=self.resolution,
-            mask_threshold=self.mask_threshold,
-            mask_invert=self.mask_invert,
-            mask_dilate=self.mask_dilate,
-            feather=self.feather,
-            context=self.context,
-            min_context=self.min_context,
-            max_regions=self.max_regions,
-            max_resolution=self.max_resolution,
-            max_pixels=self.max_pixels,
-            resize_mask=self.resize_mask,
-            default_prompt=self.prompt,
-            default_negative_prompt=self.negative_prompt,
-            job_seed=self.seed,
-            allowed_schemes=self.allowed_scheme_tuple(),
-            storage=storage,
-        )
+        same = ("resolution", "mask_threshold", "mask_invert", "mask_dilate", "feather", "context", "min_context",
+                "max_regions", "max_resolution", "max_pixels", "resize_mask", "mask_combine")
+        return PrepareSettings(**{k: getattr(self, k) for k in same}, default_prompt=self.prompt,
+                               mask_from=mask_source_name(DetectSettings(self.mask_from)) if self.mask_from else "",
+                               default_negative_prompt=self.negative_prompt, job_seed=self.seed,
+                               allowed_schemes=self.allowed_scheme_tuple(), storage=storage)
 
     def output_settings(self, storage) -> OutputSettings:
         return OutputSettings(root=self.output.rstrip("/"), format=self.format, quality=self.quality,
@@ -164,21 +153,30 @@ class JobConfig:
                              model_config=self.model_config, speed=self.speed, strict_speed=self.strict_speed,
                              deterministic=self.deterministic)
 
+    def detect_settings(self, storage=None):
+        """The --mask-from detector's settings (detect/spec.py), None without --mask-from; `storage`: this run's
+        StorageOptions (default: from the options), for --detector-weights on an object store."""
+        if not self.mask_from:
+            return None
+        from rayinpaint.io.storage import protocol_of
+
+        store = (storage or self.storage()).fsspec_kwargs(protocol_of(self.detector_weights or ""))
+        return DetectSettings(source=self.mask_from, weights=self.detector_weights, threshold=self.detector_threshold,
+                              cache_dir=self.weights_cache, storage_options=store)
+
     def allowed_scheme_tuple(self) -> tuple:
         return tuple(x.strip().lower() for x in self.allowed_schemes.split(",") if x.strip())
 
     def column_map(self):
         from rayinpaint.io.manifest import ColumnMap
 
-        return ColumnMap.parse(self.columns or "")
+        return ColumnMap.parse(self.columns or "", mask_required=not self.mask_from)
 
     def public_dict(self) -> dict:
         """Settings as recorded in the summary (no credentials: storage options are named, not valued)."""
-        from rayinpaint.io.errors import redact_uri
-
         d = dataclasses.asdict(self)
         d["manifest"] = [redact_uri(m) for m in self.manifest]
-        for k in ("output", "weights", "endpoint_url", "address", "weights_cache"):
+        for k in ("output", "weights", "endpoint_url", "address", "weights_cache", "detector_weights"):
             d[k] = redact_uri(d[k])
         d["storage_option"] = [s.partition("=")[0] + "=<set>" for s in self.storage_option]
         d.pop("extra", None)
@@ -189,14 +187,12 @@ def _coerce(v: str) -> Any:
     low = v.lower()
     if low in ("true", "false"):
         return low == "true"
-    try:
-        return int(v)
-    except ValueError:
-        pass
-    try:
-        return float(v)
-    except ValueError:
-        return v
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(JobConfig)}
@@ -343,6 +339,17 @@ def _check_rows(c: JobConfig) -> None:
     _check(not c.lossless or c.format == "webp", f"--lossless applies to --format webp only, not {c.format}")
     _check(0 <= c.png_level <= MAX_PNG_LEVEL, f"--png-level must be between 0 and {MAX_PNG_LEVEL}, got {c.png_level}")
     _check(c.image_layout in LAYOUTS, f"--image-layout must be one of {', '.join(LAYOUTS)}, got {c.image_layout!r}")
+    _check_detector(c)
+
+
+def _check_detector(c: JobConfig) -> None:
+    _check(c.mask_combine in MASK_COMBINE, f"--mask-combine must be one of {', '.join(MASK_COMBINE)}, got "
+                                           f"{c.mask_combine!r}{did_you_mean(c.mask_combine, MASK_COMBINE)}")
+    if c.mask_from:
+        c.detect_settings().validate()  # SettingsError naming the option
+    else:
+        _check(c.mask_combine == "missing" and c.detector_weights is None and c.detector_threshold is None,
+               "--mask-combine, --detector-weights and --detector-threshold apply with --mask-from only")
 
 
 def _check_run(c: JobConfig) -> None:

@@ -2,7 +2,7 @@
 
 After the usual pre-flight (weights header, output reachable, manifest schemas and ids), it reads the output's
 results (read only), counts the rows left to do, fetches and decodes a sample of them on the driver (the same
-prepare step the workers run: image, mask, crop), says whether the output's recorded settings match, and, given
+prepare step the workers run: image, mask (detected, with --mask-from), crop), says whether the output's recorded settings match, and, given
 a `rayinpaint bench` record, estimates the GPU-hours the rows left would take.
 """
 
@@ -98,6 +98,11 @@ def sample_rows(cfg, storage, plan) -> list[dict]:
     out = []
     want = min(cfg.dry_run_sample, plan.todo)
     settings = cfg.prepare_settings(storage)
+    detector = None
+    if cfg.mask_from and want:  # the workers' detector, built here once: the sample's masks are what a run makes
+        from rayinpaint.detect import build_detector
+
+        detector = build_detector(cfg.detect_settings(storage))
     for path in (p for group in plan.groups_to_read() for p in group):
         if len(out) >= want:
             break
@@ -107,5 +112,5 @@ def sample_rows(cfg, storage, plan) -> list[dict]:
         t = canonicalize(t, cfg.column_map(), source_column=None, base_dir=dirname_uri(path))
         t = t.filter(pc.fill_null(pc.not_equal(t.column("id"), ""), False))
         t = t.filter(pa.array(plan.index.among(t.column("id").combine_chunks(), "todo")))
-        out += [prepare_row(row, settings) for row in t.to_pylist()[: want - len(out)]]
+        out += [prepare_row(row, settings, detector) for row in t.to_pylist()[: want - len(out)]]
     return out

@@ -35,7 +35,8 @@ from .config import LOG_FORMAT, JobConfig, validate
 from .dryrun import dry_run
 from .logsafe import REDACT
 from .placement import pool_timeout
-from .preflight import OutputUnwritable, check_manifest_reachable, check_output_writable, check_weights
+from .preflight import (OutputUnwritable, check_detector, check_manifest_reachable, check_output_writable,
+                        check_weights)
 from .progress import Progress
 from .report import build_summary, report_html, summary_json
 from .tally import Outcome, RunTally, outcome_of
@@ -64,6 +65,7 @@ def _run_job(cfg: JobConfig, model_actor: tuple | None = None) -> int:
     storage = cfg.storage()
     cfg.prepare_settings(storage).validate()
     check_weights(cfg, storage)
+    check_detector(cfg, storage)
     check_output_writable(cfg.output, storage)
     check_manifest_reachable(cfg.manifest, storage)
     ledger = Ledger(cfg.output, storage)
@@ -142,7 +144,8 @@ def process_rows(cfg: JobConfig, storage, ledger: Ledger, plan: Plan, tally: Run
     finish = FinishContext(rows=rows, out=cfg.output_settings(storage), run=run, results_uri=ledger.uri,
                            events=events)
     passes = PassPlan(storage=storage, groups=plan.groups_to_read(), rows=rows, finish=finish,
-                      model=dataclasses.replace(cfg.model_settings(storage), events=events), actor=model_actor)
+                      model=dataclasses.replace(cfg.model_settings(storage), events=events), actor=model_actor,
+                      detect=cfg.detect_settings(storage))
     tally.progress.start_ticker(poller(events, timeout=max(1.0, cfg.progress_interval / 4)))
     try:
         process(cfg, passes, ledger, plan, tally, preview_p=min(1.0, 2.0 * cfg.preview_count / max(1, n)))

@@ -47,6 +47,7 @@ class PassPlan:
     rows: object             # io.settings.PrepareSettings: prepare and finish
     finish: object           # stages.FinishContext
     model: object            # predictor.ModelSettings
+    detect: object = None    # detect.DetectSettings of --mask-from (prepare runs as detector actors), or None
     # The model actor: (callable class, constructor arguments after `model`), built as cls(model, *args) in
     # each actor. None: predictor.InpaintPredictor. Callers pass another one for tests and benchmarks
     # (bench/standin.py sleeps instead of running a model); nothing in the config selects it.
@@ -180,6 +181,25 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
         )
 
 
+def _prepare_stage(ds, plan: PassPlan, block: int, cpus: float, tasks, actors: int):
+    """prepare as tasks of `cpus` CPUs (`tasks`: their TaskPoolStrategy), or, when the job detects masks, as `actors`
+    actors that each build the detector once (stages.DetectingPrepare).
+
+    A detector actor holds its CPU for the whole pass. Where the free CPUs hold a whole one for each stage (`cpus`
+    1), it asks one; where they do not (a 2-CPU machine: one free CPU, shared by half-CPU tasks), it asks none and
+    shares the free CPU: Ray Data's read tasks ask a whole CPU, and an actor holding half of the one free CPU left
+    them none for ever (the pass hung before its first row)."""
+    import ray
+
+    from .stages import DetectingPrepare, prepare_batch
+
+    if plan.detect is None:
+        return ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=cpus, compute=tasks,
+                              fn_kwargs={"settings": plan.rows})
+    return ds.map_batches(DetectingPrepare, batch_format="pyarrow", batch_size=block, num_cpus=1 if cpus >= 1 else 0,
+                          compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_args=(plan.rows, plan.detect))
+
+
 def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None, retry_pass: bool = False,
              limit=None, preview_p: float = 0.0) -> None:
     """One streaming pass over the manifest: results go to the ledger (written by the finish tasks), the
@@ -187,11 +207,12 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     idset.IdSet or PartedIdSet. `retry_pass`: a crash-retry pass (one row per batch and task in flight)."""
     import ray
 
-    from .sizing import cpu_block_rows, stage_sizes
-    from .stages import finish_and_write, prepare_batch
+    from .sizing import DETECT_PREPARE_WEIGHT, cpu_block_rows, stage_sizes
+    from .stages import finish_and_write
 
     pool = model_pool(cfg)
-    sizes = stage_sizes(float(ray.cluster_resources().get("CPU", 0)), pool[0], pool[2])
+    sizes = stage_sizes(float(ray.cluster_resources().get("CPU", 0)), pool[0], pool[2],
+                        DETECT_PREPARE_WEIGHT if plan.detect is not None else 1.0)
     ds = read_manifest(cfg, plan, exclude=exclude, include=include)
     if limit is not None:
         ds = ds.limit(limit)
@@ -207,8 +228,7 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     caps = (ray.data.TaskPoolStrategy(size=sizes.prepare), ray.data.TaskPoolStrategy(size=sizes.finish)) \
         if capped else (ray.data.TaskPoolStrategy(size=1), None)
     stage_cpus = 1 if capped else 0.5
-    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=stage_cpus,
-                        compute=caps[0], fn_kwargs={"settings": plan.rows})
+    ds = _prepare_stage(ds, plan, block, stage_cpus, caps[0], sizes.prepare if capped else 1)
     ds = _model_stage(ds, cfg, plan, 1 if retry_pass else cfg.batch_size, retry_pass, pool)
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size),
                         num_cpus=stage_cpus,
@@ -216,6 +236,8 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
     share = f"prepare <= {sizes.prepare} and finish <= {sizes.finish} task(s) in flight" if capped \
         else "one prepare task and the finish tasks share the free CPU"
+    if plan.detect is not None:
+        share = share.replace("prepare", f"prepare ({plan.rows.mask_from} detector actors)", 1)
     log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], share, block)
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink(b)

@@ -60,6 +60,18 @@ def check_weights(cfg: JobConfig, storage) -> None:
         _check_file(fs, p, cfg)
 
 
+def check_detector(cfg: JobConfig, storage) -> None:
+    """--mask-from: the detector's packages are installed and its model file can be read, or one line (exit 2)
+    before Ray starts or any row is read (detect/spec.py DetectorMissing, detect/weights.py)."""
+    detect = cfg.detect_settings(storage)
+    if detect is None:
+        return
+    from rayinpaint.detect import detector_identity, require_extra
+
+    require_extra(detect.source)
+    detector_identity(detect)
+
+
 def _check_file(fs, path: str, cfg: JobConfig) -> None:
     """The file's format from its first bytes, then its tensors' names and shapes against the model: a
     `.safetensors` header, or a torch checkpoint's pickle part (model/fileformat.py), never the tensor data. The

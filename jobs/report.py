@@ -12,7 +12,7 @@ import time
 from rayinpaint.io.results import DONE_STATUSES
 
 from .tally import unchanged_warning
-from .cards import image_path
+from .cards import image_path, mask_path
 
 
 def package_versions(packages) -> dict:
@@ -91,6 +91,7 @@ def build_summary(cfg, outcome, tally, *, elapsed: float, started: float, model_
         "runs": {k: whole[k] for k in ("runs", "runs_that_processed_rows", "rows_processed") if k in whole},
         "stage_timings_s": whole.get("stage_timings_s", {}),
         "mask_area": whole.get("mask_area", {}),
+        "mask_sources": whole.get("mask_sources", {}),
         # images written by format (png, jpeg, webp, jpeg-transplant): rows, total bytes and bytes per row
         "output_bytes": whole.get("output_bytes", {}),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -157,7 +158,24 @@ def _mask_area(s: dict) -> str:
                    f"</span></td></tr>" for k, n in bins.items())
     return ("<h2>Mask sizes</h2><p>Rows by the share of the image repainted (after dilation; unchanged rows have "
             "an empty mask). A run whose rows all sit in the first bin repainted nothing.</p>"
-            "<table><tr><th>repainted share</th><th>rows</th><th></th></tr>" + body + "</table>")
+            "<table><tr><th>repainted share</th><th>rows</th><th></th></tr>" + body + "</table>" + _mask_sources(s))
+
+
+def _mask_sources(s: dict) -> str:
+    """Rows per mask source (the manifest, a detector, both) with their mask sizes; this run's detected areas."""
+    e, sources = html.escape, s.get("mask_sources") or {}
+    if not sources:
+        return ""
+    labels = list(next(iter(sources.values()))["mask_area"])
+    body = "".join(f"<tr><td><code>{e(name)}</code></td><td>{v['rows']}</td>"
+                   + "".join(f"<td>{v['mask_area'].get(k, 0)}</td>" for k in labels) + "</tr>"
+                   for name, v in sources.items())
+    detected = (s.get("this_run") or {}).get("detected_area")
+    found = ("<p>This run's detected masks, before dilation, by the share of the image they cover: "
+             + ", ".join(f"{e(k)}: {n}" for k, n in detected.items()) + ".</p>") if detected else ""
+    return ("<h3>Mask sources</h3><p>Rows done per mask source (<code>manifest</code>; a detector of --mask-from; "
+            "<code>union</code>: both), by repainted share.</p><table><tr><th>source</th><th>rows</th>"
+            + "".join(f"<th>{e(k)}</th>" for k in labels) + "</tr>" + body + "</table>" + found)
 
 
 def _errors(s: dict) -> str:
@@ -211,11 +229,23 @@ def _samples(previews: list, cards: dict) -> str:
                 f'<div><b>{e(str(c.get("id", name)))}</b> &middot; {e(status)}'
                 + (f' &middot; <a href="{e(href)}">full size</a>' if href else "")
                 + (f' &middot; {c["mask_pixels"]} px repainted' if c.get("mask_pixels") else "") + "</div>"
+                + _mask_line(c)
                 + (f'<div>{len(regions)} region(s): ' + ", ".join(
                     f'{list(r["window"])} at {r["resolution"]} px' for r in regions) + "</div>" if regions else "")
                 + (f'<div class="prompt">prompt: {e(c.get("prompt") or "(none)")}</div>' if c else "")
                 + "</div><!-- /card -->")
     return out or "<p>No samples.</p>"
+
+
+def _mask_line(card: dict) -> str:
+    """Where the card's mask came from and, for a detector's mask, a link to it (under masks/)."""
+    source, uri = card.get("mask_source"), card.get("mask_uri")
+    if not source:
+        return ""
+    e = html.escape
+    link = f' &middot; <a href="{e(urllib.parse.quote(mask_path(uri)))}">mask</a>' if uri and "/masks/" in uri else ""
+    shown = " (detected: outline in cyan)" if source not in ("manifest",) else ""
+    return f"<div>mask source: <code>{e(source)}</code>{shown}{link}</div>"
 
 
 def report_html(summary: dict, previews: list[tuple[str, str, bytes]], cards: dict | None = None) -> bytes:
@@ -234,7 +264,8 @@ error rate {s['error_rate']:.4f} (limit {s['max_error_rate']}), unchanged rate {
 {s['accounted']} of {s['unique_ids']} ids accounted for; finished {e(s['finished_utc'])}; model sha256
 <code>{e(str(s['model_sha256']))}</code>.</p>
 {warnings}{_counts(s)}{_throughput(s)}{_mask_area(s)}{_errors(s)}
-<h2>Sample rows</h2><p>Each card: input, mask outline (red) and each region's window (yellow), output; next
+<h2>Sample rows</h2><p>Each card: input, mask outline (red; a detector's own mask in cyan) and each region's window
+(yellow), output; next
 to them a zoom on the repainted
 area from the full-size images; below them a link to the full-size output and the prompt.</p>
 <div class="sheet">{_samples(previews, cards or {})}</div>

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 # CPUs per actor assumed while the cluster has none yet (an autoscaling cluster starting from zero workers): the
 # smallest GPU worker in cluster.yaml (g5.xlarge / g6e.xlarge: 4 vCPUs, 1 GPU).
 ASSUMED_CPUS_PER_ACTOR = 4.0
+# Prepare's cost per row against finish's with a text detector in prepare (--mask-from): README "Masks from
+# detectors" gives the measured costs this comes from.
+DETECT_PREPARE_WEIGHT = 3.0
 # Rows per block for the CPU stages: at least this many, a whole number of model batches.
 MIN_CPU_BLOCK_ROWS = 8
 
@@ -22,7 +25,7 @@ class StageSizes:
     free: int = 0     # CPUs the actors leave (the caps apply only when prepare + finish fit in them)
 
 
-def stage_sizes(cluster_cpus: float, n_actors: int, cpus_per_actor: float) -> StageSizes:
+def stage_sizes(cluster_cpus: float, n_actors: int, cpus_per_actor: float, prepare_weight: float = 1.0) -> StageSizes:
     """Caps on the prepare and finish tasks in flight (`TaskPoolStrategy(size=...)`), from the CPUs the model
     actors leave free.
 
@@ -34,13 +37,14 @@ def stage_sizes(cluster_cpus: float, n_actors: int, cpus_per_actor: float) -> St
     minus the actors' own; `ASSUMED_CPUS_PER_ACTOR` per actor while the cluster has no CPU yet) are split
     between the two, finish taking the larger half (it reads and decodes the original again, pastes back and
     encodes the full-size output: on 12-MP photos the heavier stage per row), each at least 1. Caps limit
-    tasks in flight only; Ray still places them wherever CPUs are free.
+    tasks in flight only; Ray still places them wherever CPUs are free. `prepare_weight`: prepare's cost per row
+    against finish's; a detector in prepare (--mask-from) makes it the heavier stage (DETECT_PREPARE_WEIGHT).
     """
     n_actors = max(1, int(n_actors))
     if cluster_cpus <= 0:
         cluster_cpus = ASSUMED_CPUS_PER_ACTOR * n_actors
     free = max(0, int(math.floor(cluster_cpus - n_actors * cpus_per_actor + 1e-9)))
-    finish = max(1, (free + 1) // 2)
+    finish = max(1, math.ceil(free / (1.0 + prepare_weight) - 1e-9))
     return StageSizes(prepare=max(1, free - finish), finish=finish, free=free)
 
 

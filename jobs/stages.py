@@ -6,6 +6,7 @@ select -> prepare -> [model actor, see predictor.py] -> finish_and_write. Each f
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,8 @@ DRIVER_SCHEMA = pa.schema([
     ("actor", pa.string()),
     ("speed", pa.string()),  # the speed switches in effect in the actor that ran the row
     ("region_count", pa.int32()),  # regions the row was inpainted in (0 unless ok)
+    ("mask_source", pa.string()),  # io.results: manifest, union or the detector's name (null: no mask was built)
+    ("mask_fraction", pa.float64()),  # a detector's mask (before dilation) as a fraction of the image; else null
     ("preview_jpeg", pa.binary()),
 ])
 
@@ -62,18 +65,40 @@ def select_rows(batch: pa.Table, colmap, exclude: IdSet | None, include: IdSet |
     return t
 
 
-def prepare_batch(batch: pa.Table, settings: PrepareSettings) -> pa.Table:
+def prepare_batch(batch: pa.Table, settings: PrepareSettings, detector=None) -> pa.Table:
     rows = batch.to_pylist()
 
     def one(row):
         t0 = time.perf_counter()
-        p = prepare_row(row, settings)
+        p = prepare_row(row, settings, detector)
         p["t_prepare"] = time.perf_counter() - t0
         return {k: p.get(k) for k in PREPARED_SCHEMA.names}
 
     with ThreadPoolExecutor(min(_THREADS, max(1, len(rows)))) as ex:
         out = list(ex.map(one, rows))
     return pa.Table.from_pylist(out, schema=PREPARED_SCHEMA)
+
+
+class DetectingPrepare:
+    """The prepare stage when the job detects masks (--mask-from): a Ray actor that builds the detector once (an
+    ONNX session or a CLIPSeg model: seconds, and hundreds of MB for CLIPSeg) and prepares every batch given to it.
+    The batch's rows are fetched and decoded on threads as in `prepare_batch`, but detected one at a time: the
+    actor holds one CPU, and the detector runs one thread (detect/), so concurrent calls would only share it."""
+
+    def __init__(self, settings: PrepareSettings, detect):
+        from rayinpaint.detect import build_detector
+
+        self.settings = settings
+        detector, lock = build_detector(detect), threading.Lock()
+
+        def one_at_a_time(rgb):
+            with lock:
+                return detector(rgb)
+
+        self.detector = one_at_a_time
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return prepare_batch(batch, self.settings, self.detector)
 
 
 def preview_wanted(row_id: str, probability: float) -> bool:
@@ -133,4 +158,6 @@ def _finish_one(row: dict, ctx: FinishContext) -> dict:
     r["actor"] = actor
     r["speed"] = speed
     r["region_count"] = len(r.get("regions") or []) if r["status"] == OK else 0
+    found, area = row.get("detected_pixels"), (row.get("width") or 0) * (row.get("height") or 0)
+    r["mask_fraction"] = found / area if found is not None and area else None
     return r

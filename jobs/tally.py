@@ -7,12 +7,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayinpaint.ledger.files import INDEX_SCHEMA
 from rayinpaint.ledger.index import Counts, Index
 from rayinpaint.ledger.layout import ERROR, OK, UNCHANGED
+from rayinpaint.ledger.overview import MASK_BINS, mask_bin_counts
 
 from .preflight import OutputUnwritable
 from .progress import Progress
@@ -37,6 +39,8 @@ class RunTally:
     examples: dict = field(default_factory=dict)   # error kind -> {"ids": [...], "message": first message}
     previews: list = field(default_factory=list)   # (id, status, jpeg)
     model_sha256: str | None = None
+    # rows whose mask a detector made (--mask-from), by the share of the image it covers before dilation
+    detected_area: np.ndarray = field(default_factory=lambda: np.zeros(len(MASK_BINS), np.int64))
     after_add: Callable[[], None] | None = None    # called after each batch is added (in-run compaction)
     # where the index columns of every row recorded go (ledger/index.py; None: not kept)
     recorded: Index | None = None
@@ -65,6 +69,9 @@ class RunTally:
             shas = pc.drop_null(batch.column("model_sha256"))
             self.model_sha256 = shas[0].as_py() if len(shas) else None
         self._keep_examples(batch)
+        if "mask_fraction" in names:
+            self.detected_area += mask_bin_counts(pc.drop_null(batch.column("mask_fraction")).to_numpy(
+                zero_copy_only=False))
         if "preview_jpeg" in names:
             self._keep_previews(batch)
         self._keep_recorded(batch)
@@ -91,8 +98,10 @@ class RunTally:
                 self.previews.append((rid, status, jpeg))
 
     def this_run(self) -> dict:
+        detected = {"detected_area": {label: int(n) for (_, label), n in zip(MASK_BINS, self.detected_area)}} \
+            if self.detected_area.any() else {}
         return {"processed": self.processed, "regions": self.regions, "by_status": dict(self.by_status),
-                "rows_by_actor": dict(self.rows_by_actor), "speed_by_actor": dict(self.speed_by_actor)}
+                "rows_by_actor": dict(self.rows_by_actor), "speed_by_actor": dict(self.speed_by_actor), **detected}
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,12 @@ def unchanged_warning(outcome: Outcome, cfg) -> str | None:
         return None
     n = outcome.by_status.get(UNCHANGED, 0)
     done = n + outcome.by_status.get(OK, 0)
+    if cfg.mask_from:
+        detect = cfg.detect_settings()
+        return (f"{n} of {done} row(s) ({outcome.unchanged_rate:.0%}) are `unchanged`: their mask was empty. With "
+                f"--mask-from {cfg.mask_from} the detector found nothing in them at --detector-threshold "
+                f"{detect.effective_threshold} (a lower threshold finds fainter marks), or their own mask was empty "
+                f"(--mask-combine {cfg.mask_combine}). Example ids: {', '.join(map(str, outcome.unchanged_examples))}")
     return (f"{n} of {done} row(s) ({outcome.unchanged_rate:.0%}) are `unchanged`: their mask was empty after "
             f"the threshold. Likely causes: --mask-threshold {cfg.mask_threshold} is above the masks' values "
             f"(faint or dark-grey marks), --mask-invert is {'on' if cfg.mask_invert else 'off'} (black = repaint "

@@ -1,8 +1,9 @@
 """The settings fingerprint: what an output's pixels were made with, so a rerun never mixes settings silently.
 
 Every setting that changes a row's pixels (the model's identity, sampler, steps, guidance, strength, eta, Karras
-spacing, resolution, mask and paste-back settings, default prompts, job seed, output image format) is recorded in
-`{output}/_SETTINGS.json` with a short hash of them all, and every results row carries that hash
+spacing, resolution, mask and paste-back settings, the mask detector and its settings, default prompts, job seed,
+output image format) is recorded in `{output}/_SETTINGS.json` with a short hash of them all, and every results row
+carries that hash
 (`settings_fingerprint`). A rerun whose fingerprint differs from the recorded one stops before any work with one
 line naming the settings that differ; `--reprocess` instead moves the results recorded under other settings to
 `{output}/_superseded/<their fingerprint>/` and redoes those rows, so each id still has exactly one row.
@@ -54,7 +55,19 @@ def model_identity(cfg, storage) -> str:
 
 
 def pixel_settings(cfg, model: str) -> dict:
-    return {"model": model, **{name: getattr(cfg, name) for name in PIXEL_SETTINGS}}
+    return {"model": model, **{name: getattr(cfg, name) for name in PIXEL_SETTINGS}, **detector_settings(cfg)}
+
+
+def detector_settings(cfg) -> dict:
+    """The mask detector's part (--mask-from): which detector, its model file's digest, threshold, input size and how
+    its masks join the manifest's. Absent without --mask-from, so the fingerprints of outputs made before detectors
+    existed do not change."""
+    detect = cfg.detect_settings()
+    if detect is None:
+        return {}
+    from rayinpaint.detect import detector_identity
+
+    return {"mask_combine": cfg.mask_combine, "detector": detector_identity(detect)}
 
 
 def fingerprint_of(settings: dict) -> str:

@@ -4,8 +4,9 @@ every row recorded so far, not only this run's part.
 - `{output}/_runs/<start>-<random>.json`: one record per run (when, how long, how many rows, the settings
   fingerprint), written at the end of each run; rates over the output come from these.
 - the results rows: per-stage timings of `ok` rows (mean, p50, p95), error examples per kind with their message, the
-  distribution of mask sizes (repainted share of each image) and the images written by format (rows, bytes; rows
-  from before the format was recorded are left out), read column by column, file by file.
+  distribution of mask sizes (repainted share of each image), overall and per mask source (the manifest or a
+  detector, --mask-from), and the images written by format (rows, bytes; rows from before the format was recorded
+  are left out), read column by column, file by file.
 - `{output}/_index/overview.json` and `runs.json` (ledger/caches.py): what each results file adds to the mask
   sizes and error examples, and the run records already read, so that a run reads only the results files and run
   records new since the last one (and the newest results' timings).
@@ -36,7 +37,8 @@ MASK_BINS = ((0.0, "0 (empty)"), (0.01, "up to 1%"), (0.05, "1-5%"), (0.2, "5-20
 OVERVIEW_CACHE = "overview.json"  # {results file name: its size, mask-size bins and error examples}
 RUNS_CACHE = "runs.json"  # {run record name: the record}
 _COLUMNS = ("id", "status", "error_kind", "error", "timings", "mask_pixels", "width", "height", "output_format",
-            "output_bytes")
+            "output_bytes", "mask_source")
+_ENTRY_KEYS = {"bins", "examples", "formats", "sources"}  # what a cached file entry holds (older ones are re-read)
 
 
 def record_run(root: str, storage, record: dict) -> None:
@@ -97,7 +99,7 @@ def results_overview(ledger) -> dict:
     for path, size in reversed(ledger.listing()):
         name = path.rsplit("/", 1)[-1]
         entry = known.get(name)
-        if isinstance(entry, dict) and entry.get("size") == size and {"bins", "examples", "formats"} <= entry.keys():
+        if isinstance(entry, dict) and entry.get("size") == size and _ENTRY_KEYS <= entry.keys():
             per_file[name] = entry
             if _sampling(timings):
                 _scan_file(ledger, path, timings, whole=False)
@@ -108,8 +110,11 @@ def results_overview(ledger) -> dict:
     examples: dict = {}
     bins = np.zeros(len(MASK_BINS), np.int64)
     formats: dict = {}
+    sources: dict = {}
     for entry in per_file.values():
         bins += np.asarray(entry["bins"], np.int64)
+        for name, b in entry["sources"].items():
+            sources[name] = np.asarray(sources.get(name, np.zeros(len(MASK_BINS), np.int64))) + np.asarray(b)
         for fmt, (n, size) in entry["formats"].items():
             formats[fmt] = [formats.get(fmt, [0, 0])[0] + n, formats.get(fmt, [0, 0])[1] + size]
         for kind, ex in entry["examples"].items():
@@ -118,6 +123,10 @@ def results_overview(ledger) -> dict:
     return {"stage_timings_s": {s: _stats(v) for s, v in timings.items() if v},
             "error_examples": examples,
             "mask_area": {label: int(n) for (_, label), n in zip(MASK_BINS, bins)},
+            # rows done (ok, unchanged) per mask source (manifest, union, text, prompt:...), with their mask sizes
+            "mask_sources": {name: {"rows": int(b.sum()), "mask_area": {label: int(n) for (_, label), n
+                                                                         in zip(MASK_BINS, b)}}
+                             for name, b in sorted(sources.items())},
             "output_bytes": {fmt: {"rows": n, "bytes": size, "bytes_per_row": round(size / n) if n else None}
                              for fmt, (n, size) in sorted(formats.items())}}
 
@@ -128,6 +137,7 @@ def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
     bins = np.zeros(len(MASK_BINS), np.int64)
     examples: dict = {}
     formats: dict = {}
+    sources: dict = {}
     with ledger.fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         for g in range(pf.num_row_groups):  # one row group at a time: memory bounded by a group, not a file
@@ -147,7 +157,18 @@ def _scan_file(ledger, path: str, timings: dict, whole: bool) -> dict:
                 bins += _mask_bins(t)
             if whole and {"output_format", "output_bytes"} <= set(columns):
                 _add_formats(t, formats)
-    return {"bins": bins.tolist(), "examples": examples, "formats": formats}
+            if whole and {"mask_source", "mask_pixels", "width", "height"} <= set(columns):
+                _add_sources(t, sources)
+    return {"bins": bins.tolist(), "examples": examples, "formats": formats, "sources": sources}
+
+
+def _add_sources(t: pa.Table, sources: dict) -> None:
+    """Add the table's done rows' mask-size bins, by mask source, into `sources` (rows recorded before the source
+    was have none and are left out)."""
+    col = t.column("mask_source")
+    for name in pc.unique(pc.drop_null(col)).to_pylist():
+        bins = _mask_bins(t.filter(pc.fill_null(pc.equal(col, name), False)))
+        sources[name] = [a + int(b) for a, b in zip(sources.get(name, [0] * len(MASK_BINS)), bins)]
 
 
 def _add_formats(t: pa.Table, formats: dict) -> None:
@@ -195,9 +216,13 @@ def _mask_bins(t: pa.Table) -> np.ndarray:
     px = pc.fill_null(t.column("mask_pixels"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
     area = (pc.fill_null(t.column("width"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
             * pc.fill_null(t.column("height"), 0).to_numpy(zero_copy_only=False))
-    share = np.where(area > 0, px / np.maximum(area, 1), 0.0)[ok]
-    edges = np.array([e for e, _ in MASK_BINS])
-    index = np.minimum(np.searchsorted(edges, share, side="left"), len(MASK_BINS) - 1)
-    out = np.bincount(index, minlength=len(MASK_BINS))
+    out = mask_bin_counts(np.where(area > 0, px / np.maximum(area, 1), 0.0)[ok])
     out[0] += int(np.sum(unchanged))
     return out
+
+
+def mask_bin_counts(share: np.ndarray) -> np.ndarray:
+    """How many of the shares (a mask's pixels over the image's) fall in each of MASK_BINS."""
+    edges = np.array([e for e, _ in MASK_BINS])
+    index = np.minimum(np.searchsorted(edges, share, side="left"), len(MASK_BINS) - 1)
+    return np.bincount(index, minlength=len(MASK_BINS))

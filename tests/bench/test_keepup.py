@@ -81,3 +81,16 @@ def test_the_measurements_pieces_without_ray(tmp_path):
     assert actor_busy(str(logs)) == {"actors_with_work": 2, "window_s": 2.5,
                                      "busy": {"actor-1.txt": 1.0, "actor-2.txt": 0.8},
                                      "model_calls": {"actor-1.txt": 3, "actor-2.txt": 2}}
+
+
+@pytest.mark.slow  # a local Ray and the job, for about a minute
+def test_every_actor_stays_busy_with_masks_detected_in_prepare(tmp_path):
+    """--mask-from text: prepare runs as detector actors (rapidocr on 640x480 captioned photos, a quarter of them
+    without text), and the 4 sleeping model actors (2 rows/s in all) still never wait for input; finish keeps up."""
+    pytest.importorskip("rapidocr")
+    rec = run(rows=96, actors=4, sleep=2.0, size=640, batch=4, stage_cpus=2, workdir=str(tmp_path),
+              mask_from="text")
+    assert rec["rc"] == 0 and rec["mask_sources"] == {"text": 96}, rec
+    assert rec["counts"] == {"ok": 72, "unchanged": 24}, rec  # the text-free quarter is left as it was
+    assert rec["actors_with_work"] == 4 and rec["window_s"] > 10, rec
+    assert min(rec["busy"].values()) >= 0.9, rec
