@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rayinpaint.io.errors import SettingsError
 
@@ -64,6 +64,10 @@ class DetectSettings:
     weights: str | None = None
     threshold: float | None = None
     max_side: int = MAX_SIDE
+    # Where remote weights are cached (--weights-cache; None: the model weights' default) and the fsspec options of
+    # their store (credentials, endpoint: never printed). Neither changes a mask, so neither is in the fingerprint.
+    cache_dir: str | None = None
+    storage_options: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def kind(self) -> str:

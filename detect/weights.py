@@ -107,7 +107,10 @@ def clipseg_folder(settings: DetectSettings, cache_dir: str | None = None,
 
 def resolve_weights(settings: DetectSettings, cache_dir: str | None = None,
                     storage_options: dict | None = None) -> tuple[str, str]:
-    """(local path, sha256 of the model file): the .onnx for text, the CLIPSeg folder for prompt."""
+    """(local path, sha256 of the model file): the .onnx for text, the CLIPSeg folder for prompt. The cache folder
+    and storage options default to the settings' own."""
+    cache_dir = settings.cache_dir if cache_dir is None else cache_dir
+    storage_options = settings.storage_options if storage_options is None else storage_options
     if settings.kind == TEXT:
         return text_model_file(settings, cache_dir, storage_options)
     return clipseg_folder(settings, cache_dir, storage_options)
