@@ -141,6 +141,7 @@ class Inpainter:
         self.strict_speed = strict_speed  # a failed fast path raises SpeedCheckError instead of being turned off
         self.self_check = self_check  # check each new shape's fast step against the plain one (selfcheck.py)
         self.checks: list[dict] = []  # the self-check's reports, one per check
+        self._passed: set[tuple] = set()  # (shape, switches) whose fast step passed: not checked again
         self.set_speed(speed)
 
     # ---- speed switches (model/speed.py) ----------------------------------------------------------
@@ -195,6 +196,13 @@ class Inpainter:
             out["compile_s"] = max(0.0, out["first_call_s"] - out["second_call_s"])
         return out
 
+    def set_sampler(self, sampler: str, steps: int) -> "Inpainter":
+        """Another sampler and step count on the same prepared steps (no recompile, no new self-check)."""
+        if sampler not in SAMPLERS or (self.karras and sampler == "ddim") or (self.eta > 0 and sampler != "ddim"):
+            raise ValueError(f"sampler {sampler!r} cannot replace {self.sampler!r} here")
+        self.sampler, self.steps, self.spacing = sampler, check_steps(steps), DEFAULT_SPACING[sampler]
+        return self
+
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         return to_device(t, self.model.device, self.speed.pinned)
 
@@ -237,10 +245,17 @@ class Inpainter:
                 return step
             self._fall_back(report.turn_off, report.reason, report.numbers)
 
-    def _self_check(self, step: GuidedStep) -> CheckReport | None:
-        """Prepare the new step (compile, capture) on synthetic inputs; check it when a fast path is on."""
+    def _check_key(self, step: GuidedStep) -> tuple:
         s = self.speed
-        if not self.self_check or not (s.compile or s.cuda_graph):
+        return (step.batch, *step.input.shape[2:], s.compile, s.cuda_graph, s.compile_mode, s.compile_backend,
+                s.channels_last, s.sdpa, s.fused_cfg, s.deterministic)
+
+    def _self_check(self, step: GuidedStep) -> CheckReport | None:
+        """Prepare the new step (compile, capture) on synthetic inputs; check it when a fast path is on, once per
+        (shape, switches): a shape evicted from the two-shape cache and met again is prepared, not re-checked."""
+        s = self.speed
+        key = self._check_key(step)
+        if not self.self_check or not (s.compile or s.cuda_graph) or key in self._passed:
             step.load(*synthetic_batches(step.batch, step.input.shape[2:], step.context.shape[1:], step.device)[0][:4])
             return None
         h, w = step.input.shape[2:]
@@ -248,6 +263,11 @@ class Inpainter:
                             self.model.unet)
         self.checks.append({"shape": [step.batch, h, w], "compile": s.compile, "cuda_graph": s.cuda_graph,
                             **report.as_dict()})
+        log.info("speed self-check at batch %d, latent %dx%d: %s, %.2f s (ratio to eager's error %s)", step.batch,
+                 h, w, "ok" if report.ok else report.reason, report.numbers.get("check_s", 0.0),
+                 report.numbers.get("ratio"))
+        if report.ok:
+            self._passed.add(key)
         return report
 
     def _fall_back(self, switch: str | None, reason: str, numbers: dict | None = None) -> bool:
@@ -350,7 +370,11 @@ class Inpainter:
         x = self._sample(x, sigmas, cond, contexts, self._to_device(g), draw)  # 4.
         z = samplers.to_vp(x, sigmas[-1])  # the latent diffusers decodes (differs only for DDIM)
 
-        out = self._decode((z / scale).to(dt)).float()  # [B, 3, H, W] about [-1, 1]
+        try:
+            out = self._decode((z / scale).to(dt)).float()  # [B, 3, H, W] about [-1, 1]
+        except torch.cuda.OutOfMemoryError:  # the caller retries smaller: give it this shape's step memory too
+            self._steps.pop((B, h, w), None)
+            raise
         finite = torch.isfinite(z).flatten(1).all(1) & torch.isfinite(out).flatten(1).all(1)
         out = ((out + 1) / 2).clamp(0, 1) * 255
         return out.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy(), finite.cpu().numpy()
