@@ -317,6 +317,22 @@ def _check_model(c: JobConfig) -> None:
             check_combination({**parse_switches(c.speed, "--speed"), "deterministic": True}, "--deterministic")
         except ValueError as e:
             raise SettingsError(str(e)) from None
+    _check_speed_env(c)
+
+
+def _check_speed_env(c: JobConfig) -> None:
+    """$RAYINPAINT_SPEED fills the switches --speed leaves unset in every model actor: a bad value is refused here,
+    before any work, rather than failing each actor."""
+    from rayinpaint.model.choices import SPEED_ENV, check_combination, parse_switches
+
+    text = os.environ.get(SPEED_ENV, "").strip()
+    if not text:
+        return
+    try:
+        given = {**parse_switches(text, f"${SPEED_ENV}"), **parse_switches(c.speed, "--speed")}
+        check_combination({**given, **({"deterministic": True} if c.deterministic else {})}, f"${SPEED_ENV}")
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
 
 
 def _check_rows(c: JobConfig) -> None:

@@ -32,6 +32,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # aot_eager, eager: tracing without code generation (tests)
 
+SPEED_ENV = "RAYINPAINT_SPEED"  # "name=value,...": the switches a run leaves on auto, for every model actor
+
 _FLAGS = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
 
 
@@ -82,4 +84,4 @@ def parse_switches(text: str, where: str) -> dict:
 
 
 __all__ = ["SAMPLERS", "DTYPES", "SDPA_CHOICES", "SWITCHES", "SWITCH_AUTO", "SETTINGS", "COMPILE_MODES",
-           "COMPILE_BACKENDS", "INDUCTOR_GRAPH_MODES", "check_sdpa", "check_combination", "parse_switches"]
+           "COMPILE_BACKENDS", "INDUCTOR_GRAPH_MODES", "SPEED_ENV", "check_sdpa", "check_combination", "parse_switches"]

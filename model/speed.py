@@ -31,9 +31,10 @@ from typing import Iterator, Mapping
 
 import torch
 
-from .choices import SDPA_CHOICES, SETTINGS, SWITCH_AUTO, SWITCHES, check_combination, check_sdpa, parse_switches
+from .choices import (SDPA_CHOICES, SETTINGS, SPEED_ENV, SWITCH_AUTO, SWITCHES, check_combination, check_sdpa,
+                      parse_switches)
 
-ENV_VAR = "RAYINPAINT_SPEED"
+ENV_VAR = SPEED_ENV
 
 
 @dataclass(frozen=True)
