@@ -12,9 +12,11 @@ buffer of the first batch it was loaded with, as a graph replaying a freed buffe
     stale_guidance, stale_timestep
 
     python -m rayinpaint.bench.faults --model sd2 --latent 32 --batch 1
+    python -m rayinpaint.bench.faults --model sd2 --batch 1 --cost 256
 
-prints, per fault and per correct path, the error against fp32 relative to the plain eager step's own
-(selfcheck.error_ratio) and the self-check's verdict (docs/performance.md, "The fast path checks itself").
+print, per fault and per correct path, the error against fp32 relative to the plain eager step's own
+(selfcheck.error_ratio) and the self-check's verdict; and the check's cost for a new shape (docs/performance.md,
+"The fast path checks itself").
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ STEP_FAULTS = {"stale_guidance": "guidance", "stale_timestep": "t"}
 
 
 def measure(model: str, latent: int, batch: int, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
-            compile_backend: str | None = None) -> dict:
+            compile_backend: str | None = None, only: str = "") -> dict:
     """Every fault, and the correct paths (the eager step again, channels_last, unfused CFG, and with
     `compile_backend` the compiled UNet), through model/selfcheck.check_fast_path at one shape."""
     from rayinpaint.model import load_model
@@ -141,6 +143,8 @@ def measure(model: str, latent: int, batch: int, dtype: torch.dtype = torch.bflo
         paths[name] = (lambda buf=buf: step(unet, cls=StaleStep, stale=buf, graph=True), "replay")
     results = {}
     for name, (make, kind) in paths.items():
+        if only and name not in only.split(","):
+            continue
         t1 = time.perf_counter()
         s = make()
         direct = step_function(s, direct=True)
@@ -154,6 +158,29 @@ def measure(model: str, latent: int, batch: int, dtype: torch.dtype = torch.bflo
     return out
 
 
+def check_cost(model: str, batch: int, resolution: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """What the self-check adds to a new shape: the check's own seconds (fp32 copy and steps, eager and fast steps;
+    compile and capture not counted), and the warm-up at that shape with the check against without it. Compile on
+    through the tracing `aot_eager` backend, so the fast path is the plain step's arithmetic."""
+    from rayinpaint.model import Inpainter, load_model
+
+    m = load_model(f"random:{model}", dtype=dtype)
+    speed = dict(compile=True, compile_backend="aot_eager", channels_last=False)
+    out = {"model": model, "batch": batch, "resolution": resolution, "dtype": str(dtype)}
+    for check in (False, True):
+        torch._dynamo.reset()
+        inp = Inpainter(m, steps=2, speed=speed, self_check=check)
+        out[f"warmup_s_{'with' if check else 'without'}_check"] = round(inp.warmup(batch, resolution)["seconds"], 2)
+        if check:
+            out["check_s"] = inp.checks[-1]["check_s"]
+            out["ratio"] = inp.checks[-1].get("ratio")
+            t0 = time.perf_counter()
+            inp.warmup(batch, resolution)  # the same shape again: prepared, not checked
+            out["warmup_s_again"] = round(time.perf_counter() - t0, 2)
+            out["checks"] = len(inp.checks)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="sd2", choices=("sd2", "tiny"))
@@ -161,8 +188,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile-backend", default=None, help="also check torch.compile's path (e.g. inductor)")
+    p.add_argument("--only", default="", help="comma list of the paths to run (default: all)")
+    p.add_argument("--cost", type=int, default=0, metavar="PX",
+                   help="instead: the self-check's cost for a new shape of --batch rows at PX pixels")
     a = p.parse_args(argv)
-    print(json.dumps(measure(a.model, a.latent, a.batch, seed=a.seed, compile_backend=a.compile_backend),
+    if a.cost:
+        print(json.dumps(check_cost(a.model, a.batch, a.cost), default=str))
+        return 0
+    print(json.dumps(measure(a.model, a.latent, a.batch, seed=a.seed, compile_backend=a.compile_backend,
+                             only=a.only),
                      indent=1, default=str))
     return 0
 

@@ -97,6 +97,8 @@ def check_fast_path(eager, direct: Step, replay: Step | None, batches: Sequence[
         outs["fp32"] = _outputs(fp32, batches) if dtype != torch.float32 else None
     except Exception as e:  # noqa: BLE001 - an optional reference; its failure says nothing of the fast path
         outs["fp32"], nums["fp32_error"] = None, f"{type(e).__name__}: {str(e)[:200]}"
+    if outs["fp32"] is not None and not all(_finite(t) for t in outs["fp32"]):  # no reference to measure by
+        outs["fp32"], nums["fp32_error"] = None, "the fp32 step is not finite"
     for name, fn in (("replay", replay), ("direct", direct)):
         outs[name] = [fn(a), fn(b)] if fn is not None else [None, None]
     outs["eager"] = _outputs(eager, batches)
