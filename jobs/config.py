@@ -303,34 +303,21 @@ def _check_model(c: JobConfig) -> None:
     _check(RESOLUTION_STEP <= c.resolution <= MAX_RESOLUTION and c.resolution % RESOLUTION_STEP == 0,
            f"--resolution must be a multiple of {RESOLUTION_STEP} between {RESOLUTION_STEP} and {MAX_RESOLUTION}, "
            f"got {c.resolution}")
-    if c.speed:
-        from rayinpaint.model.choices import parse_switches
-
-        try:
-            parse_switches(c.speed, "--speed")
-        except ValueError as e:
-            raise SettingsError(str(e)) from None
-    if c.deterministic:
-        from rayinpaint.model.choices import check_combination, parse_switches
-
-        try:
-            check_combination({**parse_switches(c.speed, "--speed"), "deterministic": True}, "--deterministic")
-        except ValueError as e:
-            raise SettingsError(str(e)) from None
-    _check_speed_env(c)
+    _check_speed(c)
 
 
-def _check_speed_env(c: JobConfig) -> None:
-    """$RAYINPAINT_SPEED fills the switches --speed leaves unset in every model actor: a bad value is refused here,
-    before any work, rather than failing each actor."""
+def _check_speed(c: JobConfig) -> None:
+    """--speed, --deterministic and $RAYINPAINT_SPEED (which fills the switches --speed leaves unset in every model
+    actor): a bad value or combination is refused here, before any work, rather than failing each actor."""
     from rayinpaint.model.choices import SPEED_ENV, check_combination, parse_switches
 
-    text = os.environ.get(SPEED_ENV, "").strip()
-    if not text:
-        return
+    env, fixed = os.environ.get(SPEED_ENV, "").strip(), {"deterministic": True} if c.deterministic else {}
     try:
-        given = {**parse_switches(text, f"${SPEED_ENV}"), **parse_switches(c.speed, "--speed")}
-        check_combination({**given, **({"deterministic": True} if c.deterministic else {})}, f"${SPEED_ENV}")
+        own = parse_switches(c.speed, "--speed")
+        if c.deterministic:
+            check_combination({**own, **fixed}, "--deterministic")
+        if env:
+            check_combination({**parse_switches(env, f"${SPEED_ENV}"), **own, **fixed}, f"${SPEED_ENV}")
     except ValueError as e:
         raise SettingsError(str(e)) from None
 
