@@ -11,9 +11,10 @@ from dataclasses import dataclass
 # CPUs per actor assumed while the cluster has none yet (an autoscaling cluster starting from zero workers): the
 # smallest GPU worker in cluster.yaml (g5.xlarge / g6e.xlarge: 4 vCPUs, 1 GPU).
 ASSUMED_CPUS_PER_ACTOR = 4.0
-# Prepare's cost per row against finish's with a text detector in prepare (--mask-from): README "Masks from
-# detectors" gives the measured costs this comes from.
-DETECT_PREPARE_WEIGHT = 3.0
+# Prepare's cost per row against finish's with a text detector in prepare (--mask-from), for the workload the job is
+# sized for: 12-MP JPEG photos written with --format auto. Measured (`rayinpaint bench --cpu-stages`, one core, README
+# "Masks from detectors"): prepare 185 ms + text detection 641 ms against finish 403 ms per row, about 2 to 1.
+DETECT_PREPARE_WEIGHT = 2.0
 # Rows per block for the CPU stages: at least this many, a whole number of model batches.
 MIN_CPU_BLOCK_ROWS = 8
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rayinpaint.jobs.sizing import ASSUMED_CPUS_PER_ACTOR, StageSizes, cpu_block_rows, stage_sizes
+from rayinpaint.jobs.sizing import ASSUMED_CPUS_PER_ACTOR, DETECT_PREPARE_WEIGHT, StageSizes, cpu_block_rows, stage_sizes
 
 
 @pytest.mark.parametrize("cpus, actors, per, want", [
@@ -44,3 +44,15 @@ def test_caps_never_exceed_the_free_cpus_when_there_are_two_or_more():
 def test_cpu_blocks_are_whole_model_batches(batch, retry, want):
     rows = cpu_block_rows(batch, retry)
     assert rows == want and (retry or rows % batch == 0)
+
+
+def test_a_detector_in_prepare_gives_prepare_the_larger_share():
+    # 8 CPUs, one model actor of 1 CPU: 7 free. Without detection finish takes the larger half (4 of 7); with the
+    # detector's weight prepare gets 2 CPUs for each of finish's, each at least 1, never more than the free CPUs.
+    assert stage_sizes(8, 1, 1.0) == StageSizes(prepare=3, finish=4, free=7)
+    assert stage_sizes(8, 1, 1.0, DETECT_PREPARE_WEIGHT) == StageSizes(prepare=4, finish=3, free=7)
+    assert stage_sizes(16, 1, 1.0, DETECT_PREPARE_WEIGHT) == StageSizes(prepare=10, finish=5, free=15)
+    assert stage_sizes(2, 1, 1.0, DETECT_PREPARE_WEIGHT) == StageSizes(prepare=1, finish=1, free=1)
+    for cpus in range(3, 40):
+        s = stage_sizes(cpus, 1, 1.0, DETECT_PREPARE_WEIGHT)
+        assert s.prepare + s.finish == s.free and s.prepare >= s.finish >= 1
