@@ -85,10 +85,11 @@ def test_the_measurements_pieces_without_ray(tmp_path):
 
 @pytest.mark.slow  # a local Ray and the job, for about a minute
 def test_every_actor_stays_busy_with_masks_detected_in_prepare(tmp_path):
-    """--mask-from text: prepare runs as detector actors (rapidocr on 640x480 captioned photos, a quarter of them
-    without text), and the 4 sleeping model actors (2 rows/s in all) still never wait for input; finish keeps up."""
+    """--mask-from text: prepare runs as a detector actor (rapidocr on 640x480 captioned photos, a quarter of them
+    without text; about 110 ms a row on one core), and the 4 sleeping model actors asking 4 rows/s in all (4 rows per
+    4 s each) never wait for input: detection keeps up with them, and finish with it."""
     pytest.importorskip("rapidocr")
-    rec = run(rows=96, actors=4, sleep=2.0, size=640, batch=4, stage_cpus=2, workdir=str(tmp_path),
+    rec = run(rows=96, actors=4, sleep=4.0, size=640, batch=4, stage_cpus=2, workdir=str(tmp_path),
               mask_from="text")
     assert rec["rc"] == 0 and rec["mask_sources"] == {"text": 96}, rec
     assert rec["counts"] == {"ok": 72, "unchanged": 24}, rec  # the text-free quarter is left as it was
