@@ -236,8 +236,10 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
                         fn_kwargs={"ctx": dataclasses.replace(plan.finish, preview_probability=preview_p)})
     share = f"prepare <= {sizes.prepare} and finish <= {sizes.finish} task(s) in flight" if capped \
         else "one prepare task and the finish tasks share the free CPU"
-    if plan.detect is not None:
-        share = share.replace("prepare", f"prepare ({plan.rows.mask_from} detector actors)", 1)
+    if plan.detect is not None:  # prepare runs in detector actors (_prepare_stage)
+        share = (f"prepare in {sizes.prepare} {plan.rows.mask_from} detector actor(s), finish <= {sizes.finish} "
+                 f"task(s) in flight") if capped else \
+            f"one {plan.rows.mask_from} detector actor for prepare and the finish tasks share the free CPU"
     log.info("stages: %d model actor(s); %s; %d row(s) per block", pool[0], share, block)
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink(b)

@@ -170,9 +170,11 @@ def _mask_sources(s: dict) -> str:
     body = "".join(f"<tr><td><code>{e(name)}</code></td><td>{v['rows']}</td>"
                    + "".join(f"<td>{v['mask_area'].get(k, 0)}</td>" for k in labels) + "</tr>"
                    for name, v in sources.items())
-    detected = (s.get("this_run") or {}).get("detected_area")
+    this = s.get("this_run") or {}
+    detected = this.get("detected_area")
     found = ("<p>This run's detected masks, before dilation, by the share of the image they cover: "
-             + ", ".join(f"{e(k)}: {n}" for k, n in detected.items()) + ".</p>") if detected else ""
+             + ", ".join(f"{e(k)}: {n}" for k, n in detected.items())
+             + f"; the detector took {this.get('detect_s_per_row')} s a row (part of prepare).</p>") if detected else ""
     return ("<h3>Mask sources</h3><p>Rows done per mask source (<code>manifest</code>; a detector of --mask-from; "
             "<code>union</code>: both), by repainted share.</p><table><tr><th>source</th><th>rows</th>"
             + "".join(f"<th>{e(k)}</th>" for k in labels) + "</tr>" + body + "</table>" + found)
@@ -229,7 +231,7 @@ def _samples(previews: list, cards: dict) -> str:
                 f'<div><b>{e(str(c.get("id", name)))}</b> &middot; {e(status)}'
                 + (f' &middot; <a href="{e(href)}">full size</a>' if href else "")
                 + (f' &middot; {c["mask_pixels"]} px repainted' if c.get("mask_pixels") else "") + "</div>"
-                + _mask_line(c)
+                + _mask_line(c, status)
                 + (f'<div>{len(regions)} region(s): ' + ", ".join(
                     f'{list(r["window"])} at {r["resolution"]} px' for r in regions) + "</div>" if regions else "")
                 + (f'<div class="prompt">prompt: {e(c.get("prompt") or "(none)")}</div>' if c else "")
@@ -237,14 +239,16 @@ def _samples(previews: list, cards: dict) -> str:
     return out or "<p>No samples.</p>"
 
 
-def _mask_line(card: dict) -> str:
+def _mask_line(card: dict, status: str) -> str:
     """Where the card's mask came from and, for a detector's mask, a link to it (under masks/)."""
     source, uri = card.get("mask_source"), card.get("mask_uri")
     if not source:
         return ""
     e = html.escape
-    link = f' &middot; <a href="{e(urllib.parse.quote(mask_path(uri)))}">mask</a>' if uri and "/masks/" in uri else ""
-    shown = " (detected: outline in cyan)" if source not in ("manifest",) else ""
+    written = bool(uri) and "/masks/" in uri
+    link = f' &middot; <a href="{e(urllib.parse.quote(mask_path(uri)))}">mask</a>' if written else ""
+    shown = "" if source == "manifest" else " (detected: outline in cyan)" if written else \
+        " (the detector found nothing)" if status == "unchanged" else ""
     return f"<div>mask source: <code>{e(source)}</code>{shown}{link}</div>"
 
 

@@ -39,6 +39,7 @@ DRIVER_SCHEMA = pa.schema([
     ("region_count", pa.int32()),  # regions the row was inpainted in (0 unless ok)
     ("mask_source", pa.string()),  # io.results: manifest, union or the detector's name (null: no mask was built)
     ("mask_fraction", pa.float64()),  # a detector's mask (before dilation) as a fraction of the image; else null
+    ("t_detect", pa.float64()),  # seconds the detector took on the row (part of its prepare time); else null
     ("preview_jpeg", pa.binary()),
 ])
 
@@ -160,4 +161,5 @@ def _finish_one(row: dict, ctx: FinishContext) -> dict:
     r["region_count"] = len(r.get("regions") or []) if r["status"] == OK else 0
     found, area = row.get("detected_pixels"), (row.get("width") or 0) * (row.get("height") or 0)
     r["mask_fraction"] = found / area if found is not None and area else None
+    r["t_detect"] = row.get("t_detect")
     return r

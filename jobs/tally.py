@@ -41,6 +41,7 @@ class RunTally:
     model_sha256: str | None = None
     # rows whose mask a detector made (--mask-from), by the share of the image it covers before dilation
     detected_area: np.ndarray = field(default_factory=lambda: np.zeros(len(MASK_BINS), np.int64))
+    detect_s: list = field(default_factory=lambda: [0, 0.0])  # rows a detector ran on, and its seconds in all
     after_add: Callable[[], None] | None = None    # called after each batch is added (in-run compaction)
     # where the index columns of every row recorded go (ledger/index.py; None: not kept)
     recorded: Index | None = None
@@ -70,13 +71,19 @@ class RunTally:
             self.model_sha256 = shas[0].as_py() if len(shas) else None
         self._keep_examples(batch)
         if "mask_fraction" in names:
-            self.detected_area += mask_bin_counts(pc.drop_null(batch.column("mask_fraction")).to_numpy(
-                zero_copy_only=False))
+            self._keep_detected(batch)
         if "preview_jpeg" in names:
             self._keep_previews(batch)
         self._keep_recorded(batch)
         if self.after_add is not None:
             self.after_add()
+
+    def _keep_detected(self, batch: pa.Table) -> None:
+        self.detected_area += mask_bin_counts(pc.drop_null(batch.column("mask_fraction")).to_numpy(
+            zero_copy_only=False))
+        if "t_detect" in batch.column_names:
+            times = pc.drop_null(batch.column("t_detect"))
+            self.detect_s = [self.detect_s[0] + len(times), self.detect_s[1] + float(pc.sum(times).as_py() or 0)]
 
     def _keep_recorded(self, batch: pa.Table) -> None:
         if self.recorded is not None:
@@ -98,8 +105,9 @@ class RunTally:
                 self.previews.append((rid, status, jpeg))
 
     def this_run(self) -> dict:
-        detected = {"detected_area": {label: int(n) for (_, label), n in zip(MASK_BINS, self.detected_area)}} \
-            if self.detected_area.any() else {}
+        rows, seconds = self.detect_s
+        detected = {"detected_area": {label: int(n) for (_, label), n in zip(MASK_BINS, self.detected_area)},
+                    "detect_s_per_row": round(seconds / rows, 4) if rows else None} if self.detected_area.any() else {}
         return {"processed": self.processed, "regions": self.regions, "by_status": dict(self.by_status),
                 "rows_by_actor": dict(self.rows_by_actor), "speed_by_actor": dict(self.speed_by_actor), **detected}
 

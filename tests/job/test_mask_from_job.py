@@ -65,7 +65,7 @@ def test_text_masks_detected_written_and_the_only_pixels_repainted(ray_local, tm
         assert not np.array_equal(got, src)  # something was repainted
     summary = json.loads((out / "_SUMMARY.json").read_text())
     assert summary["mask_sources"]["text"]["rows"] == 8
-    assert sum(summary["this_run"]["detected_area"].values()) == 8
+    assert sum(summary["this_run"]["detected_area"].values()) == 8 and summary["this_run"]["detect_s_per_row"] > 0
     assert summary["settings"]["mask_from"] == "text"
     settings = json.loads((out / "_SETTINGS.json").read_text())["settings"]
     assert settings["detector"]["kind"] == "text" and settings["mask_combine"] == "missing"
