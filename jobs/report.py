@@ -174,7 +174,8 @@ def _mask_sources(s: dict) -> str:
     detected = this.get("detected_area")
     found = ("<p>This run's detected masks, before dilation, by the share of the image they cover: "
              + ", ".join(f"{e(k)}: {n}" for k, n in detected.items())
-             + f"; the detector took {this.get('detect_s_per_row')} s a row (part of prepare).</p>") if detected else ""
+             + f"; the detector took {this.get('detect_s_per_row')} CPU s a row (part of prepare).</p>") \
+        if detected else ""
     return ("<h3>Mask sources</h3><p>Rows done per mask source (<code>manifest</code>; a detector of --mask-from; "
             "<code>union</code>: both), by repainted share.</p><table><tr><th>source</th><th>rows</th>"
             + "".join(f"<th>{e(k)}</th>" for k in labels) + "</tr>" + body + "</table>" + found)

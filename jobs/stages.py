@@ -39,7 +39,7 @@ DRIVER_SCHEMA = pa.schema([
     ("region_count", pa.int32()),  # regions the row was inpainted in (0 unless ok)
     ("mask_source", pa.string()),  # io.results: manifest, union or the detector's name (null: no mask was built)
     ("mask_fraction", pa.float64()),  # a detector's mask (before dilation) as a fraction of the image; else null
-    ("t_detect", pa.float64()),  # seconds the detector took on the row (part of its prepare time); else null
+    ("t_detect", pa.float64()),  # CPU seconds the detector took on the row (part of its prepare time); else null
     ("preview_jpeg", pa.binary()),
 ])
 
