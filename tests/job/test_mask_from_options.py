@@ -33,7 +33,7 @@ def test_bad_detector_options_are_one_line_naming_the_option(options, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_the_cli_names_the_extra_to_install_before_ray_or_the_output(tmp_path, monkeypatch, capsys):
+def test_the_cli_names_the_extra_to_install_before_ray_or_the_output(tmp_path, monkeypatch, capsys, no_ray):
     pq.write_table(pa.table({"id": ["a"], "image": ["a.png"]}), str(tmp_path / "m.parquet"))
     monkeypatch.setattr(spec, "_absent", lambda name: name == "rapidocr")  # as where `[detect]` is not installed
     out = tmp_path / "out"
