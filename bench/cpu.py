@@ -14,11 +14,12 @@ of the decoded output against the exact one over the pixels the paste-back chang
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 
 import numpy as np
+
+from .timing import median_ms
 
 SIZES_MP = {1: (1152, 864), 4: (2304, 1728), 12: (4000, 3000)}
 
@@ -50,15 +51,6 @@ def _row(width: int, height: int) -> dict:
             "boxes": [[x0, y0, x0 + side_w, y0 + side_h]]}
 
 
-def _median_ms(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return round(1000 * statistics.median(times), 1), out
-
-
 def bench_size(mp: int, outputs: list[tuple[str, dict]], images_per_s: float, repeat: int) -> dict:
     from rayinpaint.io.finish import composite
     from rayinpaint.io.images import decode_image
@@ -68,7 +60,7 @@ def bench_size(mp: int, outputs: list[tuple[str, dict]], images_per_s: float, re
     width, height = SIZES_MP[mp]
     row = _row(width, height)
     settings = PrepareSettings()
-    prepare_ms, prepared = _median_ms(lambda: prepare_row(dict(row), settings), repeat)
+    prepare_ms, prepared = median_ms(lambda: prepare_row(dict(row), settings), repeat)
     assert prepared["status"] == "ready", prepared.get("error")
     # the model's output: its own input with the colours inverted, so every pixel under the mask changes (a crop
     # that passed through unchanged would leave nothing to re-encode where the window is not resized)
@@ -76,8 +68,8 @@ def bench_size(mp: int, outputs: list[tuple[str, dict]], images_per_s: float, re
               for m, r in zip(prepared["model_image"], prepared["region_res"])]
     rec = {"megapixels": round(width * height / 1e6, 1), "size": f"{width}x{height}",
            "source_bytes": len(row["image_bytes"]), "prepare_ms": prepare_ms,
-           "decode_source_ms": _median_ms(lambda: decode_image(prepared["source"]), repeat)[0],
-           "composite_ms": _median_ms(lambda: composite(prepared, result, settings), repeat)[0]}
+           "decode_source_ms": median_ms(lambda: decode_image(prepared["source"]), repeat)[0],
+           "composite_ms": median_ms(lambda: composite(prepared, result, settings), repeat)[0]}
     final, original = composite(prepared, result, settings)
     rec["outputs"] = _time_outputs(prepared, result, settings, outputs, (final, original), rec, images_per_s, repeat)
     if any(kw.get("format") == "auto" for _, kw in outputs):
@@ -94,20 +86,20 @@ def _transplant_parts(prepared: dict, final: np.ndarray, original: np.ndarray, r
     from rayinpaint.io import jpeg_transplant as jt
 
     source, layout, lib = prepared["source"], jt.inspect(prepared["source"]), jt._jpeglib()
-    changed_ms, mcus = _median_ms(lambda: jt.changed_mcus(final, original, prepared["windows"], layout), repeat)
+    changed_ms, mcus = median_ms(lambda: jt.changed_mcus(final, original, prepared["windows"], layout), repeat)
     with tempfile.TemporaryDirectory() as tmp:
         def read():
             jpeg = jt.read_coefficients(lib, os.path.join(tmp, "s.jpg"), source, layout)
             jpeg.Y  # noqa: B018 - the first access reads every component
             return jpeg
 
-        read_ms, jpeg = _median_ms(read, repeat)
+        read_ms, jpeg = median_ms(read, repeat)
         comps = [jpeg.Y] + ([] if layout.grey else [jpeg.Cb, jpeg.Cr])
         tables = [np.asarray(jpeg.qt[int(n)], np.float64) for n in jpeg.quant_tbl_no[:len(comps)]]
         stored = jt.stored_view(final, layout.orientation)
-        replace_ms, _ = _median_ms(lambda: jt._replace(comps, tables, stored, mcus, layout), repeat)
+        replace_ms, _ = median_ms(lambda: jt._replace(comps, tables, stored, mcus, layout), repeat)
         jpeg.content = None
-        write_ms, _ = _median_ms(lambda: jpeg.write_dct(os.path.join(tmp, "o.jpg")), repeat)
+        write_ms, _ = median_ms(lambda: jpeg.write_dct(os.path.join(tmp, "o.jpg")), repeat)
     return {"changed_mcus": changed_ms, "read_coefficients": read_ms, "encode_changed_mcus": replace_ms,
             "write_coefficients": write_ms,
             "mcus_replaced": len(np.unique(np.concatenate(mcus), axis=0)) if mcus else 0}
@@ -126,9 +118,9 @@ def _time_outputs(prepared, result, settings, outputs, images, rec, images_per_s
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in outputs:
             out = OutputSettings(root=tmp, **kw)
-            encode_ms, enc = _median_ms(lambda: encode_output(final, original, prepared["source"],
+            encode_ms, enc = median_ms(lambda: encode_output(final, original, prepared["source"],
                                                               prepared["windows"], out), repeat)
-            finish_ms, _ = _median_ms(lambda: finish_row(dict(prepared), result, settings, out), repeat)
+            finish_ms, _ = median_ms(lambda: finish_row(dict(prepared), result, settings, out), repeat)
             per_row_s = (rec["prepare_ms"] + finish_ms) / 1000
             got[name] = {"format_written": enc.format, "finish_ms": finish_ms,
                          "finish_beyond_decode_ms": round(finish_ms - rec["decode_source_ms"], 1),

@@ -10,28 +10,20 @@ built once before the timing, as an actor builds it once; its build time is repo
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 
 import numpy as np
 
+from .timing import median_ms
+
 # images: {megapixels: RGB uint8 [H, W, 3]}, given by bench/cpu.py (its photo-like images, decoded)
-
-
-def _median_ms(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return round(1000 * statistics.median(times), 1), out
 
 
 def _time(detector, images: dict[int, np.ndarray], images_per_s: float, repeat: int, input_size) -> list[dict]:
     out = []
     for mp, rgb in images.items():
-        ms, mask = _median_ms(lambda: detector(rgb), repeat)  # noqa: B023 - called before rgb changes
+        ms, mask = median_ms(lambda: detector(rgb), repeat)  # noqa: B023 - called before rgb changes
         assert mask.shape == rgb.shape[:2]
         out.append({"megapixels": mp, "size": f"{rgb.shape[1]}x{rgb.shape[0]}", "detector_input": input_size(rgb),
                     "ms_per_row": ms, "cores_per_gpu": round(ms / 1000 * images_per_s, 2)})

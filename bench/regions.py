@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from .cpu import _median_ms, photo_like
+from .cpu import photo_like
+from .timing import median_ms
 
 
 def _marks(width: int, height: int, size: int, count: int) -> list[list[int]]:
@@ -92,9 +93,9 @@ def split_cost(width: int = 4000, height: int = 3000, repeat: int = 3) -> dict:
     from rayinpaint.io.regions import region_windows
 
     jpeg = photo_like(width, height)
-    rec = {"size": f"{width}x{height}", "decode_jpeg_ms": _median_ms(lambda: decode_image(jpeg), repeat)[0]}
+    rec = {"size": f"{width}x{height}", "decode_jpeg_ms": median_ms(lambda: decode_image(jpeg), repeat)[0]}
     for name, mask in cleanup_masks(width, height).items():
-        ms, windows = _median_ms(lambda: region_windows(mask, 512, 0.25, 32, 8), repeat)
+        ms, windows = median_ms(lambda: region_windows(mask, 512, 0.25, 32, 8), repeat)
         rec[f"split_{name}_ms"] = ms
         rec[f"split_{name}_regions"] = len(windows)
     return rec

@@ -103,3 +103,14 @@ def steady_rate(results_dir: str) -> float | None:
 
 
 __all__ = ["time_calls", "peak_memory", "matmul_ceiling", "release_memory", "steady_rate"]
+
+
+def median_ms(fn, repeat: int) -> tuple[float, object]:
+    """The median of `repeat` calls of `fn` in milliseconds (one decimal), and the last call's result: the CPU
+    benchmarks' timer (no device to synchronise)."""
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return round(1000 * statistics.median(times), 1), out
