@@ -57,3 +57,14 @@ def test_the_detector_is_part_of_the_fingerprint_only_when_used():
     union = pixel_settings(JobConfig(**BASE, mask_from="text", mask_combine="union"), "m")
     lower = pixel_settings(JobConfig(**BASE, mask_from="text", detector_threshold=0.3), "m")
     assert len({str(s) for s in (plain, text, union, lower)}) == 4
+
+
+def test_unreadable_detector_weights_are_one_line_before_ray_or_the_output(tmp_path, capsys, no_ray):
+    pq.write_table(pa.table({"id": ["a"], "image": ["a.png"]}), str(tmp_path / "m.parquet"))
+    out, missing = tmp_path / "out", tmp_path / "no-such-clipseg"
+    code = main(["run", "--manifest", str(tmp_path / "m.parquet"), "--output", str(out), "--weights", "random:tiny",
+                 "--mask-from", "prompt:logo", "--detector-weights", str(missing)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"rayinpaint: error: --detector-weights {missing}: ") and "no such folder" in err[0]
+    assert not out.exists()
