@@ -9,7 +9,7 @@ import platform
 import urllib.parse
 import time
 
-from rayinpaint.io.results import DONE_STATUSES
+from rayinpaint.io.results import DONE_STATUSES, MANIFEST
 
 from .tally import unchanged_warning
 from .cards import image_path, mask_path
@@ -246,9 +246,9 @@ def _mask_line(card: dict, status: str) -> str:
     if not source:
         return ""
     e = html.escape
-    written = bool(uri) and "/masks/" in uri
+    written = bool(uri) and source != MANIFEST  # under {output}/masks/; a row's own mask is the manifest's URI
     link = f' &middot; <a href="{e(urllib.parse.quote(mask_path(uri)))}">mask</a>' if written else ""
-    shown = "" if source == "manifest" else " (detected: outline in cyan)" if written else \
+    shown = "" if source == MANIFEST else " (detected: outline in cyan)" if written else \
         " (the detector found nothing)" if status == "unchanged" else ""
     return f"<div>mask source: <code>{e(source)}</code>{shown}{link}</div>"
 

@@ -9,6 +9,8 @@ source; the report's cards name the source; a row with its own mask keeps it."""
 from __future__ import annotations
 
 import json
+import re
+import urllib.parse
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +73,8 @@ def test_text_masks_detected_written_and_the_only_pixels_repainted(ray_local, tm
     assert settings["detector"]["kind"] == "text" and settings["mask_combine"] == "missing"
     report = (out / "_REPORT.html").read_text()
     assert "mask source: <code>text</code>" in report and "Mask sources" in report
+    links = re.findall(r'href="(masks/[^"]+)"', report)  # each card's link to its detected mask, relative
+    assert links and all((out / urllib.parse.unquote(link)).is_file() for link in links), links
 
 
 def test_clipseg_prompt_masks_through_the_job_and_own_masks_kept(ray_local, tmp_path, tiny_clipseg):
