@@ -93,3 +93,18 @@ def test_clipseg_prompt_masks_through_the_job_and_own_masks_kept(ray_local, tmp_
     whole = np.asarray(Image.open(rows["row-000000"]["mask_uri"]).convert("1"), bool)
     assert whole.shape == (120, 160) and whole.all()
     assert rows["row-000002"]["mask_uri"] is None and rows["row-000002"]["mask_pixels"] < 160 * 120 // 4
+
+
+def test_inpaint_dataset_detects_masks_too(ray_local, tmp_path):
+    """The Python API over a Ray Dataset of image URIs only: the same detector actors, the same recorded fields."""
+    pytest.importorskip("rapidocr")
+    import ray
+
+    manifest = write_dataset(str(tmp_path / "in"), rows=4, width=320, height=240, distinct=4)
+    cfg = api.JobConfig(manifest="unused", output=str(tmp_path / "out"), mask_from="text", **FAST_TINY)
+    rows = api.inpaint_dataset(ray.data.from_arrow(pq.read_table(manifest)), cfg, base_dir=str(tmp_path / "in"))
+    got = {r["id"]: r for r in rows.take_all()}
+    assert {k: (r["status"], r["mask_source"]) for k, r in got.items()} == {
+        "row-000000": ("ok", "text"), "row-000001": ("ok", "text"), "row-000002": ("ok", "text"),
+        "row-000003": ("unchanged", "text")}
+    assert all(Image.open(got[f"row-00000{i}"]["mask_uri"]).size == (320, 240) for i in range(3))
