@@ -38,6 +38,12 @@ from .preflight import WeightsUnavailable
 
 log = logging.getLogger("rayinpaint.job")
 
+# The actor pools' (model and detector actors) fault tolerance. Ray 2.60 takes these only through **ray_remote_args
+# (deprecated, no named parameter yet: the callers silence the warning). A dead actor is always restarted (a poison
+# row must not take the pool down for every later row), but a task is retried once only: Ray Data's default retries
+# forever, so a row that crashes its worker every time would never finish (see the module docstring).
+ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": 1}
+
 
 @dataclass(frozen=True)
 class PassPlan:
@@ -162,11 +168,7 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
     n_actors, gpus, cpus = pool
     actor_cls, actor_args = plan.actor or (InpaintPredictor, ())
     with warnings.catch_warnings():
-        # Ray 2.60 takes max_restarts/max_task_retries only through **ray_remote_args (deprecated, no named
-        # parameter yet). A dead actor is always restarted (a poison row must not take the pool down for every
-        # later row), but a task is retried once only: Ray Data's default retries forever, so a row that
-        # crashes its worker every time would never finish (see the module docstring).
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # ACTOR_RETRIES
         return ds.map_batches(
             actor_cls,
             batch_format="pyarrow",
@@ -175,8 +177,7 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
                                                max_tasks_in_flight_per_actor=1 if retry_pass else None),
             num_gpus=gpus,
             num_cpus=cpus,
-            max_restarts=-1,
-            max_task_retries=1,
+            **ACTOR_RETRIES,
             fn_constructor_args=(plan.model, *actor_args),
         )
 
@@ -196,8 +197,11 @@ def _prepare_stage(ds, plan: PassPlan, block: int, cpus: float, tasks, actors: i
     if plan.detect is None:
         return ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=block, num_cpus=cpus, compute=tasks,
                               fn_kwargs={"settings": plan.rows})
-    return ds.map_batches(DetectingPrepare, batch_format="pyarrow", batch_size=block, num_cpus=1 if cpus >= 1 else 0,
-                          compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_args=(plan.rows, plan.detect))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # ACTOR_RETRIES
+        return ds.map_batches(DetectingPrepare, batch_format="pyarrow", batch_size=block,
+                              num_cpus=1 if cpus >= 1 else 0, compute=ray.data.ActorPoolStrategy(size=actors),
+                              **ACTOR_RETRIES, fn_constructor_args=(plan.rows, plan.detect))
 
 
 def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None, retry_pass: bool = False,
