@@ -49,8 +49,7 @@ def inpaint_dataset(ds, cfg: JobConfig, *, base_dir: str | None = None):
                         fn_kwargs={"colmap": cfg.column_map(), "source_column": None, "base_dir": base_dir})
     pool = model_pool(cfg)
     sizes = stage_sizes(float(ray.cluster_resources().get("CPU", 0)), pool[0], pool[2], DETECT_PREPARE_WEIGHT)
-    whole = sizes.prepare + sizes.finish <= sizes.free  # a CPU for each stage: else detector actors share the free one
-    ds = _prepare_stage(ds, plan, cfg.batch_size, 1 if whole else 0.5, None, sizes.prepare if whole else 1)
+    ds = _prepare_stage(ds, plan, cfg.batch_size, 1, None, sizes.detector_actors())
     ds = _model_stage(ds, cfg, plan, cfg.batch_size, False, pool)
     return ds.map_batches(finish_results, batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=1,
                           fn_kwargs={"rows": rows, "out": cfg.output_settings(storage), "run": run})

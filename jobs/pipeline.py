@@ -182,14 +182,10 @@ def _model_stage(ds, cfg: JobConfig, plan: PassPlan, batch: int, retry_pass: boo
         )
 
 
-def _prepare_stage(ds, plan: PassPlan, block: int, cpus: float, tasks, actors: int):
-    """prepare as tasks of `cpus` CPUs (`tasks`: their TaskPoolStrategy), or, when the job detects masks, as `actors`
-    actors that each build the detector once (stages.DetectingPrepare).
-
-    A detector actor holds its CPU for the whole pass. Where the free CPUs hold a whole one for each stage (`cpus`
-    1), it asks one; where they do not (a 2-CPU machine: one free CPU, shared by half-CPU tasks), it asks none and
-    shares the free CPU: Ray Data's read tasks ask a whole CPU, and an actor holding half of the one free CPU left
-    them none for ever (the pass hung before its first row)."""
+def _prepare_stage(ds, plan: PassPlan, block: int, cpus: float, tasks, actors: tuple[int, float]):
+    """prepare as tasks of `cpus` CPUs (`tasks`: their TaskPoolStrategy), or, when the job detects masks, as actors
+    that each build the detector once (stages.DetectingPrepare): `actors` is (how many, CPUs each), from
+    sizing.StageSizes.detector_actors."""
     import ray
 
     from .stages import DetectingPrepare, prepare_batch
@@ -199,9 +195,9 @@ def _prepare_stage(ds, plan: PassPlan, block: int, cpus: float, tasks, actors: i
                               fn_kwargs={"settings": plan.rows})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # ACTOR_RETRIES
-        return ds.map_batches(DetectingPrepare, batch_format="pyarrow", batch_size=block,
-                              num_cpus=1 if cpus >= 1 else 0, compute=ray.data.ActorPoolStrategy(size=actors),
-                              **ACTOR_RETRIES, fn_constructor_args=(plan.rows, plan.detect))
+        return ds.map_batches(DetectingPrepare, batch_format="pyarrow", batch_size=block, num_cpus=actors[1],
+                              compute=ray.data.ActorPoolStrategy(size=actors[0]), **ACTOR_RETRIES,
+                              fn_constructor_args=(plan.rows, plan.detect))
 
 
 def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None, retry_pass: bool = False,
@@ -228,11 +224,11 @@ def run_pass(cfg: JobConfig, plan: PassPlan, sink, *, exclude=None, include=None
     # in crash-retry passes, one prepare task and the finish tasks share the free CPU at half a logical CPU each:
     # there, prepare held the one free CPU and finish waited with a CPU budget of 0 (tests/reliability/test_load.py),
     # with the caps or without them.
-    capped = not retry_pass and sizes.prepare + sizes.finish <= sizes.free
+    capped = not retry_pass and sizes.fit
     caps = (ray.data.TaskPoolStrategy(size=sizes.prepare), ray.data.TaskPoolStrategy(size=sizes.finish)) \
         if capped else (ray.data.TaskPoolStrategy(size=1), None)
     stage_cpus = 1 if capped else 0.5
-    ds = _prepare_stage(ds, plan, block, stage_cpus, caps[0], sizes.prepare if capped else 1)
+    ds = _prepare_stage(ds, plan, block, stage_cpus, caps[0], sizes.detector_actors(retry_pass))
     ds = _model_stage(ds, cfg, plan, 1 if retry_pass else cfg.batch_size, retry_pass, pool)
     ds = ds.map_batches(finish_and_write, batch_format="pyarrow", batch_size=max(8, cfg.batch_size),
                         num_cpus=stage_cpus,

@@ -25,6 +25,19 @@ class StageSizes:
     finish: int       # finish tasks in flight at most
     free: int = 0     # CPUs the actors leave (the caps apply only when prepare + finish fit in them)
 
+    @property
+    def fit(self) -> bool:
+        """Whether the free CPUs hold a whole one for every task of each stage at once."""
+        return self.prepare + self.finish <= self.free
+
+    def detector_actors(self, retry_pass: bool = False) -> tuple[int, float]:
+        """(detector actors, CPUs each) when prepare runs in detector actors (--mask-from). An actor holds its CPU for
+        the whole pass: where the CPUs fit, prepare's share in actors of one CPU each; where they do not (a 2-CPU
+        machine, a crash-retry pass), one actor asking none, sharing the free CPU. Ray Data's read tasks ask a whole
+        CPU, and an actor holding half of a laptop's one free CPU left them none for ever (the pass hung before its
+        first row)."""
+        return (self.prepare, 1.0) if self.fit and not retry_pass else (1, 0.0)
+
 
 def stage_sizes(cluster_cpus: float, n_actors: int, cpus_per_actor: float, prepare_weight: float = 1.0) -> StageSizes:
     """Caps on the prepare and finish tasks in flight (`TaskPoolStrategy(size=...)`), from the CPUs the model

@@ -56,3 +56,12 @@ def test_a_detector_in_prepare_gives_prepare_the_larger_share():
     for cpus in range(3, 40):
         s = stage_sizes(cpus, 1, 1.0, DETECT_PREPARE_WEIGHT)
         assert s.prepare + s.finish == s.free and s.prepare >= s.finish >= 1
+
+
+def test_detector_actors_hold_a_cpu_each_only_where_the_cpus_fit():
+    # 8 CPUs, one model actor: prepare's share (4) in actors of one CPU each; a crash-retry pass, or a 2-CPU machine
+    # (one free CPU, which Ray Data's whole-CPU read tasks need too), one actor asking none.
+    assert stage_sizes(8, 1, 1.0, DETECT_PREPARE_WEIGHT).detector_actors() == (4, 1.0)
+    assert stage_sizes(8, 1, 1.0, DETECT_PREPARE_WEIGHT).detector_actors(retry_pass=True) == (1, 0.0)
+    assert not stage_sizes(2, 1, 1.0, DETECT_PREPARE_WEIGHT).fit
+    assert stage_sizes(2, 1, 1.0, DETECT_PREPARE_WEIGHT).detector_actors() == (1, 0.0)
