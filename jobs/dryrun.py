@@ -2,8 +2,8 @@
 
 After the usual pre-flight (weights header, output reachable, manifest schemas and ids), it reads the output's
 results (read only), counts the rows left to do, fetches and decodes a sample of them on the driver (the same
-prepare step the workers run: image, mask (detected, with --mask-from), crop), says whether the output's recorded settings match, and, given
-a `rayinpaint bench` record, estimates the GPU-hours the rows left would take.
+prepare step the workers run: image, mask (detected, with --mask-from), crop), says whether the output's recorded
+settings match, and, given a `rayinpaint bench` record, estimates the GPU-hours the rows left would take.
 """
 
 from __future__ import annotations

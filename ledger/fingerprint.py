@@ -3,8 +3,7 @@
 Every setting that changes a row's pixels (the model's identity, sampler, steps, guidance, strength, eta, Karras
 spacing, resolution, mask and paste-back settings, the mask detector and its settings, default prompts, job seed,
 output image format) is recorded in `{output}/_SETTINGS.json` with a short hash of them all, and every results row
-carries that hash
-(`settings_fingerprint`). A rerun whose fingerprint differs from the recorded one stops before any work with one
+carries that hash (`settings_fingerprint`). A rerun whose fingerprint differs from the recorded one stops before any work with one
 line naming the settings that differ; `--reprocess` instead moves the results recorded under other settings to
 `{output}/_superseded/<their fingerprint>/` and redoes those rows, so each id still has exactly one row.
 

@@ -27,3 +27,18 @@ def begin(ledger: Ledger, manifest, colmap, storage, index, retry_errors: bool =
 
     reading = read_manifest(ledger, manifest, colmap, storage, index, retry_errors)
     return start(ledger, reading, storage, index, retry_errors=retry_errors, write=write)
+
+
+def forget_in_overview_cache(output, key: str) -> None:
+    """Drop `key` from every file entry of the output's overview cache, as a cache written before that key was
+    counted would be (ledger/overview.py must read such entries again, not trust them)."""
+    import json
+    from pathlib import Path
+
+    from rayinpaint.ledger import overview
+
+    cache = Path(output) / "_index" / overview.OVERVIEW_CACHE
+    doc = json.loads(cache.read_text())
+    for entry in doc["files"].values():
+        entry.pop(key, None)
+    cache.write_text(json.dumps(doc))
